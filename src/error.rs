@@ -1,0 +1,86 @@
+//! The errors every map in this crate returns.
+
+use core::fmt;
+
+use crate::extent::{BlockMapping, Extent, Mapping};
+
+/// Why an operation on an extent map failed. A failed operation changed nothing.
+///
+/// Errors give ownership back: [`Error::Exists`] returns the rejected extent together with the
+/// one that is in the way.
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Error, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert(Extent::hole(0, 8192)).unwrap();
+/// match map.insert(Extent::hole(4096, 8192)) {
+///     Err(Error::Exists { rejected, existing }) => {
+///         assert_eq!(rejected.start(), 4096);
+///         assert_eq!(existing.start(), 0);
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Error<M = BlockMapping> {
+    /// A strict insert met an extent already in the map. Use
+    /// `get_or_insert` to resolve the conflict the way btrfs does, or `replace_range` to
+    /// overwrite.
+    Exists {
+        /// The extent that was not inserted.
+        rejected: Extent<M>,
+        /// The first extent in the map that overlaps it.
+        existing: Extent<M>,
+    },
+    /// The arguments are malformed: an ill-formed extent, an empty or inverted range, an offset
+    /// the candidate does not cover, a split that is not allowed. The reason says which.
+    InvalidArgument {
+        /// What is wrong with the arguments.
+        reason: &'static str,
+    },
+    /// No extent matched (for `unpin`, `replace`, `split`, `clear_logging`).
+    NotFound,
+    /// `unpin` found an extent at the offset that does not start there: the caller's view of
+    /// the map and the map disagree (btrfs reports this as an unclean tree, `EUCLEAN`).
+    Unclean {
+        /// The offset the caller named.
+        expected_start: u64,
+        /// The extent found there.
+        found: Extent<M>,
+    },
+}
+
+impl<M> Error<M> {
+    pub(crate) fn invalid(reason: &'static str) -> Self {
+        Error::InvalidArgument { reason }
+    }
+}
+
+impl<M: Mapping> fmt::Display for Error<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Exists { rejected, existing } => write!(
+                f,
+                "extent [{}, {}) overlaps extent [{}, {}) already in the map",
+                rejected.start(),
+                rejected.end(),
+                existing.start(),
+                existing.end()
+            ),
+            Error::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            Error::NotFound => f.write_str("no matching extent in the map"),
+            Error::Unclean {
+                expected_start,
+                found,
+            } => write!(
+                f,
+                "expected an extent starting at {expected_start}, found [{}, {})",
+                found.start(),
+                found.end()
+            ),
+        }
+    }
+}
+
+impl<M: Mapping> std::error::Error for Error<M> {}

@@ -1,0 +1,647 @@
+//! The semantics (spec §3–§7), written once, as pure functions from a view of the map to a
+//! change.
+//!
+//! Every mutating operation is *planned* here against a [`View`]: a read-only, consistent view
+//! of (part of) the map. The plan is a [`Change`] — the items to take out and the items to put
+//! in — plus the operation's answer. The sequential [`reference::ExtentMap`] applies the change
+//! to its `BTreeMap`; the lock-free [`ExtentCache`] publishes it atomically with one
+//! compare-and-swap. Because both run the very same planning code, they cannot disagree about
+//! what an operation means: they can only disagree about *when* it happens.
+//!
+//! A view may be partial (the lock-free cache reads a window around the range it changes).
+//! When a plan needs to look past the edge of its window, the view answers [`Edge`] and the
+//! caller retries with a wider window.
+//!
+//! [`reference::ExtentMap`]: crate::reference::ExtentMap
+//! [`ExtentCache`]: crate::ExtentCache
+
+use crate::error::Error;
+use crate::extent::{BlockMapping, Extent, Flags, Location, Mapping};
+
+/// An extent as a map holds it: the value and its membership of the modified set.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Item<M> {
+    pub(crate) ext: Extent<M>,
+    pub(crate) modified: bool,
+}
+
+/// The view cannot answer: the answer lies beyond the part of the map it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Edge;
+
+/// Why a plan did not produce a change.
+#[derive(Debug)]
+pub(crate) enum PlanError<M> {
+    /// The operation fails; the map is left as it is.
+    Api(Error<M>),
+    /// The view is too narrow; retry with a wider one.
+    Edge,
+}
+
+impl<M> From<Edge> for PlanError<M> {
+    fn from(_: Edge) -> Self {
+        PlanError::Edge
+    }
+}
+
+impl<M> From<Error<M>> for PlanError<M> {
+    fn from(e: Error<M>) -> Self {
+        PlanError::Api(e)
+    }
+}
+
+pub(crate) type Probe<T> = Result<T, Edge>;
+
+/// A consistent, read-only view of the items of a map, in start order.
+pub(crate) trait View<M: Mapping> {
+    /// The last item whose start is `<= off`.
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>>;
+    /// The first item whose start is `> off`.
+    fn after(&self, off: u64) -> Probe<Option<Item<M>>>;
+
+    /// The item containing `off`.
+    fn containing(&self, off: u64) -> Probe<Option<Item<M>>> {
+        Ok(self.at_or_before(off)?.filter(|i| i.ext.contains(off)))
+    }
+
+    /// The last item whose start is `< off`.
+    fn before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        match off.checked_sub(1) {
+            Some(o) => self.at_or_before(o),
+            None => Ok(None),
+        }
+    }
+
+    /// The items intersecting `[start, end)`, in order.
+    fn overlapping(&self, start: u64, end: u64) -> Probe<Vec<Item<M>>> {
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        let mut cursor = start;
+        if let Some(i) = self.at_or_before(start)? {
+            if i.ext.end() > start {
+                out.push(i);
+            }
+        }
+        while let Some(i) = self.after(cursor)? {
+            if i.ext.start() >= end {
+                break;
+            }
+            cursor = i.ext.start();
+            out.push(i);
+        }
+        Ok(out)
+    }
+}
+
+/// Strict lookup (spec §2): the extent containing `start`, else the first one starting in
+/// `(start, start + len)`.
+pub(crate) fn lookup<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    start: u64,
+    len: u64,
+) -> Probe<Option<Extent<M>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let end = start.saturating_add(len);
+    if let Some(i) = v.containing(start)? {
+        return Ok(Some(i.ext));
+    }
+    Ok(v.after(start)?
+        .filter(|i| i.ext.start() < end)
+        .map(|i| i.ext))
+}
+
+/// Non-strict search (spec §2): containing `start`, else the first after, else the last before.
+pub(crate) fn search<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    start: u64,
+) -> Probe<Option<Extent<M>>> {
+    if let Some(i) = v.at_or_before(start)? {
+        if i.ext.contains(start) {
+            return Ok(Some(i.ext));
+        }
+        if let Some(n) = v.after(start)? {
+            return Ok(Some(n.ext));
+        }
+        return Ok(Some(i.ext));
+    }
+    Ok(v.after(start)?.map(|i| i.ext))
+}
+
+/// A view with a change laid over it: what the map looks like once `removed` is gone and
+/// `added` is in. Plans build their change through it, step by step.
+pub(crate) struct Overlay<'v, M, V: ?Sized> {
+    base: &'v V,
+    removed: Vec<Item<M>>,
+    added: Vec<Item<M>>,
+}
+
+/// A planned change: take `remove` out of the map and put `add` in, as one atomic step.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Change<M> {
+    /// Items of the base view to take out (identified by their start).
+    pub(crate) remove: Vec<Item<M>>,
+    /// New items, in start order.
+    pub(crate) add: Vec<Item<M>>,
+}
+
+impl<M> Change<M> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.add.is_empty()
+    }
+}
+
+impl<'v, M: Mapping, V: View<M> + ?Sized> Overlay<'v, M, V> {
+    pub(crate) fn new(base: &'v V) -> Self {
+        Overlay {
+            base,
+            removed: Vec::new(),
+            added: Vec::new(),
+        }
+    }
+
+    fn is_removed(&self, start: u64) -> bool {
+        self.removed.iter().any(|r| r.ext.start() == start)
+    }
+
+    /// Takes the item starting at `start` out.
+    fn remove(&mut self, item: &Item<M>) {
+        let start = item.ext.start();
+        if let Some(pos) = self.added.iter().position(|a| a.ext.start() == start) {
+            self.added.remove(pos);
+        } else {
+            self.removed.push(item.clone());
+        }
+    }
+
+    /// Puts a new item in (the caller made sure nothing overlaps it).
+    fn add(&mut self, item: Item<M>) {
+        let pos = self
+            .added
+            .partition_point(|a| a.ext.start() < item.ext.start());
+        self.added.insert(pos, item);
+    }
+
+    pub(crate) fn into_change(mut self) -> Change<M> {
+        self.removed.sort_by_key(|i| i.ext.start());
+        Change {
+            remove: self.removed,
+            add: self.added,
+        }
+    }
+}
+
+impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let mut base = self.base.at_or_before(off)?;
+        while let Some(b) = &base {
+            if !self.is_removed(b.ext.start()) {
+                break;
+            }
+            base = self.base.before(b.ext.start())?;
+        }
+        let added = self.added.iter().rev().find(|a| a.ext.start() <= off);
+        Ok(match (base, added) {
+            (Some(b), Some(a)) => Some(if a.ext.start() > b.ext.start() {
+                a.clone()
+            } else {
+                b
+            }),
+            (b, a) => b.or_else(|| a.cloned()),
+        })
+    }
+
+    fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let mut base = self.base.after(off)?;
+        while let Some(b) = &base {
+            if !self.is_removed(b.ext.start()) {
+                break;
+            }
+            base = self.base.after(b.ext.start())?;
+        }
+        let added = self.added.iter().find(|a| a.ext.start() > off);
+        Ok(match (base, added) {
+            (Some(b), Some(a)) => Some(if a.ext.start() < b.ext.start() {
+                a.clone()
+            } else {
+                b
+            }),
+            (b, a) => b.or_else(|| a.cloned()),
+        })
+    }
+}
+
+/// A planned change and the answer the operation gives.
+pub(crate) struct Planned<M, R> {
+    pub(crate) change: Change<M>,
+    pub(crate) answer: R,
+}
+
+pub(crate) type Plan<M, R> = Result<Planned<M, R>, PlanError<M>>;
+
+fn done<M: Mapping, V: View<M> + ?Sized, R>(ov: Overlay<'_, M, V>, answer: R) -> Plan<M, R> {
+    Ok(Planned {
+        change: ov.into_change(),
+        answer,
+    })
+}
+
+fn check<M: Mapping>(ext: &Extent<M>) -> Result<(), Error<M>> {
+    ext.validate().map_err(Error::invalid)
+}
+
+/// Whether an item may take part in a merge (spec §4).
+fn may_merge<M: Mapping>(i: &Item<M>) -> bool {
+    !i.modified && i.ext.may_merge()
+}
+
+/// Merges the (just added, unmodified) item starting at `start` with its predecessor, then
+/// with its successor (spec §4). Returns the item as it stands afterwards.
+fn try_merge<M: Mapping, V: View<M> + ?Sized>(
+    ov: &mut Overlay<'_, M, V>,
+    item: Item<M>,
+) -> Probe<Extent<M>> {
+    let mut cur = item;
+    if !may_merge(&cur) {
+        return Ok(cur.ext);
+    }
+    if let Some(prev) = ov.before(cur.ext.start())? {
+        if may_merge(&prev) {
+            if let Some(m) = prev.ext.merged_with(&cur.ext) {
+                ov.remove(&prev);
+                ov.remove(&cur);
+                cur = Item {
+                    ext: m,
+                    modified: false,
+                };
+                ov.add(cur.clone());
+            }
+        }
+    }
+    if let Some(next) = ov.after(cur.ext.start())? {
+        if may_merge(&next) {
+            if let Some(m) = cur.ext.merged_with(&next.ext) {
+                ov.remove(&next);
+                ov.remove(&cur);
+                cur = Item {
+                    ext: m,
+                    modified: false,
+                };
+                ov.add(cur.clone());
+            }
+        }
+    }
+    Ok(cur.ext)
+}
+
+/// Strict insert into an overlay (spec §3); returns the extent as it stands afterwards.
+fn insert_into<M: Mapping, V: View<M> + ?Sized>(
+    ov: &mut Overlay<'_, M, V>,
+    ext: Extent<M>,
+    modified: bool,
+) -> Result<Extent<M>, PlanError<M>> {
+    check(&ext)?;
+    if let Some(x) = ov.overlapping(ext.start(), ext.end())?.into_iter().next() {
+        return Err(Error::Exists {
+            rejected: ext,
+            existing: x.ext,
+        }
+        .into());
+    }
+    let item = Item { ext, modified };
+    ov.add(item.clone());
+    if modified {
+        return Ok(item.ext);
+    }
+    Ok(try_merge(ov, item)?)
+}
+
+/// Strict insert (spec §3). The answer is the extent as it stands in the map afterwards.
+pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ext: Extent<M>,
+    modified: bool,
+) -> Plan<M, Extent<M>> {
+    let mut ov = Overlay::new(v);
+    let answer = insert_into(&mut ov, ext, modified)?;
+    done(ov, answer)
+}
+
+/// Insert with conflict resolution (spec §5): the seed's rule.
+pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    candidate: Extent<M>,
+    offset: u64,
+) -> Plan<M, Extent<M>> {
+    check(&candidate)?;
+    let mut ov = Overlay::new(v);
+    // Step 3 (and step 5's first half): an extent already covers the offset: it is the answer.
+    if let Some(existing) = ov.containing(offset)? {
+        return done(ov, existing.ext);
+    }
+    if !candidate.contains(offset) {
+        return Err(Error::invalid(
+            "get_or_insert: the offset is outside the candidate and no extent covers it",
+        )
+        .into());
+    }
+    // Steps 1 and 4: fit the candidate into the gap around the offset. When nothing overlaps
+    // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
+    let s = match ov.at_or_before(offset)? {
+        Some(prev) => candidate.start().max(prev.ext.end()),
+        None => candidate.start(),
+    };
+    let e = match ov.after(offset)? {
+        Some(next) => candidate.end().min(next.ext.start()),
+        None => candidate.end(),
+    };
+    let fitted = candidate
+        .trimmed(s, e)
+        .ok_or(PlanError::Api(Error::invalid("get_or_insert: empty gap")))?;
+    let answer = insert_into(&mut ov, fitted, false)?;
+    done(ov, answer)
+}
+
+/// Finds the item equal to `ext`.
+fn find_exact<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Probe<Option<Item<M>>> {
+    Ok(v.at_or_before(ext.start())?
+        .filter(|i| i.ext.start() == ext.start() && i.ext == *ext))
+}
+
+/// `remove(em)` (spec §6). The answer says whether the extent was there.
+pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Plan<M, bool> {
+    let mut ov = Overlay::new(v);
+    match find_exact(&ov, ext)? {
+        Some(item) => {
+            ov.remove(&item);
+            done(ov, true)
+        }
+        None => done(ov, false),
+    }
+}
+
+/// `replace(cur, new)` (spec §6): `new` takes `cur`'s place in one step.
+pub(crate) fn replace<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    cur: &Extent<M>,
+    new: Extent<M>,
+    modified: bool,
+) -> Plan<M, Extent<M>> {
+    check(&new)?;
+    let mut ov = Overlay::new(v);
+    let Some(item) = find_exact(&ov, cur)? else {
+        return Err(Error::NotFound.into());
+    };
+    ov.remove(&item);
+    let answer = insert_into(&mut ov, new, modified)?;
+    done(ov, answer)
+}
+
+/// What a `drop_range` took out of the map.
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert_modified(Extent::hole(0, 4096).with_generation(7)).unwrap();
+/// let dropped = map.drop_range(0, u64::MAX, false).unwrap();
+/// assert_eq!((dropped.extents, dropped.modified), (1, 1));
+/// assert!(dropped.needs_full_sync(7));
+/// assert!(!dropped.needs_full_sync(8));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Extents taken out or cut (a cut extent counts once).
+    pub extents: usize,
+    /// How many of them were in the modified set.
+    pub modified: usize,
+    /// The largest generation among those modified extents.
+    pub max_modified_generation: Option<u64>,
+}
+
+impl Dropped {
+    /// Whether the next fsync must be a full one (spec §7): a modified extent whose
+    /// generation is not older than `current_generation` was dropped or cut.
+    ///
+    /// ```
+    /// let d = extent_cache::Dropped::default();
+    /// assert!(!d.needs_full_sync(0));
+    /// ```
+    pub fn needs_full_sync(&self, current_generation: u64) -> bool {
+        self.max_modified_generation
+            .is_some_and(|g| g >= current_generation)
+    }
+}
+
+fn drop_into<M: Mapping, V: View<M> + ?Sized>(
+    ov: &mut Overlay<'_, M, V>,
+    start: u64,
+    end: u64,
+    skip_pinned: bool,
+) -> Probe<Dropped> {
+    let mut report = Dropped::default();
+    for item in ov.overlapping(start, end)? {
+        if skip_pinned && item.ext.flags().contains(Flags::PINNED) {
+            continue;
+        }
+        ov.remove(&item);
+        report.extents += 1;
+        if item.modified {
+            report.modified += 1;
+            report.max_modified_generation = Some(
+                report
+                    .max_modified_generation
+                    .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
+            );
+        }
+        if let Some(front) = item.ext.front_piece(start) {
+            ov.add(Item {
+                ext: front,
+                modified: item.modified,
+            });
+        }
+        if let Some(back) = item.ext.back_piece(end) {
+            ov.add(Item {
+                ext: back,
+                modified: item.modified,
+            });
+        }
+    }
+    Ok(report)
+}
+
+pub(crate) fn check_range<M>(start: u64, end: u64) -> Result<(), Error<M>> {
+    if start >= end {
+        return Err(Error::invalid(
+            "empty or inverted range: start must be < end",
+        ));
+    }
+    Ok(())
+}
+
+/// `drop_range(start, end, skip_pinned)` (spec §6).
+pub(crate) fn drop_range<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    start: u64,
+    end: u64,
+    skip_pinned: bool,
+) -> Plan<M, Dropped> {
+    check_range(start, end)?;
+    let mut ov = Overlay::new(v);
+    let report = drop_into(&mut ov, start, end, skip_pinned)?;
+    done(ov, report)
+}
+
+/// `replace_range(new, modified)` (spec §6): drop the range of `new` and insert it, one step.
+pub(crate) fn replace_range<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    new: Extent<M>,
+    modified: bool,
+) -> Plan<M, Extent<M>> {
+    check(&new)?;
+    let mut ov = Overlay::new(v);
+    drop_into(&mut ov, new.start(), new.end(), false)?;
+    let answer = insert_into(&mut ov, new, modified)?;
+    done(ov, answer)
+}
+
+/// `unpin(start, len, generation)` (spec §7).
+pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    start: u64,
+    len: u64,
+    generation: u64,
+) -> Plan<M, Extent<M>> {
+    let mut ov = Overlay::new(v);
+    let Some(found) = lookup(&ov, start, len)? else {
+        return Err(Error::NotFound.into());
+    };
+    if found.start() != start {
+        return Err(Error::Unclean {
+            expected_start: start,
+            found,
+        }
+        .into());
+    }
+    let item = find_exact(&ov, &found)?.ok_or(PlanError::Edge)?;
+    ov.remove(&item);
+    let new = Item {
+        ext: found
+            .with_generation(generation)
+            .with_flags_changed(Flags::empty(), Flags::PINNED),
+        modified: item.modified,
+    };
+    ov.add(new.clone());
+    let answer = if new.modified {
+        new.ext
+    } else {
+        try_merge(&mut ov, new)?
+    };
+    done(ov, answer)
+}
+
+/// Takes one extent of the modified set for logging (spec §7): it leaves the set and is
+/// marked `logging`. The answer is the extent as logged.
+pub(crate) fn take_for_logging<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ext: &Extent<M>,
+) -> Plan<M, Option<Extent<M>>> {
+    let mut ov = Overlay::new(v);
+    match find_exact(&ov, ext)? {
+        Some(item) if item.modified => {
+            ov.remove(&item);
+            let logged = item.ext.with_flags_changed(Flags::LOGGING, Flags::empty());
+            ov.add(Item {
+                ext: logged.clone(),
+                modified: false,
+            });
+            done(ov, Some(logged))
+        }
+        _ => done(ov, None),
+    }
+}
+
+/// `clear_logging(em)` (spec §7): clears the flag and merges. The answer is the extent as it
+/// stands afterwards.
+pub(crate) fn clear_logging<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ext: &Extent<M>,
+) -> Plan<M, Extent<M>> {
+    let mut ov = Overlay::new(v);
+    let Some(item) = find_exact(&ov, ext)? else {
+        return Err(Error::NotFound.into());
+    };
+    ov.remove(&item);
+    let new = Item {
+        ext: item.ext.with_flags_changed(Flags::empty(), Flags::LOGGING),
+        modified: item.modified,
+    };
+    ov.add(new.clone());
+    let answer = if new.modified {
+        new.ext
+    } else {
+        try_merge(&mut ov, new)?
+    };
+    done(ov, answer)
+}
+
+/// `split(start, len, pre, new_disk_bytenr)` (spec §6, zoned devices).
+pub(crate) fn split<V: View<BlockMapping> + ?Sized>(
+    v: &V,
+    start: u64,
+    len: u64,
+    pre: u64,
+    new_disk_bytenr: u64,
+) -> Plan<BlockMapping, (Extent, Extent)> {
+    let mut ov = Overlay::new(v);
+    let Some(em) = lookup(&ov, start, len)? else {
+        return Err(Error::NotFound.into());
+    };
+    let item = find_exact(&ov, &em)?.ok_or(PlanError::Edge)?;
+    let bad = |reason| Err(PlanError::Api(Error::invalid(reason)));
+    if em.start() != start || em.len() != len {
+        return bad("split: the extent found does not span exactly [start, start + len)");
+    }
+    if pre == 0 || pre >= len {
+        return bad("split: pre must be > 0 and < len");
+    }
+    let Location::Regular { .. } = em.location() else {
+        return bad("split: only a regular on-disk extent can be split");
+    };
+    if em.is_compressed() {
+        return bad("split: a compressed extent cannot be split");
+    }
+    if !em.flags().contains(Flags::PINNED) {
+        return bad("split: the extent must be pinned");
+    }
+    if em.flags().contains(Flags::LOGGING) {
+        return bad("split: the extent is being logged");
+    }
+    if !item.modified {
+        return bad("split: the extent must be in the modified set");
+    }
+    let Some(mid_disk) = em.block_start().and_then(|b| b.checked_add(pre)) else {
+        return bad("split: block_start + pre overflows u64");
+    };
+    let rest = len - pre;
+    let first = Extent::regular(start, pre, new_disk_bytenr, pre, 0, pre)
+        .with_flags(em.flags())
+        .with_generation(em.generation());
+    let second = Extent::regular(start + pre, rest, mid_disk, rest, 0, rest)
+        .with_flags(em.flags())
+        .with_generation(em.generation());
+    check(&first)?;
+    check(&second)?;
+    ov.remove(&item);
+    ov.add(Item {
+        ext: first,
+        modified: true,
+    });
+    ov.add(Item {
+        ext: second,
+        modified: true,
+    });
+    done(ov, (first, second))
+}

@@ -1,0 +1,692 @@
+//! The sequential reference: the spec, executed plainly.
+//!
+//! [`ExtentMap`] is an ordered `BTreeMap` of extents with `&mut self` methods, one for every
+//! operation of the spec. It is deliberately simple, and it is the oracle every test of the
+//! lock-free [`ExtentCache`](crate::ExtentCache) compares against. [`LockedExtentMap`] puts it
+//! behind one `std::sync::RwLock` — what btrfs does — and is the baseline the benchmarks beat.
+//!
+//! ```
+//! use extent_cache::{reference::ExtentMap, Extent};
+//!
+//! let mut map = ExtentMap::new();
+//! map.insert(Extent::regular(0, 8192, 1 << 20, 8192, 0, 8192)).unwrap();
+//! // The seed: a reader brings back a stale, larger map for offset 4096.
+//! let stale = Extent::regular(0, 32768, 1 << 20, 32768, 0, 32768);
+//! let got = map.get_or_insert(stale, 4096).unwrap();
+//! assert_eq!((got.start(), got.end()), (0, 8192)); // the existing map, never `Exists`
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{PoisonError, RwLock};
+
+use crate::error::Error;
+use crate::extent::{BlockMapping, Extent, Mapping};
+use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
+
+/// The sequential extent map: the spec on a `BTreeMap`, `&mut self`.
+///
+/// Every method either succeeds or returns an [`Error`] and leaves the map exactly as it was.
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert(Extent::hole(0, 4096)).unwrap();
+/// assert_eq!(map.get(100).unwrap().start(), 0);
+/// assert_eq!(map.len(), 1);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ExtentMap<M = BlockMapping> {
+    items: BTreeMap<u64, Item<M>>,
+}
+
+impl<M: Mapping> View<M> for ExtentMap<M> {
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        Ok(self.items.range(..=off).next_back().map(|(_, i)| i.clone()))
+    }
+
+    fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
+        Ok(self
+            .items
+            .range((Bound::Excluded(off), Bound::Unbounded))
+            .next()
+            .map(|(_, i)| i.clone()))
+    }
+}
+
+impl<M: Mapping> ExtentMap<M> {
+    /// An empty map.
+    ///
+    /// ```
+    /// let map = extent_cache::reference::ExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn new() -> Self {
+        ExtentMap {
+            items: BTreeMap::new(),
+        }
+    }
+
+    fn apply(&mut self, change: Change<M>) {
+        for r in &change.remove {
+            self.items.remove(&r.ext.start());
+        }
+        for a in change.add {
+            debug_assert!(
+                self.items
+                    .range(..a.ext.end())
+                    .next_back()
+                    .is_none_or(|(_, p)| p.ext.end() <= a.ext.start())
+            );
+            self.items.insert(a.ext.start(), a);
+        }
+    }
+
+    fn run<R>(&mut self, plan: impl FnOnce(&Self) -> Plan<M, R>) -> Result<R, Error<M>> {
+        match plan(self) {
+            Ok(p) => {
+                self.apply(p.change);
+                Ok(p.answer)
+            }
+            Err(PlanError::Api(e)) => Err(e),
+            Err(PlanError::Edge) => unreachable!("the whole map is always in view"),
+        }
+    }
+
+    fn read<R>(&self, probe: Probe<R>) -> R {
+        probe.unwrap_or_else(|_| unreachable!("the whole map is always in view"))
+    }
+
+    /// Strict insert (spec §3): fails with [`Error::Exists`] if the extent intersects one in the
+    /// map; otherwise inserts it and merges it with its neighbours where spec §4 allows.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Error, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// map.insert(Extent::hole(4096, 4096)).unwrap(); // merges with the first
+    /// assert_eq!(map.len(), 1);
+    /// assert!(matches!(map.insert(Extent::hole(0, 1)), Err(Error::Exists { .. })));
+    /// ```
+    pub fn insert(&mut self, ext: Extent<M>) -> Result<(), Error<M>> {
+        self.run(|v| plan::insert(v, ext, false)).map(drop)
+    }
+
+    /// Strict insert into the modified set (spec §3 with `modified`): never merged.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.len(), 2);
+    /// assert_eq!(map.modified().len(), 2);
+    /// ```
+    pub fn insert_modified(&mut self, ext: Extent<M>) -> Result<(), Error<M>> {
+        self.run(|v| plan::insert(v, ext, true)).map(drop)
+    }
+
+    /// Insert with conflict resolution (spec §5, the seed's rule): returns the extent that
+    /// covers `offset` afterwards — the one already there, or `candidate` fitted into the gap
+    /// around `offset` (and merged). Never returns [`Error::Exists`].
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `candidate` is ill-formed, or when `offset` lies
+    /// outside `candidate` and no extent covers it.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(8192, 8192)).unwrap();
+    /// // Offset 0 is in the gap before [8K, 16K): the candidate is trimmed to [0, 8K).
+    /// let got = map.get_or_insert(Extent::regular(0, 32768, 0, 32768, 0, 32768), 0).unwrap();
+    /// assert_eq!((got.start(), got.end()), (0, 8192));
+    /// ```
+    pub fn get_or_insert(
+        &mut self,
+        candidate: Extent<M>,
+        offset: u64,
+    ) -> Result<Extent<M>, Error<M>> {
+        self.run(|v| plan::get_or_insert(v, candidate, offset))
+    }
+
+    /// The extent containing `offset`.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert!(map.get(4095).is_none());
+    /// assert_eq!(map.get(4096).unwrap().start(), 4096);
+    /// ```
+    pub fn get(&self, offset: u64) -> Option<Extent<M>> {
+        self.read(self.containing(offset)).map(|i| i.ext)
+    }
+
+    /// Strict lookup (spec §2): the extent containing `start`, else the first one that starts
+    /// before `start + len` (saturating). `len == 0` finds nothing.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(8192, 4096)).unwrap();
+    /// assert!(map.lookup(0, 8192).is_none());
+    /// assert_eq!(map.lookup(0, 8193).unwrap().start(), 8192);
+    /// assert_eq!(map.lookup(0, u64::MAX).unwrap().start(), 8192);
+    /// ```
+    pub fn lookup(&self, start: u64, len: u64) -> Option<Extent<M>> {
+        self.read(plan::lookup(self, start, len))
+    }
+
+    /// Non-strict search (spec §2): like [`lookup`](Self::lookup), but when nothing intersects
+    /// it returns a neighbour (the first extent after `start`, else the last before it).
+    /// `None` only when the map is empty. `len` is accepted for symmetry with the kernel and
+    /// does not change the answer.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// assert_eq!(map.search(1 << 20, 4096).unwrap().start(), 0);
+    /// ```
+    pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
+        let _ = len;
+        self.read(plan::search(self, start))
+    }
+
+    /// All extents, in start order.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// let starts: Vec<u64> = map.iter().map(|e| e.start()).collect();
+    /// assert_eq!(starts, [0, 4096]);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = Extent<M>> + '_ {
+        self.items.values().map(|i| i.ext.clone())
+    }
+
+    /// The extents intersecting `[start, end)`, in start order.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.overlapping(4000, 4097).count(), 2);
+    /// assert_eq!(map.overlapping(4096, 4096).count(), 0);
+    /// ```
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = Extent<M>> + '_ {
+        let from = self
+            .items
+            .range(..=start)
+            .next_back()
+            .filter(|(_, i)| i.ext.end() > start)
+            .map_or(start, |(k, _)| *k);
+        // An empty or inverted range selects nothing (and must not reach `range`, which panics).
+        let (lo, hi) = if start < end { (from, end) } else { (0, 0) };
+        self.items
+            .range(lo..hi)
+            .map(|(_, i)| i.ext.clone())
+            .filter(move |e| e.overlaps(start, end))
+    }
+
+    /// Takes this exact extent out of the map. Returns whether it was there. Removing a pinned
+    /// extent is allowed (btrfs warns); the caller is responsible for what was pinned.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// let e = Extent::hole(0, 4096);
+    /// map.insert(e).unwrap();
+    /// assert!(map.remove(&e));
+    /// assert!(!map.remove(&e));
+    /// ```
+    pub fn remove(&mut self, ext: &Extent<M>) -> bool {
+        self.run(|v| plan::remove(v, ext)).unwrap_or(false)
+    }
+
+    /// Puts `new` where `cur` was, in one step (spec §6). `new` must not overlap any extent
+    /// but `cur`. Unless `modified`, `new` is merged with its neighbours.
+    ///
+    /// Errors: [`Error::NotFound`] if `cur` is not in the map, [`Error::Exists`] if `new`
+    /// overlaps another extent, [`Error::InvalidArgument`] if `new` is ill-formed.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// let cur = Extent::hole(0, 8192);
+    /// map.insert(cur).unwrap();
+    /// map.replace(&cur, Extent::hole(0, 4096), true).unwrap();
+    /// assert_eq!(map.get(0).unwrap().end(), 4096);
+    /// ```
+    pub fn replace(
+        &mut self,
+        cur: &Extent<M>,
+        new: Extent<M>,
+        modified: bool,
+    ) -> Result<(), Error<M>> {
+        self.run(|v| plan::replace(v, cur, new, modified)).map(drop)
+    }
+
+    /// Drops `[start, end)` (spec §6): afterwards no extent intersects it, except pinned ones
+    /// when `skip_pinned` (stepped over whole). Extents sticking out are cut; the pieces keep
+    /// flags, generation and modified-set membership. `end = u64::MAX` means "to the end".
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `start >= end`.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 32768)).unwrap();
+    /// map.drop_range(8192, 16384, false).unwrap();
+    /// let pieces: Vec<(u64, u64)> = map.iter().map(|e| (e.start(), e.end())).collect();
+    /// assert_eq!(pieces, [(0, 8192), (16384, 32768)]);
+    /// ```
+    pub fn drop_range(
+        &mut self,
+        start: u64,
+        end: u64,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        self.run(|v| plan::drop_range(v, start, end, skip_pinned))
+    }
+
+    /// Drops the range of `new` and inserts `new`, as one step (spec §6). Unless `modified`,
+    /// `new` is merged with its neighbours.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 32768)).unwrap();
+    /// map.replace_range(Extent::regular(8192, 8192, 1 << 20, 8192, 0, 8192), true).unwrap();
+    /// assert_eq!(map.len(), 3);
+    /// ```
+    pub fn replace_range(&mut self, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
+        self.run(|v| plan::replace_range(v, new, modified))
+            .map(drop)
+    }
+
+    /// Unpins the extent at `start` (spec §7): sets its generation, clears
+    /// [`Flags::PINNED`](crate::Flags::PINNED) and merges it where allowed.
+    ///
+    /// Errors: [`Error::NotFound`] if [`lookup`](Self::lookup)`(start, len)` finds nothing,
+    /// [`Error::Unclean`] if what it finds does not start at `start`.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent, Flags};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096).with_flags(Flags::PINNED)).unwrap();
+    /// map.unpin(0, 4096, 12).unwrap();
+    /// let e = map.get(0).unwrap();
+    /// assert!(!e.flags().contains(Flags::PINNED));
+    /// assert_eq!(e.generation(), 12);
+    /// ```
+    pub fn unpin(&mut self, start: u64, len: u64, generation: u64) -> Result<(), Error<M>> {
+        self.run(|v| plan::unpin(v, start, len, generation))
+            .map(drop)
+    }
+
+    /// The extents of the modified set, in start order, without taking them.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(8192, 4096)).unwrap();
+    /// assert_eq!(map.modified().len(), 1);
+    /// ```
+    pub fn modified(&self) -> Vec<Extent<M>> {
+        self.items
+            .values()
+            .filter(|i| i.modified)
+            .map(|i| i.ext.clone())
+            .collect()
+    }
+
+    /// Takes the modified set for an fsync log (spec §7): every extent in it leaves the set and
+    /// is marked [`Flags::LOGGING`](crate::Flags::LOGGING). Returns them as logged, in start
+    /// order. Call [`clear_logging`](Self::clear_logging) on each once written.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent, Flags};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// let logged = map.take_modified();
+    /// assert!(logged[0].flags().contains(Flags::LOGGING));
+    /// assert!(map.modified().is_empty());
+    /// ```
+    pub fn take_modified(&mut self) -> Vec<Extent<M>> {
+        let mut out = Vec::new();
+        for ext in self.modified() {
+            if let Ok(Some(logged)) = self.run(|v| plan::take_for_logging(v, &ext)) {
+                out.push(logged);
+            }
+        }
+        out
+    }
+
+    /// Clears [`Flags::LOGGING`](crate::Flags::LOGGING) on this exact extent and merges it
+    /// where allowed (spec §7). Returns the extent as it stands afterwards.
+    ///
+    /// Errors: [`Error::NotFound`] if the extent is not in the map.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent, Flags};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// let logged = map.take_modified();
+    /// let done = map.clear_logging(&logged[0]).unwrap();
+    /// assert!(!done.flags().contains(Flags::LOGGING));
+    /// ```
+    pub fn clear_logging(&mut self, ext: &Extent<M>) -> Result<Extent<M>, Error<M>> {
+        self.run(|v| plan::clear_logging(v, ext))
+    }
+
+    /// Number of extents.
+    ///
+    /// ```
+    /// assert_eq!(extent_cache::reference::ExtentMap::<extent_cache::BlockMapping>::new().len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the map holds no extent.
+    ///
+    /// ```
+    /// assert!(extent_cache::reference::ExtentMap::<extent_cache::BlockMapping>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Removes every extent (and empties the modified set).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 1)).unwrap();
+    /// map.clear();
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Every extent with its modified-set membership, in start order (for tests and tools).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 1)).unwrap();
+    /// assert_eq!(map.entries(), vec![(Extent::hole(0, 1), true)]);
+    /// ```
+    pub fn entries(&self) -> Vec<(Extent<M>, bool)> {
+        self.items
+            .values()
+            .map(|i| (i.ext.clone(), i.modified))
+            .collect()
+    }
+}
+
+impl ExtentMap<BlockMapping> {
+    /// Splits a pinned, modified, uncompressed regular extent of exactly `[start, start + len)`
+    /// (spec §6, zoned devices) into `[start, start + pre)` at `new_disk_bytenr` and
+    /// `[start + pre, start + len)` at `block_start + pre`. Both pieces keep the flags and stay
+    /// in the modified set.
+    ///
+    /// Errors: [`Error::NotFound`] if nothing is at `start`; [`Error::InvalidArgument`] for any
+    /// other extent or a `pre` outside `(0, len)`.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent, Flags};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::regular(0, 8192, 1 << 20, 8192, 0, 8192).with_flags(Flags::PINNED)).unwrap();
+    /// map.split(0, 8192, 4096, 1 << 30).unwrap();
+    /// assert_eq!(map.get(0).unwrap().block_start(), Some(1 << 30));
+    /// assert_eq!(map.get(4096).unwrap().block_start(), Some((1 << 20) + 4096));
+    /// ```
+    pub fn split(
+        &mut self,
+        start: u64,
+        len: u64,
+        pre: u64,
+        new_disk_bytenr: u64,
+    ) -> Result<(), Error> {
+        self.run(|v| plan::split(v, start, len, pre, new_disk_bytenr))
+            .map(drop)
+    }
+}
+
+/// [`ExtentMap`] behind one `std::sync::RwLock`: what btrfs does, and the baseline the
+/// lock-free cache is measured against. Same operations, on `&self`.
+///
+/// A panic cannot leave the map half-changed (changes are planned first, then applied without
+/// any code that can panic), so a poisoned lock is simply taken over.
+///
+/// ```
+/// use extent_cache::{reference::LockedExtentMap, Extent};
+/// let map = LockedExtentMap::new();
+/// map.insert(Extent::hole(0, 4096)).unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| assert!(map.get(0).is_some()));
+/// });
+/// ```
+#[derive(Debug, Default)]
+pub struct LockedExtentMap<M = BlockMapping> {
+    inner: RwLock<ExtentMap<M>>,
+}
+
+impl<M: Mapping> LockedExtentMap<M> {
+    /// An empty map.
+    ///
+    /// ```
+    /// assert!(extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new().is_empty());
+    /// ```
+    pub fn new() -> Self {
+        LockedExtentMap {
+            inner: RwLock::new(ExtentMap::new()),
+        }
+    }
+
+    fn r(&self) -> std::sync::RwLockReadGuard<'_, ExtentMap<M>> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn w(&self) -> std::sync::RwLockWriteGuard<'_, ExtentMap<M>> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// See [`ExtentMap::insert`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// map.insert(extent_cache::Extent::hole(0, 1)).unwrap();
+    /// ```
+    pub fn insert(&self, ext: Extent<M>) -> Result<(), Error<M>> {
+        self.w().insert(ext)
+    }
+
+    /// See [`ExtentMap::insert_modified`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// map.insert_modified(extent_cache::Extent::hole(0, 1)).unwrap();
+    /// ```
+    pub fn insert_modified(&self, ext: Extent<M>) -> Result<(), Error<M>> {
+        self.w().insert_modified(ext)
+    }
+
+    /// See [`ExtentMap::get_or_insert`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// let e = map.get_or_insert(extent_cache::Extent::hole(0, 8), 3).unwrap();
+    /// assert_eq!(e.start(), 0);
+    /// ```
+    pub fn get_or_insert(&self, candidate: Extent<M>, offset: u64) -> Result<Extent<M>, Error<M>> {
+        self.w().get_or_insert(candidate, offset)
+    }
+
+    /// See [`ExtentMap::get`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.get(0).is_none());
+    /// ```
+    pub fn get(&self, offset: u64) -> Option<Extent<M>> {
+        self.r().get(offset)
+    }
+
+    /// See [`ExtentMap::lookup`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.lookup(0, u64::MAX).is_none());
+    /// ```
+    pub fn lookup(&self, start: u64, len: u64) -> Option<Extent<M>> {
+        self.r().lookup(start, len)
+    }
+
+    /// See [`ExtentMap::search`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.search(0, 1).is_none());
+    /// ```
+    pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
+        self.r().search(start, len)
+    }
+
+    /// A snapshot of all extents, in start order (taken under the read lock).
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.iter().count(), 0);
+    /// ```
+    pub fn iter(&self) -> impl Iterator<Item = Extent<M>> {
+        self.r().iter().collect::<Vec<_>>().into_iter()
+    }
+
+    /// See [`ExtentMap::remove`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// assert!(!map.remove(&extent_cache::Extent::hole(0, 1)));
+    /// ```
+    pub fn remove(&self, ext: &Extent<M>) -> bool {
+        self.w().remove(ext)
+    }
+
+    /// See [`ExtentMap::replace`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// let e = extent_cache::Extent::hole(0, 1);
+    /// assert!(map.replace(&e, e, false).is_err());
+    /// ```
+    pub fn replace(&self, cur: &Extent<M>, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
+        self.w().replace(cur, new, modified)
+    }
+
+    /// See [`ExtentMap::drop_range`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.drop_range(0, u64::MAX, false).unwrap().extents, 0);
+    /// ```
+    pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
+        self.w().drop_range(start, end, skip_pinned)
+    }
+
+    /// See [`ExtentMap::replace_range`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// map.replace_range(extent_cache::Extent::hole(0, 1), false).unwrap();
+    /// ```
+    pub fn replace_range(&self, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
+        self.w().replace_range(new, modified)
+    }
+
+    /// See [`ExtentMap::unpin`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.unpin(0, 1, 1).is_err());
+    /// ```
+    pub fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error<M>> {
+        self.w().unpin(start, len, generation)
+    }
+
+    /// See [`ExtentMap::take_modified`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.take_modified().is_empty());
+    /// ```
+    pub fn take_modified(&self) -> Vec<Extent<M>> {
+        self.w().take_modified()
+    }
+
+    /// See [`ExtentMap::clear_logging`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// assert!(map.clear_logging(&extent_cache::Extent::hole(0, 1)).is_err());
+    /// ```
+    pub fn clear_logging(&self, ext: &Extent<M>) -> Result<Extent<M>, Error<M>> {
+        self.w().clear_logging(ext)
+    }
+
+    /// Number of extents.
+    ///
+    /// ```
+    /// assert_eq!(extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new().len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.r().len()
+    }
+
+    /// Whether the map is empty.
+    ///
+    /// ```
+    /// assert!(extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.r().is_empty()
+    }
+
+    /// Removes every extent.
+    ///
+    /// ```
+    /// extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new().clear();
+    /// ```
+    pub fn clear(&self) {
+        self.w().clear()
+    }
+
+    /// A copy of the inner map (for tests and tools).
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert!(map.snapshot().is_empty());
+    /// ```
+    pub fn snapshot(&self) -> ExtentMap<M> {
+        self.r().clone()
+    }
+}
+
+impl LockedExtentMap<BlockMapping> {
+    /// See [`ExtentMap::split`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// assert!(map.split(0, 8192, 4096, 0).is_err());
+    /// ```
+    pub fn split(&self, start: u64, len: u64, pre: u64, new_disk_bytenr: u64) -> Result<(), Error> {
+        self.w().split(start, len, pre, new_disk_bytenr)
+    }
+}
