@@ -747,7 +747,8 @@ impl<M> Extent<M> {
     /// assert!(!e.overlaps(0, 4096));
     /// ```
     pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.start < end && start < self.end()
+        // An empty or inverted range holds no byte, so it intersects nothing.
+        start < end && self.start < end && start < self.end()
     }
 }
 
