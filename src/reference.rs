@@ -67,6 +67,13 @@ impl<M: Mapping> ExtentMap<M> {
         }
     }
 
+    /// A map holding exactly these items (in start order, not overlapping).
+    pub(crate) fn from_items(items: Vec<Item<M>>) -> Self {
+        ExtentMap {
+            items: items.into_iter().map(|i| (i.ext.start(), i)).collect(),
+        }
+    }
+
     fn apply(&mut self, change: Change<M>) {
         for r in &change.remove {
             self.items.remove(&r.ext.start());

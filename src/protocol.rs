@@ -1,0 +1,475 @@
+//! The commit protocol: how a change to several extents becomes visible in one step, with no
+//! lock, and how conflicting changes settle.
+//!
+//! # Nodes and what they mean
+//!
+//! Each extent in the index is a [`Node`]: an immutable [`Item`] (extent + modified-set
+//! membership) and two words that say whether it is *visible*:
+//!
+//! * `adder` — the descriptor of the change that added the node, while that change may still be
+//!   undecided. `0` once it committed (the common case: readers then look at nothing else),
+//!   [`ADDER_ABORTED`] if it aborted.
+//! * `claim` — the descriptor of the change that currently *claims* the node, tagged
+//!   [`REMOVE`] when that change takes the node out (otherwise it only guards the node: "my plan
+//!   depends on you staying as you are"). `0` when nobody holds it, [`CLAIM_DEAD`] once a
+//!   removal committed.
+//!
+//! A node is visible ([`Stage::Live`]) when its adder committed and no committed change removed
+//! it. Nodes never change their item; a merge or a split adds new nodes and removes old ones.
+//!
+//! # Descriptors
+//!
+//! A change is a [`Desc`]: the nodes it claims (every node of the window its plan read, in key
+//! order — the ones it removes tagged [`REMOVE`]), the nodes it adds (already linked into the
+//! index, invisible because their `adder` is this pending descriptor), a priority `ticket`, and
+//! one `status` word: [`PENDING`], then [`COMMITTED`] or [`ABORTED`]. One compare-and-swap of
+//! `status` from `PENDING` to `COMMITTED` makes every added node visible and every removed node
+//! invisible at the same instant.
+//!
+//! To commit, a change (its own thread or any thread that meets it — see [`Shared::help`])
+//! 1. claims each node of its window in key order;
+//! 2. validates: no visible node lies between two consecutive claimed nodes;
+//! 3. swings `status` to `COMMITTED` (or to `ABORTED` when a claim or the validation failed).
+//!
+//! Two pending changes that want the same node settle by ticket: the older one wins. The younger
+//! one, meeting the older, finishes the older one's work for it ("helping"); the older one,
+//! meeting the younger, aborts it. So a thread stopped halfway stops nobody, and the oldest
+//! pending change always finishes. `docs/design.md` gives the full argument.
+//!
+//! # Memory
+//!
+//! Descriptors are reference counted by the threads working on them (never by readers) and
+//! freed through epoch reclamation once no slot points to them. Dead nodes are unlinked from the
+//! index only after an epoch grace period, so that a reader's double collect can never miss a
+//! node that was visible while it was reading.
+
+use crate::index::{Guard, HEAD, Index, Key, TAIL, pin};
+use crate::plan::Item;
+use crate::sync::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+
+/// `Desc::status`: undecided.
+pub(crate) const PENDING: usize = 0;
+/// `Desc::status`: the change happened.
+pub(crate) const COMMITTED: usize = 1;
+/// `Desc::status`: the change will never happen.
+pub(crate) const ABORTED: usize = 2;
+
+/// `Node::adder`: the adding change aborted; the node never becomes visible.
+const ADDER_ABORTED: usize = 1;
+/// `Node::claim` tag bit: the claiming change removes the node.
+const REMOVE: usize = 1;
+/// `Node::claim`: a committed change removed the node; it is dead for good.
+const CLAIM_DEAD: usize = 2;
+/// The tag bits of a slot word (descriptors are 8-byte aligned).
+const TAG_MASK: usize = 0b111;
+
+/// Every protocol atomic uses `SeqCst`. This is deliberate: the correctness argument in
+/// `docs/design.md` is phrased over one total order of claims, validations and status changes
+/// (a claim-then-validate on one side against a commit-then-read on the other is a store-load
+/// pattern that weaker orderings do not order). On x86-64 a `SeqCst` load is a plain load and
+/// every write here is already a locked read-modify-write, so it costs nothing extra there.
+const ORD: Ordering = Ordering::SeqCst;
+
+/// What a node means to a reader at one instant. Stages only move forward:
+/// `Unborn -> Live -> Dead`, or `Unborn -> Aborted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Added by a change that has not committed yet: not visible (yet).
+    Unborn,
+    /// Visible.
+    Live,
+    /// Removed by a committed change: not visible, for good.
+    Dead,
+    /// Added by a change that aborted: never visible.
+    Aborted,
+}
+
+/// One extent in the index (or a sentinel, with no item).
+pub(crate) struct Node<M> {
+    pub(crate) key: Key,
+    /// `None` for the two sentinels.
+    pub(crate) item: Option<Item<M>>,
+    adder: AtomicUsize,
+    claim: AtomicUsize,
+}
+
+impl<M> Node<M> {
+    fn sentinel(key: Key) -> Self {
+        Node {
+            key,
+            item: None,
+            adder: AtomicUsize::new(0),
+            claim: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A claim a change makes on a node.
+pub(crate) struct Claim<M> {
+    pub(crate) node: Arc<Node<M>>,
+    pub(crate) remove: bool,
+}
+
+/// A change in flight: see the module documentation.
+#[repr(align(8))]
+pub(crate) struct Desc<M> {
+    status: AtomicUsize,
+    /// Threads working on this descriptor (its owner and its helpers). Readers never count.
+    refs: AtomicUsize,
+    /// Priority: smaller is older, and the older change wins a conflict.
+    ticket: u64,
+    /// The claimed nodes, in key order.
+    claims: Vec<Claim<M>>,
+    /// The added nodes.
+    adds: Vec<Arc<Node<M>>>,
+    /// `adds.len() - removed nodes`, applied to the length counter by whoever commits.
+    delta: isize,
+}
+
+impl<M> Desc<M> {
+    fn status(&self) -> usize {
+        self.status.load(ORD)
+    }
+
+    /// Decides the change, if it is still undecided. Returns whether this call decided it.
+    fn decide(&self, outcome: usize) -> bool {
+        self.status
+            .compare_exchange(PENDING, outcome, ORD, ORD)
+            .is_ok()
+    }
+
+    /// Takes a working reference, unless the descriptor is already on its way to being freed.
+    fn try_acquire(&self) -> bool {
+        let mut refs = self.refs.load(Ordering::Relaxed);
+        while refs != 0 {
+            // Acquire: we are about to read the descriptor's fields; pairs with the release in
+            // `release` of the thread that set them up (its owner).
+            match self.refs.compare_exchange_weak(
+                refs,
+                refs + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => refs = now,
+            }
+        }
+        false
+    }
+}
+
+/// Loads a descriptor from a slot word.
+///
+/// # Safety
+///
+/// `word` must have been loaded, under `guard`, from a slot of a node reachable under `guard`,
+/// and must hold a descriptor pointer (not `0`, not a bare tag). A slot only ever holds a
+/// descriptor whose reference count is positive; the last thread to drop a reference has
+/// cleared every slot it could have filled and retires the descriptor through `guard`'s epoch,
+/// so the descriptor outlives every guard that could have loaded it.
+unsafe fn desc_of<M>(word: usize, _guard: &Guard) -> &Desc<M> {
+    let ptr = (word & !TAG_MASK) as *const Desc<M>;
+    debug_assert!(!ptr.is_null());
+    // SAFETY: the caller guarantees the pointer came from a slot under `guard`; by the
+    // invariant above the descriptor is allocated until `guard` is dropped.
+    unsafe { &*ptr }
+}
+
+/// The state the cache shares between all threads: the index, the sequence counter and the
+/// approximate length.
+pub(crate) struct Shared<M> {
+    pub(crate) index: Index<M>,
+    /// Source of node sequence numbers and descriptor tickets.
+    seq: AtomicU64,
+    /// Number of visible extents (exact when no change is in flight).
+    len: AtomicIsize,
+}
+
+/// Whether a change committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Committed,
+    Aborted,
+}
+
+impl<M: Send + Sync + 'static> Shared<M> {
+    pub(crate) fn new() -> Self {
+        Shared {
+            index: Index::new(
+                Arc::new(Node::sentinel(HEAD)),
+                Arc::new(Node::sentinel(TAIL)),
+            ),
+            seq: AtomicU64::new(1),
+            len: AtomicIsize::new(0),
+        }
+    }
+
+    /// Fresh sequence numbers: `n` consecutive values (relaxed: uniqueness is all that matters).
+    pub(crate) fn next_seq(&self, n: u64) -> u64 {
+        self.seq.fetch_add(n, Ordering::Relaxed)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// What `node` means right now.
+    pub(crate) fn stage(&self, node: &Node<M>, guard: &Guard) -> Stage {
+        let adder = node.adder.load(ORD);
+        if adder == ADDER_ABORTED {
+            return Stage::Aborted;
+        }
+        if adder != 0 {
+            // SAFETY: loaded under `guard` from a node reachable under `guard`; not a bare tag.
+            let d = unsafe { desc_of::<M>(adder, guard) };
+            match d.status() {
+                PENDING => return Stage::Unborn,
+                ABORTED => return Stage::Aborted,
+                _ => {}
+            }
+        }
+        let claim = node.claim.load(ORD);
+        if claim == CLAIM_DEAD {
+            return Stage::Dead;
+        }
+        if claim & REMOVE != 0 {
+            // SAFETY: as above; a word with the REMOVE bit always carries a pointer.
+            let d = unsafe { desc_of::<M>(claim, guard) };
+            if d.status() == COMMITTED {
+                return Stage::Dead;
+            }
+        }
+        Stage::Live
+    }
+
+    /// Builds a node for a new item; it is invisible until `desc` commits.
+    fn new_node(key: Key, item: Item<M>, desc: *const Desc<M>) -> Arc<Node<M>> {
+        Arc::new(Node {
+            key,
+            item: Some(item),
+            adder: AtomicUsize::new(desc as usize),
+            claim: AtomicUsize::new(0),
+        })
+    }
+
+    /// Publishes a change: `claims` (the window the plan read, in key order, removals marked)
+    /// and `adds` (new items, in start order). Returns whether it committed; an aborted change
+    /// left the visible map untouched and the caller retries with a fresh window.
+    ///
+    /// `ticket` is the caller's priority; reuse it across retries of the same operation so that
+    /// the operation grows older and eventually wins every conflict.
+    pub(crate) fn publish(
+        self: &Arc<Self>,
+        ticket: u64,
+        claims: Vec<Claim<M>>,
+        adds: Vec<Item<M>>,
+        guard: &Guard,
+    ) -> Outcome {
+        let removed = claims.iter().filter(|c| c.remove).count() as isize;
+        let delta = adds.len() as isize - removed;
+        let first_seq = self.next_seq(adds.len() as u64);
+        // The descriptor is allocated first so the new nodes can point to it; its `adds` are
+        // filled in before anyone else can see it (it becomes reachable only once a node is
+        // linked into the index, below).
+        let desc = Box::into_raw(Box::new(Desc {
+            status: AtomicUsize::new(PENDING),
+            refs: AtomicUsize::new(1),
+            ticket,
+            claims,
+            adds: Vec::new(),
+            delta,
+        }));
+        let nodes: Vec<Arc<Node<M>>> = adds
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let key = (item.ext.start(), first_seq + i as u64);
+                Self::new_node(key, item, desc)
+            })
+            .collect();
+        // SAFETY: `desc` is not shared with any thread yet; we are its only user.
+        unsafe { (*desc).adds = nodes.clone() };
+        // SAFETY: we hold the owner's reference, so the descriptor is alive.
+        let d = unsafe { &*desc };
+        for node in nodes {
+            self.index.insert(node, guard);
+        }
+        self.help(d, guard);
+        self.cleanup(d, guard);
+        let outcome = if d.status() == COMMITTED {
+            Outcome::Committed
+        } else {
+            Outcome::Aborted
+        };
+        // SAFETY: we took our reference at allocation and every slot we filled is cleaned.
+        unsafe { self.release(desc, guard) };
+        outcome
+    }
+
+    /// Drives `d` to a decision: claims its nodes (helping older changes and aborting younger
+    /// ones that are in the way), validates, and decides. On return `d` is decided.
+    /// The caller holds a reference to `d`.
+    fn help(self: &Arc<Self>, d: &Desc<M>, guard: &Guard) {
+        for c in &d.claims {
+            if !self.claim(d, c, guard) {
+                break;
+            }
+        }
+        if d.status() == PENDING {
+            let outcome = if self.validate(d, guard) {
+                COMMITTED
+            } else {
+                ABORTED
+            };
+            if d.decide(outcome) && outcome == COMMITTED {
+                self.len.fetch_add(d.delta, Ordering::Relaxed);
+            }
+        }
+        debug_assert_ne!(d.status(), PENDING);
+    }
+
+    /// Claims one node for `d`. Returns `false` when `d` is decided (possibly by this call,
+    /// when the node turned out dead).
+    fn claim(self: &Arc<Self>, d: &Desc<M>, c: &Claim<M>, guard: &Guard) -> bool {
+        let me = d as *const Desc<M> as usize;
+        let want = me | if c.remove { REMOVE } else { 0 };
+        loop {
+            if d.status() != PENDING {
+                return false;
+            }
+            let cur = c.node.claim.load(ORD);
+            if cur == want {
+                return true;
+            }
+            if cur == CLAIM_DEAD {
+                d.decide(ABORTED);
+                return false;
+            }
+            if cur != 0 {
+                // SAFETY: loaded under `guard` from a node we hold; not a bare tag.
+                let other = unsafe { desc_of::<M>(cur, guard) };
+                match other.status() {
+                    PENDING => {
+                        if other.ticket < d.ticket {
+                            // The older change wins: finish it, then look again.
+                            if other.try_acquire() {
+                                self.help(other, guard);
+                                self.cleanup(other, guard);
+                                // SAFETY: we took a reference just above and cleaned up.
+                                unsafe { self.release(other, guard) };
+                            }
+                        } else {
+                            // We are older: the younger change gives way.
+                            other.decide(ABORTED);
+                        }
+                        continue;
+                    }
+                    COMMITTED if cur & REMOVE != 0 => {
+                        // The node is gone: our plan is stale.
+                        d.decide(ABORTED);
+                        return false;
+                    }
+                    // A decided claim that did not remove the node: the node is free.
+                    _ => {}
+                }
+            }
+            if c.node.claim.compare_exchange(cur, want, ORD, ORD).is_ok() {
+                if d.status() != PENDING {
+                    // We were late: `d` was decided while we claimed. Undo our own write so no
+                    // slot keeps pointing at a decided descriptor we might let go of.
+                    self.clean_claim(d, c, guard);
+                    return false;
+                }
+                return true;
+            }
+        }
+    }
+
+    /// Step 2: between each two consecutive claimed nodes, no visible node.
+    fn validate(self: &Arc<Self>, d: &Desc<M>, guard: &Guard) -> bool {
+        for pair in d.claims.windows(2) {
+            let (lo, hi) = (pair[0].node.key, pair[1].node.key);
+            let mut cur = self.index.after(&lo, guard);
+            while let Some(c) = cur {
+                if c.key() >= hi {
+                    break;
+                }
+                if self.stage(c.node(), guard) == Stage::Live {
+                    return false;
+                }
+                cur = c.next();
+            }
+        }
+        true
+    }
+
+    /// Clears every slot that points at the decided descriptor `d`, and schedules the unlinking
+    /// of nodes that are gone for good. Idempotent: the owner and every helper may run it.
+    fn cleanup(self: &Arc<Self>, d: &Desc<M>, guard: &Guard) {
+        let me = d as *const Desc<M> as usize;
+        let committed = match d.status() {
+            COMMITTED => true,
+            ABORTED => false,
+            _ => return,
+        };
+        for node in &d.adds {
+            let after = if committed { 0 } else { ADDER_ABORTED };
+            if node.adder.compare_exchange(me, after, ORD, ORD).is_ok() && !committed {
+                self.unlink_later(node.key, guard);
+            }
+        }
+        for c in &d.claims {
+            self.clean_claim(d, c, guard);
+        }
+    }
+
+    fn clean_claim(self: &Arc<Self>, d: &Desc<M>, c: &Claim<M>, guard: &Guard) {
+        let me = d as *const Desc<M> as usize;
+        let committed = d.status() == COMMITTED;
+        if c.remove {
+            let after = if committed { CLAIM_DEAD } else { 0 };
+            if c.node
+                .claim
+                .compare_exchange(me | REMOVE, after, ORD, ORD)
+                .is_ok()
+                && committed
+            {
+                self.unlink_later(c.node.key, guard);
+            }
+        } else {
+            let _ = c.node.claim.compare_exchange(me, 0, ORD, ORD);
+        }
+    }
+
+    /// Unlinks a node that can never be visible again, once every thread pinned now has
+    /// unpinned. A reader that was reading while the node was still visible keeps finding it in
+    /// the index until it is done.
+    fn unlink_later(self: &Arc<Self>, key: Key, guard: &Guard) {
+        let shared = Arc::clone(self);
+        guard.defer(move || {
+            let g = pin();
+            shared.index.remove(&key, &g);
+        });
+    }
+
+    /// Drops a working reference to `desc`; the last one retires it.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a reference to `desc` (from allocation or [`Desc::try_acquire`]) and has
+    /// run [`cleanup`](Self::cleanup) after `desc` was decided, so no slot it filled still
+    /// points to `desc`.
+    unsafe fn release(self: &Arc<Self>, desc: *const Desc<M>, guard: &Guard) {
+        // SAFETY: we hold a reference, so the descriptor is alive.
+        let d = unsafe { &*desc };
+        // AcqRel: the last thread must see every other holder's writes before the descriptor is
+        // retired (release on each decrement, acquire on the last).
+        if d.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ptr = desc as *mut Desc<M>;
+            // SAFETY: no slot points to the descriptor any more and no thread can acquire a new
+            // reference (the count is zero); threads that loaded the pointer earlier are pinned,
+            // and the epoch frees it only after they unpin.
+            unsafe { guard.defer_unchecked(move || drop(Box::from_raw(ptr))) };
+        }
+    }
+}
