@@ -604,7 +604,9 @@ pub(crate) fn split<V: View<BlockMapping> + ?Sized>(
     if em.start() != start || em.len() != len {
         return bad("split: the extent found does not span exactly [start, start + len)");
     }
-    if pre == 0 || pre >= len {
+    // Against the range the extent really covers: its end saturates at `u64::MAX`, so `len`
+    // may be longer, and `start + pre` must neither wrap nor reach `u64::MAX`.
+    if pre == 0 || pre >= len || pre >= em.end() - start {
         return bad("split: pre must be > 0 and < len");
     }
     let Location::Regular { .. } = em.location() else {
