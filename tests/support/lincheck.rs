@@ -1,0 +1,580 @@
+//! A linearizability checker for [`ExtentCache`] (spec §8), against the sequential oracle
+//! [`reference::ExtentMap`].
+//!
+//! A plain module, included by path where it is needed:
+//!
+//! ```ignore
+//! #[path = "support/lincheck.rs"]
+//! mod lincheck;
+//! ```
+//!
+//! Two halves:
+//!
+//! * **Recording** ([`record`]): 2–4 threads run their own list of [`Op`]s against one shared
+//!   map (anything implementing [`Concurrent`]). Every operation takes a ticket from one global
+//!   `AtomicU64` clock before it starts (its *call*) and another after it returns (its *ret*).
+//!   When `a.ret < b.call`, `a` finished before `b` started in real time, so `a` must come
+//!   first in any linearization. Overlapping tickets only allow more orders, so the clock can
+//!   make the check weaker than the real timing would, never stronger.
+//!
+//! * **Checking** ([`check`]): a Wing–Gong search with Lowe's memoization. From the initial map,
+//!   repeatedly pick a *minimal* pending operation — one that no other pending operation
+//!   finished before — apply it to a clone of the reference map and compare the answer with the
+//!   recorded one; backtrack on a mismatch. A (set of linearized operations, map state) pair
+//!   that was explored once is never explored again. The history is linearizable when every
+//!   operation has been placed.
+//!
+//! Histories are not partitioned by offset range: merges, splits and the gap fitting of
+//! `get_or_insert` all look at neighbours, so two operations on "different" ranges can still
+//! interact. Histories are kept small (at most [`MAX_OPS`] operations) instead.
+//!
+//! ```text
+//!   thread 0  |--insert [0,4K)--------------|
+//!   thread 1       |-get 0 -> Some-|  |-get 0 -> None-|     <- rejected: the insert
+//!                                                            cannot be undone
+//! ```
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use extent_cache::reference::ExtentMap;
+use extent_cache::{Compression, Dropped, Error, Extent, ExtentCache, Flags};
+
+/// The largest history [`check`] accepts (the linearized set is a `u128` bitmap).
+pub const MAX_OPS: usize = 128;
+
+/// One operation with its arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// `get(offset)`
+    Get(u64),
+    /// `lookup(start, len)`
+    Lookup(u64, u64),
+    /// `search(start, len)`
+    Search(u64, u64),
+    /// `insert(ext)`
+    Insert(Extent),
+    /// `insert_modified(ext)`
+    InsertModified(Extent),
+    /// `get_or_insert(candidate, offset)`
+    GetOrInsert(Extent, u64),
+    /// `remove(&ext)`
+    Remove(Extent),
+    /// `replace_range(new, modified)`
+    ReplaceRange(Extent, bool),
+    /// `drop_range(start, end, skip_pinned)`
+    DropRange(u64, u64, bool),
+    /// `unpin(start, len, generation)`
+    Unpin(u64, u64, u64),
+}
+
+impl Op {
+    /// Whether the operation can never change the map (its answer still matters).
+    pub fn is_read(&self) -> bool {
+        matches!(self, Op::Get(_) | Op::Lookup(..) | Op::Search(..))
+    }
+}
+
+/// What an operation answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ret {
+    /// `get`, `lookup`, `search`.
+    Found(Option<Extent>),
+    /// `insert`, `insert_modified`, `replace_range`, `unpin`.
+    Done(Result<(), Error>),
+    /// `get_or_insert`.
+    Got(Result<Extent, Error>),
+    /// `remove`.
+    Removed(bool),
+    /// `drop_range`.
+    Dropped(Result<Dropped, Error>),
+}
+
+/// A map that several threads can share: the thing under test.
+pub trait Concurrent: Sync {
+    /// Runs one operation and returns its answer.
+    fn run(&self, op: &Op) -> Ret;
+
+    /// An exact copy of the map, taken when no operation runs (after a history), or `None`
+    /// when the map cannot give one. The checker then also demands that the linearization ends
+    /// in this state.
+    fn snapshot(&self) -> Option<ExtentMap> {
+        None
+    }
+}
+
+impl Concurrent for ExtentCache {
+    fn run(&self, op: &Op) -> Ret {
+        match op {
+            Op::Get(o) => Ret::Found(self.get(*o)),
+            Op::Lookup(s, l) => Ret::Found(self.lookup(*s, *l)),
+            Op::Search(s, l) => Ret::Found(self.search(*s, *l)),
+            Op::Insert(e) => Ret::Done(self.insert(*e)),
+            Op::InsertModified(e) => Ret::Done(self.insert_modified(*e)),
+            Op::GetOrInsert(e, o) => Ret::Got(self.get_or_insert(*e, *o)),
+            Op::Remove(e) => Ret::Removed(self.remove(e)),
+            Op::ReplaceRange(e, m) => Ret::Done(self.replace_range(*e, *m)),
+            Op::DropRange(s, e, p) => Ret::Dropped(self.drop_range(*s, *e, *p)),
+            Op::Unpin(s, l, g) => Ret::Done(self.unpin(*s, *l, *g)),
+        }
+    }
+
+    fn snapshot(&self) -> Option<ExtentMap> {
+        Some(ExtentCache::snapshot(self))
+    }
+}
+
+/// Runs one operation on the sequential reference.
+pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
+    match op {
+        Op::Get(o) => Ret::Found(map.get(*o)),
+        Op::Lookup(s, l) => Ret::Found(map.lookup(*s, *l)),
+        Op::Search(s, l) => Ret::Found(map.search(*s, *l)),
+        Op::Insert(e) => Ret::Done(map.insert(*e)),
+        Op::InsertModified(e) => Ret::Done(map.insert_modified(*e)),
+        Op::GetOrInsert(e, o) => Ret::Got(map.get_or_insert(*e, *o)),
+        Op::Remove(e) => Ret::Removed(map.remove(e)),
+        Op::ReplaceRange(e, m) => Ret::Done(map.replace_range(*e, *m)),
+        Op::DropRange(s, e, p) => Ret::Dropped(map.drop_range(*s, *e, *p)),
+        Op::Unpin(s, l, g) => Ret::Done(map.unpin(*s, *l, *g)),
+    }
+}
+
+/// One completed operation of a history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The thread that ran it (its index in the plan given to [`record`]).
+    pub thread: usize,
+    /// The operation and its arguments.
+    pub op: Op,
+    /// Clock ticket taken just before the call.
+    pub call: u64,
+    /// Clock ticket taken just after the return (`ret > call`).
+    pub ret: u64,
+    /// The answer.
+    pub result: Ret,
+}
+
+/// A complete history: the map everybody started from and every operation that ran on it.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// The map before the first operation.
+    pub initial: ExtentMap,
+    /// The operations, in no particular order.
+    pub events: Vec<Event>,
+    /// The map after the last operation, when known: a linearization must end there.
+    pub last: Option<ExtentMap>,
+}
+
+impl fmt::Display for History {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "initial map:")?;
+        for (e, m) in self.initial.entries() {
+            writeln!(f, "    {e:?}{}", if m { " (modified)" } else { "" })?;
+        }
+        let mut evs: Vec<&Event> = self.events.iter().collect();
+        evs.sort_by_key(|e| e.call);
+        writeln!(f, "events (call..ret, thread: op -> result):")?;
+        for e in evs {
+            writeln!(
+                f,
+                "    {:>4}..{:<4} t{}: {:?} -> {:?}",
+                e.call, e.ret, e.thread, e.op, e.result
+            )?;
+        }
+        if let Some(last) = &self.last {
+            writeln!(f, "final map:")?;
+            for (e, m) in last.entries() {
+                writeln!(f, "    {e:?}{}", if m { " (modified)" } else { "" })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `plan[t]` on thread `t` (all threads released together by a barrier) against `target`,
+/// which must already hold `initial`, and records the history.
+pub fn record<T: Concurrent>(target: &T, initial: ExtentMap, plan: &[Vec<Op>]) -> History {
+    let clock = AtomicU64::new(0);
+    let barrier = Barrier::new(plan.len());
+    let mut events = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .iter()
+            .enumerate()
+            .map(|(thread, ops)| {
+                let (clock, barrier) = (&clock, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    ops.iter()
+                        .map(|op| {
+                            // SeqCst: the tickets of all threads form one total order, and a
+                            // ticket taken after an operation returned is ordered after
+                            // everything that operation did (and the call ticket before it).
+                            let call = clock.fetch_add(1, Ordering::SeqCst);
+                            let result = target.run(op);
+                            let ret = clock.fetch_add(1, Ordering::SeqCst);
+                            Event {
+                                thread,
+                                op: op.clone(),
+                                call,
+                                ret,
+                                result,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            events.extend(h.join().expect("an operation panicked"));
+        }
+    });
+    let last = target.snapshot();
+    History {
+        initial,
+        events,
+        last,
+    }
+}
+
+/// The outcome of [`check`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// A linearization exists; the indices into `History::events`, in linearization order.
+    Linearizable(Vec<usize>),
+    /// No order of the operations consistent with real time gives the recorded answers.
+    /// `longest` is the longest prefix the search could place (a hint for debugging).
+    NotLinearizable {
+        /// The longest placeable prefix found (indices into `History::events`).
+        longest: Vec<usize>,
+    },
+    /// The search gave up after `budget` steps (the history is too large or too concurrent).
+    Unknown,
+}
+
+impl Verdict {
+    /// Whether the verdict is [`Verdict::Linearizable`].
+    pub fn is_linearizable(&self) -> bool {
+        matches!(self, Verdict::Linearizable(_))
+    }
+
+    /// Whether the verdict is [`Verdict::NotLinearizable`].
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, Verdict::NotLinearizable { .. })
+    }
+}
+
+/// Default step budget of [`check`].
+pub const DEFAULT_BUDGET: u64 = 2_000_000;
+
+/// Checks a history with the default step budget.
+pub fn check(history: &History) -> Verdict {
+    check_with_budget(history, DEFAULT_BUDGET)
+}
+
+type State = Vec<(Extent, bool)>;
+
+struct Search<'h> {
+    events: &'h [Event],
+    last: Option<State>,
+    seen: HashSet<(u128, State)>,
+    order: Vec<usize>,
+    longest: Vec<usize>,
+    steps: u64,
+    budget: u64,
+}
+
+/// Checks a history, giving up with [`Verdict::Unknown`] after `budget` search steps.
+///
+/// # Panics
+///
+/// When the history holds more than [`MAX_OPS`] operations, or an event whose `ret` is not
+/// after its `call`.
+pub fn check_with_budget(history: &History, budget: u64) -> Verdict {
+    let events = &history.events[..];
+    assert!(
+        events.len() <= MAX_OPS,
+        "history of {} operations: at most {MAX_OPS}",
+        events.len()
+    );
+    assert!(events.iter().all(|e| e.call < e.ret), "ret before call");
+    let mut search = Search {
+        events,
+        last: history.last.as_ref().map(ExtentMap::entries),
+        seen: HashSet::new(),
+        order: Vec::with_capacity(events.len()),
+        longest: Vec::new(),
+        steps: 0,
+        budget,
+    };
+    match search.dfs(0, history.initial.clone()) {
+        Some(true) => Verdict::Linearizable(search.order),
+        Some(false) => Verdict::NotLinearizable {
+            longest: search.longest,
+        },
+        None => Verdict::Unknown,
+    }
+}
+
+impl Search<'_> {
+    /// `Some(true)`: placed everything; `Some(false)`: no way on from here; `None`: out of budget.
+    fn dfs(&mut self, done: u128, map: ExtentMap) -> Option<bool> {
+        let n = self.events.len();
+        if done.count_ones() as usize == n {
+            return Some(self.last.as_ref().is_none_or(|l| *l == map.entries()));
+        }
+        if !self.seen.insert((done, map.entries())) {
+            return Some(false);
+        }
+        self.steps += 1;
+        if self.steps > self.budget {
+            return None;
+        }
+        // An operation is minimal when no other pending one returned before it was called.
+        let pending = (0..n).filter(|&i| done & (1u128 << i) == 0);
+        let horizon = pending
+            .clone()
+            .map(|i| self.events[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        let mut candidates: Vec<usize> =
+            pending.filter(|&i| self.events[i].call < horizon).collect();
+        // Reads first: they do not change the map, so they are cheap to place.
+        candidates.sort_by_key(|&i| (!self.events[i].op.is_read(), self.events[i].call));
+        for i in candidates {
+            let ev = &self.events[i];
+            let mut next = map.clone();
+            if apply(&mut next, &ev.op) != ev.result {
+                continue;
+            }
+            self.order.push(i);
+            if self.order.len() > self.longest.len() {
+                self.longest = self.order.clone();
+            }
+            match self.dfs(done | (1u128 << i), next) {
+                Some(true) => return Some(true),
+                Some(false) => {}
+                None => return None,
+            }
+            self.order.pop();
+        }
+        Some(false)
+    }
+}
+
+/// Checks that a map obeys the invariants every reader may rely on: extents in start order,
+/// none overlapping, every one well formed.
+pub fn check_invariants(map: &ExtentMap) -> Result<(), String> {
+    let mut end = 0u64;
+    let mut first = true;
+    for e in map.iter() {
+        e.validate()
+            .map_err(|r| format!("ill-formed extent {e:?}: {r}"))?;
+        if !first && e.start() < end {
+            return Err(format!(
+                "{e:?} overlaps or precedes the extent ending at {end}"
+            ));
+        }
+        first = false;
+        end = e.end();
+    }
+    Ok(())
+}
+
+/// A small, seedable pseudo-random generator (SplitMix64): histories must be reproducible from
+/// a seed, and the checker must not depend on any crate.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `1 / n`.
+    pub fn one_in(&mut self, n: u64) -> bool {
+        self.below(n) == 0
+    }
+}
+
+/// The grid histories are generated on: operations conflict because they share a small file.
+pub const BLOCK: u64 = 4096;
+
+/// Generates random operations on a file of `blocks` blocks of [`BLOCK`] bytes.
+#[derive(Clone, Debug)]
+pub struct Gen {
+    /// The random source.
+    pub rng: Rng,
+    /// Size of the file in blocks.
+    pub blocks: u64,
+    /// Extents handed out so far (`Remove` picks from them, so that it sometimes hits).
+    pub pool: Vec<Extent>,
+}
+
+impl Gen {
+    /// A generator for a file of `blocks` blocks.
+    pub fn new(seed: u64, blocks: u64) -> Gen {
+        Gen {
+            rng: Rng::new(seed),
+            blocks,
+            pool: Vec::new(),
+        }
+    }
+
+    fn offset(&mut self) -> u64 {
+        self.rng.below(self.blocks) * BLOCK
+    }
+
+    fn len(&mut self) -> u64 {
+        (1 + self.rng.below(4)) * BLOCK
+    }
+
+    /// A random well-formed extent (sometimes an ill-formed one) on the grid. Regular extents
+    /// sit at `disk = 1 MiB + file offset` so that neighbours are often contiguous on disk and
+    /// merge.
+    pub fn extent(&mut self) -> Extent {
+        let start = self.offset();
+        let len = self.len();
+        let mut e = match self.rng.below(10) {
+            0..=3 => Extent::hole(start, len),
+            // An inline map covers exactly the first block (btrfs rounds it up to a sector),
+            // so grid operations never cut one. (Cutting one leaves an inline piece away from
+            // offset 0: pinned by `tests/fuzz_regressions.rs::
+            // drop_range_leaves_an_inline_back_piece_away_from_offset_0`.)
+            4 if start == 0 => Extent::inline(BLOCK),
+            4..=8 => {
+                let disk = (1 << 20) + start;
+                Extent::regular(start, len, disk, len, 0, len)
+            }
+            _ => {
+                // A compressed piece of a larger extent.
+                let ram = len + BLOCK;
+                Extent::regular(start, len, 1 << 30, BLOCK, BLOCK, ram)
+                    .with_compression(Compression::Zstd)
+            }
+        };
+        if self.rng.one_in(5) {
+            e = e.with_flags(Flags::PINNED);
+        } else if self.rng.one_in(10) {
+            e = e.with_flags(Flags::PREALLOC);
+        }
+        e = e.with_generation(self.rng.below(3));
+        if self.rng.one_in(40) {
+            e = Extent::hole(start, 0); // ill-formed: len 0
+        }
+        self.pool.push(e);
+        e
+    }
+
+    /// A random operation.
+    pub fn op(&mut self) -> Op {
+        match self.rng.below(20) {
+            0..=2 => Op::Get(self.offset() + self.rng.below(2) * (BLOCK - 1)),
+            3 => Op::Lookup(self.offset(), self.len()),
+            4 => Op::Search(self.offset(), self.len()),
+            5..=6 => Op::Insert(self.extent()),
+            7 => Op::InsertModified(self.extent()),
+            8..=10 => {
+                let mut e = self.extent();
+                if e.validate().is_err() {
+                    // Known divergence, pinned by
+                    // `tests/fuzz_regressions.rs::get_or_insert_accepts_an_ill_formed_candidate_at_a_covered_offset`:
+                    // the cache answers a covered offset before validating the candidate.
+                    // Keep ill-formed candidates out until it is fixed.
+                    e = Extent::hole(e.start(), BLOCK);
+                }
+                // Mostly an offset inside the candidate (the seed's case), sometimes not.
+                let off = if self.rng.one_in(6) {
+                    self.offset()
+                } else {
+                    e.start() + self.rng.below((e.len() / BLOCK).max(1)) * BLOCK
+                };
+                Op::GetOrInsert(e, off)
+            }
+            11 => {
+                let e = if self.pool.is_empty() || self.rng.one_in(4) {
+                    self.extent()
+                } else {
+                    self.pool[self.rng.below(self.pool.len() as u64) as usize]
+                };
+                Op::Remove(e)
+            }
+            12..=14 => Op::ReplaceRange(self.extent(), self.rng.one_in(2)),
+            15..=16 => {
+                let s = self.offset();
+                let e = if self.rng.one_in(8) {
+                    u64::MAX
+                } else {
+                    s + self.len()
+                };
+                Op::DropRange(s, e, self.rng.one_in(2))
+            }
+            _ => Op::Unpin(self.offset(), self.len(), 3 + self.rng.below(3)),
+        }
+    }
+
+    /// Operations that build a random starting map (see [`prepare`]).
+    pub fn setup(&mut self) -> Vec<Op> {
+        (0..self.rng.below(7))
+            .map(|_| {
+                let e = self.extent();
+                if self.rng.one_in(3) {
+                    Op::InsertModified(e)
+                } else {
+                    Op::Insert(e)
+                }
+            })
+            .collect()
+    }
+
+    /// A plan for `threads` threads with `total` operations in all.
+    pub fn plan(&mut self, threads: usize, total: usize) -> Vec<Vec<Op>> {
+        let mut plan = vec![Vec::new(); threads];
+        for i in 0..total {
+            let t = if i < threads {
+                i
+            } else {
+                self.rng.below(threads as u64) as usize
+            };
+            plan[t].push(self.op());
+        }
+        plan
+    }
+}
+
+/// Runs `setup` in sequence on a new [`ExtentCache`] and a new reference map, checking that
+/// both answer alike, and returns the reference map (the history's initial state) and the cache.
+pub fn prepare(setup: &[Op]) -> (ExtentMap, ExtentCache) {
+    let cache = ExtentCache::new();
+    let mut map = ExtentMap::new();
+    for op in setup {
+        let want = apply(&mut map, op);
+        let got = cache.run(op);
+        assert_eq!(got, want, "set-up step {op:?} differs from the reference");
+    }
+    assert_eq!(
+        cache.snapshot().entries(),
+        map.entries(),
+        "the cache does not reproduce the reference after the set-up"
+    );
+    (map, cache)
+}
