@@ -1,0 +1,758 @@
+//! The workload driver: throughput of [`ExtentCache`] against the locked baseline
+//! ([`LockedExtentMap`], a `BTreeMap` behind one `std::sync::RwLock`, what btrfs does).
+//!
+//! ```sh
+//! # Every workload, both implementations, at 1 thread and at all cores (about a minute):
+//! cargo run --release --example workload
+//! # One workload, one implementation, 4 threads, 1M extents, 5 s per run, JSON lines:
+//! cargo run --release --example workload -- --workload mixed --impl lockfree \
+//!     --threads 4 --extents 1000000 --seconds 5 --json
+//! cargo run --release --example workload -- --help
+//! ```
+//!
+//! Each run builds a file of `--extents` extents of 4 KiB to 64 KiB (random sizes, 4 KiB
+//! aligned, contiguous file offsets, regular on-disk extents with a 4 KiB hole on disk between
+//! neighbours so that nothing merges), then lets the threads loose on it for `--seconds`:
+//!
+//! | workload    | what each thread does |
+//! | ----------- | --------------------- |
+//! | `read`      | `get` at uniform random offsets of the whole file |
+//! | `hot`       | `get` inside 16 extents only: every thread on the same few nodes |
+//! | `mixed`     | 90% `get`, 10% `replace_range` of a random 4–64 KiB range (a direct-I/O write to a new on-disk location, `modified` at random) |
+//! | `seed-race` | half the threads write (`replace_range` of 4–16 KiB, splitting extents; one write in four is a `drop_range` of 16–128 KiB, like eviction), half read (`get`; on a miss, `get_or_insert` of the stale on-disk extent, which covers more than was asked). With one thread, the thread alternates the two roles |
+//! | `fill`      | the cache starts empty; threads `get_or_insert` the extents in random order with candidates that overlap each other (the true extent stretched into random parts of its neighbours), then sweep the file with `get_or_insert` until it is fully populated; repeated on a fresh cache while time remains |
+//!
+//! `ops` counts requests: a `get`, a write, a drop, or (seed-race) a read that missed and then
+//! called `get_or_insert`; for `fill`, `get_or_insert` calls.
+//!
+//! `errors` counts every error returned, every answer that does not cover the offset asked for,
+//! every `get` that misses where the file is known to be fully cached (read, hot, mixed), and
+//! every overlap, ordering or coverage violation found by a check of the whole map at the end
+//! (a `snapshot()` of either implementation; full coverage of the file is checked for read, hot,
+//! mixed and every completed fill round). It must be 0.
+
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Write as _;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use extent_cache::reference::LockedExtentMap;
+use extent_cache::{Dropped, Error, Extent, ExtentCache};
+use indicatif::{ProgressBar, ProgressStyle};
+
+const K: u64 = 1024;
+const BLOCK: u64 = 4 * K;
+/// Where the file's on-disk extents start.
+const DISK_BASE: u64 = 1 << 30;
+/// Where writes put their new data: each thread gets its own `1 << 40` bytes above this.
+const NEW_DISK_BASE: u64 = 1 << 50;
+/// How many operations a thread does between two looks at the stop flag.
+const CHECK_EVERY: u64 = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Command line.
+
+/// Throughput of the lock-free ExtentCache against the RwLock<BTreeMap> baseline.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Which workload to run.
+    #[arg(long, value_enum, default_value_t = WorkloadArg::All)]
+    workload: WorkloadArg,
+    /// Number of threads [default: 1 and all cores].
+    #[arg(long, value_parser = positive_usize)]
+    threads: Option<usize>,
+    /// Number of extents in the file.
+    #[arg(long, default_value_t = 100_000, value_parser = positive_usize)]
+    extents: usize,
+    /// Seconds per run (the default run is 5 workloads x 2 implementations x 2 thread counts).
+    #[arg(long, default_value_t = 2.5, value_parser = positive_seconds)]
+    seconds: f64,
+    /// Which implementation to run.
+    #[arg(long = "impl", value_enum, default_value_t = ImplArg::Both)]
+    implementation: ImplArg,
+    /// Print one JSON object per run instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    Read,
+    Hot,
+    Mixed,
+    SeedRace,
+    Fill,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ImplArg {
+    Lockfree,
+    Locked,
+    Both,
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a positive whole number: {e}")),
+    }
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a number of seconds greater than 0".to_string()),
+        Err(e) => Err(format!("not a number of seconds: {e}")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Read,
+    Hot,
+    Mixed,
+    SeedRace,
+    Fill,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::Read,
+        Workload::Hot,
+        Workload::Mixed,
+        Workload::SeedRace,
+        Workload::Fill,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Read => "read",
+            Workload::Hot => "hot",
+            Workload::Mixed => "mixed",
+            Workload::SeedRace => "seed-race",
+            Workload::Fill => "fill",
+        }
+    }
+
+    /// Whether the file stays fully cached during the run (a `get` miss is then an error).
+    fn always_covered(self) -> bool {
+        matches!(self, Workload::Read | Workload::Hot | Workload::Mixed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two implementations behind one interface (monomorphised: no dynamic dispatch).
+
+trait Map: Sync + Sized {
+    const NAME: &'static str;
+    fn empty() -> Self;
+    fn get(&self, offset: u64) -> Option<Extent>;
+    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error>;
+    fn insert(&self, ext: Extent) -> Result<(), Error>;
+    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
+    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
+    /// Every extent, in start order, at one instant.
+    fn extents(&self) -> Vec<Extent>;
+}
+
+impl Map for ExtentCache {
+    const NAME: &'static str = "lockfree";
+    fn empty() -> Self {
+        ExtentCache::new()
+    }
+    fn get(&self, offset: u64) -> Option<Extent> {
+        ExtentCache::get(self, offset)
+    }
+    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
+        ExtentCache::get_or_insert(self, candidate, offset)
+    }
+    fn insert(&self, ext: Extent) -> Result<(), Error> {
+        ExtentCache::insert(self, ext)
+    }
+    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
+        ExtentCache::replace_range(self, new, modified)
+    }
+    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
+        ExtentCache::drop_range(self, start, end, false)
+    }
+    fn extents(&self) -> Vec<Extent> {
+        self.snapshot().iter().collect()
+    }
+}
+
+impl Map for LockedExtentMap {
+    const NAME: &'static str = "locked";
+    fn empty() -> Self {
+        LockedExtentMap::new()
+    }
+    fn get(&self, offset: u64) -> Option<Extent> {
+        LockedExtentMap::get(self, offset)
+    }
+    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
+        LockedExtentMap::get_or_insert(self, candidate, offset)
+    }
+    fn insert(&self, ext: Extent) -> Result<(), Error> {
+        LockedExtentMap::insert(self, ext)
+    }
+    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
+        LockedExtentMap::replace_range(self, new, modified)
+    }
+    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
+        LockedExtentMap::drop_range(self, start, end, false)
+    }
+    fn extents(&self) -> Vec<Extent> {
+        self.snapshot().iter().collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness and the file.
+
+/// SplitMix64: one add, two multiplies; plenty for picking offsets.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)` (`n > 0`), by multiply-high.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// The file: contiguous extents of 4–64 KiB, each a regular extent of its own on disk.
+struct File {
+    /// Start of each extent, then the end of the file.
+    starts: Vec<u64>,
+}
+
+impl File {
+    fn new(extents: usize, seed: u64) -> File {
+        let mut rng = Rng::new(seed);
+        let mut starts = Vec::with_capacity(extents + 1);
+        let mut at = 0;
+        for _ in 0..extents {
+            starts.push(at);
+            at += (1 + rng.below(16)) * BLOCK;
+        }
+        starts.push(at);
+        File { starts }
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    fn end(&self) -> u64 {
+        self.starts[self.len()]
+    }
+
+    /// Extent `i` as it is on disk. Disk addresses follow file offsets with a 4 KiB hole on
+    /// disk between neighbours, so no two neighbours are contiguous and nothing merges.
+    fn extent(&self, i: usize) -> Extent {
+        let (s, e) = (self.starts[i], self.starts[i + 1]);
+        let disk = DISK_BASE + s + i as u64 * BLOCK;
+        Extent::regular(s, e - s, disk, e - s, 0, e - s)
+    }
+
+    /// The index of the extent containing `offset` (`offset < end()`).
+    fn index_of(&self, offset: u64) -> usize {
+        self.starts.partition_point(|&s| s <= offset) - 1
+    }
+
+    /// A fill candidate for extent `i`: the extent stretched by a random number of blocks into
+    /// each neighbour, as a reader that loaded a larger on-disk extent would bring back. Its
+    /// on-disk address keeps the bytes of extent `i` where they are.
+    fn stretched(&self, i: usize, rng: &mut Rng) -> Extent {
+        let (s, e) = (self.starts[i], self.starts[i + 1]);
+        let before = if i > 0 {
+            rng.below((s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
+        } else {
+            0
+        };
+        let after = if i + 1 < self.len() {
+            rng.below((self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
+        } else {
+            0
+        };
+        let (s2, e2) = (s - before, e + after);
+        let disk = DISK_BASE + s + i as u64 * BLOCK - before;
+        Extent::regular(s2, e2 - s2, disk, e2 - s2, 0, e2 - s2)
+    }
+
+    /// A random 4 KiB-aligned range of `min..=max` blocks inside the file.
+    fn random_range(&self, rng: &mut Rng, min: u64, max: u64) -> (u64, u64) {
+        let blocks = self.end() / BLOCK;
+        let start = rng.below(blocks) * BLOCK;
+        let len = (min + rng.below(max - min + 1)) * BLOCK;
+        (start, (start + len).min(self.end()))
+    }
+}
+
+/// A new on-disk extent for a write of `[s, e)`, at a place no other write uses, with a hole
+/// on disk after it.
+fn written(s: u64, e: u64, thread: usize, seq: &mut u64) -> Extent {
+    let disk = NEW_DISK_BASE + ((thread as u64) << 40) + *seq * 72 * K;
+    *seq += 1;
+    Extent::regular(s, e - s, disk, e - s, 0, e - s).with_generation(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running.
+
+/// What one thread did.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    ops: u64,
+    errors: u64,
+}
+
+/// The result of one run.
+struct RunResult {
+    workload: Workload,
+    implementation: &'static str,
+    threads: usize,
+    extents: usize,
+    seconds: f64,
+    ops: u64,
+    errors: u64,
+}
+
+impl RunResult {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    fn json(&self) -> String {
+        format!(
+            "{{\"workload\":\"{}\",\"impl\":\"{}\",\"threads\":{},\"extents\":{},\"seconds\":{:.6},\"ops\":{},\"ops_per_sec\":{:.1},\"errors\":{}}}",
+            self.workload.name(),
+            self.implementation,
+            self.threads,
+            self.extents,
+            self.seconds,
+            self.ops,
+            self.ops_per_sec(),
+            self.errors
+        )
+    }
+}
+
+/// Builds the whole file into a map.
+fn populate<T: Map>(file: &File) -> T {
+    let map = T::empty();
+    for i in 0..file.len() {
+        map.insert(file.extent(i))
+            .expect("the file's extents do not overlap");
+    }
+    map
+}
+
+/// Violations of the map's shape: extents out of order or overlapping, and, when `covered`,
+/// any byte of the file that no extent covers (or any extent outside it).
+fn check<T: Map>(map: &T, file: &File, covered: bool) -> u64 {
+    let extents = map.extents();
+    let mut errors = 0;
+    for w in extents.windows(2) {
+        if w[0].end() > w[1].start() {
+            errors += 1;
+        }
+    }
+    if covered {
+        let mut at = 0;
+        for e in &extents {
+            if e.start() != at {
+                errors += 1;
+            }
+            at = e.end();
+        }
+        if at != file.end() {
+            errors += 1;
+        }
+    }
+    errors
+}
+
+/// Runs `body` on `threads` threads after a common start and stops them `seconds` later (or
+/// when they all return). Returns the tallies and the time from the start to the last return.
+fn timed<F>(threads: usize, seconds: Option<f64>, body: F) -> (Tally, f64)
+where
+    F: Fn(usize, &AtomicBool) -> Tally + Sync,
+{
+    let stop = AtomicBool::new(false);
+    let barrier = Barrier::new(threads + 1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (stop, barrier, body) = (&stop, &barrier, &body);
+                s.spawn(move || {
+                    barrier.wait();
+                    let tally = body(t, stop);
+                    (tally, Instant::now())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        if let Some(secs) = seconds {
+            let deadline = start + Duration::from_secs_f64(secs);
+            while Instant::now() < deadline && !handles.iter().all(|h| h.is_finished()) {
+                std::thread::sleep(Duration::from_millis(1).min(deadline - Instant::now()));
+            }
+            // Relaxed: the flag carries no data; the threads only need to see it eventually.
+            stop.store(true, Ordering::Relaxed);
+        }
+        let mut total = Tally::default();
+        let mut last = start;
+        for h in handles {
+            let (t, end) = h.join().expect("a workload thread panicked");
+            total.ops += t.ops;
+            total.errors += t.errors;
+            last = last.max(end);
+        }
+        (total, (last - start).as_secs_f64())
+    })
+}
+
+fn stopped(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed)
+}
+
+/// A `get` that must hit: a miss or a wrong answer is an error.
+fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
+    match map.get(offset) {
+        Some(e) if e.contains(offset) => 0,
+        _ => 1,
+    }
+}
+
+fn run<T: Map>(workload: Workload, file: &File, threads: usize, seconds: f64) -> RunResult {
+    let (tally, elapsed) = match workload {
+        Workload::Fill => run_fill::<T>(file, threads, seconds),
+        _ => {
+            let map: T = populate(file);
+            let (mut tally, elapsed) = timed(threads, Some(seconds), |t, stop| {
+                let mut rng = Rng::new(0x1234_5678 + t as u64);
+                match workload {
+                    Workload::Read => read(&map, file, &mut rng, stop),
+                    Workload::Hot => hot(&map, file, &mut rng, stop),
+                    Workload::Mixed => mixed(&map, file, t, &mut rng, stop),
+                    Workload::SeedRace => seed_race(&map, file, t, threads, &mut rng, stop),
+                    Workload::Fill => unreachable!(),
+                }
+            });
+            tally.errors += check(&map, file, workload.always_covered());
+            (tally, elapsed)
+        }
+    };
+    RunResult {
+        workload,
+        implementation: T::NAME,
+        threads,
+        extents: file.len(),
+        seconds: elapsed,
+        ops: tally.ops,
+        errors: tally.errors,
+    }
+}
+
+fn read<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let end = file.end();
+    while !stopped(stop) {
+        for _ in 0..CHECK_EVERY {
+            tally.errors += must_get(map, rng.below(end));
+        }
+        tally.ops += CHECK_EVERY;
+    }
+    tally
+}
+
+fn hot<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally {
+    let n = file.len().min(16);
+    let hot: Vec<(u64, u64)> = (0..n)
+        .map(|k| {
+            let i = k * file.len() / n;
+            (file.starts[i], file.starts[i + 1] - file.starts[i])
+        })
+        .collect();
+    let mut tally = Tally::default();
+    while !stopped(stop) {
+        for _ in 0..CHECK_EVERY {
+            let (s, len) = hot[rng.below(n as u64) as usize];
+            tally.errors += must_get(map, s + rng.below(len));
+        }
+        tally.ops += CHECK_EVERY;
+    }
+    tally
+}
+
+fn mixed<T: Map>(map: &T, file: &File, t: usize, rng: &mut Rng, stop: &AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let mut seq = 0;
+    let end = file.end();
+    while !stopped(stop) {
+        for _ in 0..CHECK_EVERY {
+            let r = rng.next();
+            if r % 10 == 0 {
+                let (s, e) = file.random_range(rng, 1, 16);
+                let modified = r & (1 << 32) != 0;
+                if map
+                    .replace_range(written(s, e, t, &mut seq), modified)
+                    .is_err()
+                {
+                    tally.errors += 1;
+                }
+            } else {
+                tally.errors += must_get(map, rng.below(end));
+            }
+        }
+        tally.ops += CHECK_EVERY;
+    }
+    tally
+}
+
+fn seed_race<T: Map>(
+    map: &T,
+    file: &File,
+    t: usize,
+    threads: usize,
+    rng: &mut Rng,
+    stop: &AtomicBool,
+) -> Tally {
+    // Even threads write, odd threads read; a lone thread alternates.
+    let role = |i: u64| -> bool { if threads == 1 { i % 2 == 0 } else { t % 2 == 0 } };
+    let mut tally = Tally::default();
+    let mut seq = 0;
+    let mut i = 0u64;
+    let end = file.end();
+    while !stopped(stop) {
+        for _ in 0..CHECK_EVERY {
+            i += 1;
+            if role(i) {
+                let result = if i % 8 < 2 {
+                    let (s, e) = file.random_range(rng, 4, 32);
+                    map.drop_range(s, e).map(drop)
+                } else {
+                    let (s, e) = file.random_range(rng, 1, 4);
+                    map.replace_range(written(s, e, t, &mut seq), true)
+                };
+                if result.is_err() {
+                    tally.errors += 1;
+                }
+            } else {
+                let offset = rng.below(end);
+                match map.get(offset) {
+                    Some(e) if e.contains(offset) => {}
+                    Some(_) => tally.errors += 1,
+                    None => {
+                        let stale = file.extent(file.index_of(offset));
+                        match map.get_or_insert(stale, offset) {
+                            Ok(e) if e.contains(offset) => {}
+                            _ => tally.errors += 1,
+                        }
+                    }
+                }
+            }
+        }
+        tally.ops += CHECK_EVERY;
+    }
+    tally
+}
+
+/// Fill rounds on fresh maps while time remains (the first round always completes).
+fn run_fill<T: Map>(file: &File, threads: usize, seconds: f64) -> (Tally, f64) {
+    // Each thread's order of the extents, drawn once, outside the timed part.
+    let orders: Vec<Vec<u32>> = (0..threads)
+        .map(|t| {
+            let mut rng = Rng::new(0xf111 + t as u64);
+            let mut order: Vec<u32> = (0..file.len() as u32).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            order
+        })
+        .collect();
+    let mut total = Tally::default();
+    let mut elapsed = 0.0;
+    let mut round = 0u64;
+    while round == 0 || elapsed < seconds {
+        let map = T::empty();
+        let limit = (round > 0).then(|| seconds - elapsed);
+        let (tally, took) = timed(threads, limit, |t, stop| {
+            let mut rng = Rng::new(0xf177 + t as u64 + round * 1000);
+            fill(&map, file, &orders[t], &mut rng, stop)
+        });
+        let completed = limit.is_none_or(|l| took < l);
+        total.ops += tally.ops;
+        total.errors += tally.errors + check(&map, file, completed);
+        elapsed += took;
+        round += 1;
+        // Dropping a big map is not part of filling it.
+        drop(map);
+    }
+    (total, elapsed)
+}
+
+fn fill<T: Map>(map: &T, file: &File, order: &[u32], rng: &mut Rng, stop: &AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let answer = |candidate: Extent, offset: u64, tally: &mut Tally| -> u64 {
+        tally.ops += 1;
+        match map.get_or_insert(candidate, offset) {
+            Ok(e) if e.contains(offset) => e.end(),
+            _ => {
+                tally.errors += 1;
+                offset + 1
+            }
+        }
+    };
+    // The random pass: overlapping candidates, in this thread's order.
+    for chunk in order.chunks(CHECK_EVERY as usize) {
+        if stopped(stop) {
+            return tally;
+        }
+        for &i in chunk {
+            let i = i as usize;
+            let offset = file.starts[i] + rng.below(file.starts[i + 1] - file.starts[i]);
+            answer(file.stretched(i, rng), offset, &mut tally);
+        }
+    }
+    // The sweep: whatever gaps the pass left, until the file is covered.
+    let mut at = 0;
+    while at < file.end() {
+        for _ in 0..CHECK_EVERY {
+            if at >= file.end() {
+                break;
+            }
+            at = answer(file.extent(file.index_of(at)), at, &mut tally);
+        }
+        if stopped(stop) {
+            break;
+        }
+    }
+    tally
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+fn table(results: &[RunResult]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<9} {:>7} {:>10} {:>9} {:>6}",
+        "workload", "impl", "threads", "Mops/s", "lf/locked", "errors"
+    );
+    for r in results {
+        let ratio = if r.implementation == <ExtentCache as Map>::NAME {
+            results
+                .iter()
+                .find(|o| {
+                    o.implementation == <LockedExtentMap as Map>::NAME
+                        && o.workload == r.workload
+                        && o.threads == r.threads
+                })
+                .map_or("-".to_string(), |o| {
+                    format!("{:.2}", r.ops_per_sec() / o.ops_per_sec())
+                })
+        } else {
+            "-".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:>7} {:>10.3} {:>9} {:>6}",
+            r.workload.name(),
+            r.implementation,
+            r.threads,
+            r.ops_per_sec() / 1e6,
+            ratio,
+            r.errors
+        );
+    }
+    out
+}
+
+fn main() {
+    let args = Args::parse();
+    let workloads: Vec<Workload> = match args.workload {
+        WorkloadArg::All => Workload::ALL.to_vec(),
+        WorkloadArg::Read => vec![Workload::Read],
+        WorkloadArg::Hot => vec![Workload::Hot],
+        WorkloadArg::Mixed => vec![Workload::Mixed],
+        WorkloadArg::SeedRace => vec![Workload::SeedRace],
+        WorkloadArg::Fill => vec![Workload::Fill],
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let thread_counts: Vec<usize> = match args.threads {
+        Some(n) => vec![n],
+        None if cores > 1 => vec![1, cores],
+        None => vec![1],
+    };
+    let impls: &[ImplArg] = match args.implementation {
+        ImplArg::Both => &[ImplArg::Lockfree, ImplArg::Locked],
+        ImplArg::Lockfree => &[ImplArg::Lockfree],
+        ImplArg::Locked => &[ImplArg::Locked],
+    };
+
+    let file = File::new(args.extents, 0xe7e7);
+    let runs = workloads.len() * thread_counts.len() * impls.len();
+    let bar = ProgressBar::new(runs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} runs  {msg}  [{elapsed}]")
+            .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let mut results = Vec::with_capacity(runs);
+    for &w in &workloads {
+        for &threads in &thread_counts {
+            for &imp in impls {
+                let name = match imp {
+                    ImplArg::Lockfree => <ExtentCache as Map>::NAME,
+                    _ => <LockedExtentMap as Map>::NAME,
+                };
+                bar.set_message(format!("{} / {name} / {threads} threads", w.name()));
+                let r = match imp {
+                    ImplArg::Lockfree => run::<ExtentCache>(w, &file, threads, args.seconds),
+                    _ => run::<LockedExtentMap>(w, &file, threads, args.seconds),
+                };
+                if args.json {
+                    bar.suspend(|| println!("{}", r.json()));
+                }
+                results.push(r);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+
+    if !args.json {
+        println!(
+            "{} extents ({} MiB file), {} s per run, {cores} cores available",
+            file.len(),
+            file.end() >> 20,
+            args.seconds
+        );
+        print!("{}", table(&results));
+    }
+    if results.iter().any(|r| r.errors > 0) {
+        eprintln!("error: some runs counted errors (see the errors column)");
+        std::process::exit(1);
+    }
+}
