@@ -369,6 +369,26 @@ fn op() -> impl Strategy<Value = Op> {
                 skip_pinned
             }),
         2 => (spec(), any::<bool>()).prop_map(|(s, m)| Op::ReplaceRange(s, m)),
+        // A write: a new pinned, modified, uncompressed extent replaces the range (what split
+        // and unpin then work on).
+        3 => (start_index(), 1..8usize, 0..3u64, 0..3u64, any::<bool>()).prop_map(
+            |(i, d, offset, extra, prealloc)| {
+                let flags = if prealloc {
+                    Flags::PINNED | Flags::PREALLOC
+                } else {
+                    Flags::PINNED
+                };
+                let spec = Spec {
+                    i,
+                    d,
+                    to_end: false,
+                    kind: Kind::Plain { offset, extra, aligned: true },
+                    flags: flags.bits(),
+                    generation: 4,
+                };
+                Op::ReplaceRange(spec, true)
+            }
+        ),
         2 => (
             prop::option::weighted(0.8, any::<Index>()),
             start_index(),
@@ -814,7 +834,7 @@ proptest! {
 
     /// Random operation sequences agree with the dense model after every step.
     #[test]
-    fn reference_map_agrees_with_dense_model(ops in prop::collection::vec(op(), 1..40)) {
+    fn reference_map_agrees_with_dense_model(ops in prop::collection::vec(op(), 1..48)) {
         let mut map = ExtentMap::new();
         let mut model = Model::new();
         for op in &ops {
