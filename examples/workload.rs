@@ -594,7 +594,7 @@ fn run_fill<T: Map>(file: &File, threads: usize, seconds: f64) -> (Tally, f64) {
     let mut round = 0u64;
     while round == 0 || elapsed < seconds {
         let map = T::empty();
-        let limit = (round > 0).then(|| seconds - elapsed);
+        let limit = (round > 0).then_some(seconds - elapsed);
         let (tally, took) = timed(threads, limit, |t, stop| {
             let mut rng = Rng::new(0xf177 + t as u64 + round * 1000);
             fill(&map, file, &orders[t], &mut rng, stop)
