@@ -1,0 +1,272 @@
+//! Long churn: millions of `insert` / `drop_range` / `replace_range` over a steady population of
+//! extents, printing resident memory as it goes, for the lock-free `ExtentCache` and for the
+//! `reference::LockedExtentMap` baseline. Memory must stay flat: dead nodes and descriptors are
+//! reclaimed while the churn runs, not only at the end.
+//!
+//! ```sh
+//! cargo run --release --example churn                       # 10M ops, 100k extents, both maps
+//! cargo run --release --example churn -- --ops 2000000 --extents 50000 --threads 4 --map cache
+//! ```
+//!
+//! Each map runs in its own child process (this program re-executed with `--map cache` or
+//! `--map locked`), so that one map's freed memory never shows up in the other's numbers.
+//! Resident memory is read from `/proc/self/statm` (Linux).
+
+#![allow(clippy::result_large_err)]
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+
+use clap::{Parser, ValueEnum};
+use extent_cache::reference::LockedExtentMap;
+use extent_cache::{Error, Extent, ExtentCache};
+
+const BLOCK: u64 = 4096;
+/// Operations between two memory reports.
+const REPORT_EVERY: u64 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Which {
+    /// The lock-free `ExtentCache`.
+    Cache,
+    /// `reference::LockedExtentMap`: the reference map behind one `RwLock`.
+    Locked,
+    /// Both, one after the other, each in a child process.
+    Both,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Churn an extent map and watch its resident memory")]
+struct Args {
+    /// Total operations (insert, drop_range and replace_range in equal shares).
+    #[arg(long, default_value_t = 10_000_000)]
+    ops: u64,
+    /// Extents kept in the map throughout.
+    #[arg(long, default_value_t = 100_000)]
+    extents: u64,
+    /// Worker threads (default: available parallelism).
+    #[arg(long)]
+    threads: Option<u64>,
+    /// Which map to churn.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    map: Which,
+}
+
+/// The three writes the churn uses, and what a report needs.
+trait Churnable: Sync {
+    const NAME: &'static str;
+    fn insert(&self, e: Extent) -> Result<(), Error>;
+    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error>;
+    fn replace_range(&self, e: Extent) -> Result<(), Error>;
+    fn len(&self) -> usize;
+    /// Extra diagnostics for the report.
+    fn detail(&self) -> String {
+        String::new()
+    }
+}
+
+impl Churnable for ExtentCache {
+    const NAME: &'static str = "ExtentCache";
+    fn insert(&self, e: Extent) -> Result<(), Error> {
+        ExtentCache::insert(self, e)
+    }
+    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error> {
+        ExtentCache::drop_range(self, start, end, false).map(drop)
+    }
+    fn replace_range(&self, e: Extent) -> Result<(), Error> {
+        ExtentCache::replace_range(self, e, false)
+    }
+    fn len(&self) -> usize {
+        ExtentCache::len(self)
+    }
+    fn detail(&self) -> String {
+        format!("  index nodes {:>8}", self.index_nodes())
+    }
+}
+
+impl Churnable for LockedExtentMap {
+    const NAME: &'static str = "LockedExtentMap";
+    fn insert(&self, e: Extent) -> Result<(), Error> {
+        LockedExtentMap::insert(self, e)
+    }
+    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error> {
+        LockedExtentMap::drop_range(self, start, end, false).map(drop)
+    }
+    fn replace_range(&self, e: Extent) -> Result<(), Error> {
+        LockedExtentMap::replace_range(self, e, false)
+    }
+    fn len(&self) -> usize {
+        LockedExtentMap::len(self)
+    }
+}
+
+/// Resident memory in bytes, from `/proc/self/statm` (second field, in pages of 4 KiB).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("resident pages in /proc/self/statm");
+    pages * 4096
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Slot `i` is the block `[2i, 2i + 1)`: slots never touch, so extents never merge and the
+/// population stays exactly what the churn makes it.
+fn slot_extent(i: u64, rng: &mut Rng) -> Extent {
+    let disk = (rng.next() % (1 << 30)) * BLOCK;
+    Extent::regular(2 * i * BLOCK, BLOCK, disk, BLOCK, 0, BLOCK)
+}
+
+/// One worker's slots: the occupied ones and the free ones.
+struct Share {
+    used: Vec<u64>,
+    free: Vec<u64>,
+    rng: Rng,
+}
+
+impl Share {
+    /// `replace_range`, `drop_range`, `insert`, in turn: the population never drifts.
+    fn run<C: Churnable>(&mut self, map: &C, ops: u64, step: &mut u64) {
+        for _ in 0..ops {
+            match *step % 3 {
+                0 => {
+                    let i = self.used[self.rng.below(self.used.len())];
+                    let e = slot_extent(i, &mut self.rng);
+                    map.replace_range(e).expect("replace_range");
+                }
+                1 => {
+                    let k = self.rng.below(self.used.len());
+                    let i = self.used.swap_remove(k);
+                    map.drop_range(2 * i * BLOCK, (2 * i + 1) * BLOCK)
+                        .expect("drop_range");
+                    self.free.push(i);
+                }
+                _ => {
+                    let k = self.rng.below(self.free.len());
+                    let i = self.free.swap_remove(k);
+                    map.insert(slot_extent(i, &mut self.rng)).expect("insert");
+                    self.used.push(i);
+                }
+            }
+            *step += 1;
+        }
+    }
+}
+
+fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
+    let base = rss_bytes();
+    // A quarter more slots than extents, so inserts always find a free one.
+    let slots = args.extents + args.extents / 4 + threads;
+    let per = slots / threads;
+    let mut shares: Vec<Share> = (0..threads)
+        .map(|t| {
+            let mut rng = Rng(0x5EED + t);
+            let all: Vec<u64> = (t * per..(t + 1) * per).collect();
+            let keep = (args.extents / threads) as usize;
+            let (used, free) = all.split_at(keep.min(all.len()));
+            for &i in used {
+                map.insert(slot_extent(i, &mut rng)).expect("prefill");
+            }
+            Share {
+                used: used.to_vec(),
+                free: free.to_vec(),
+                rng,
+            }
+        })
+        .collect();
+    let filled = rss_bytes();
+    println!(
+        "{:<16} threads {threads}  extents {}  rss before {:.1} MiB, after fill {:.1} MiB",
+        C::NAME,
+        map.len(),
+        mib(base),
+        mib(filled)
+    );
+    let done = AtomicU64::new(0);
+    let mut steps = vec![0u64; threads as usize];
+    while done.load(Ordering::Relaxed) < args.ops {
+        let chunk = REPORT_EVERY.min(args.ops - done.load(Ordering::Relaxed));
+        thread::scope(|s| {
+            for (share, step) in shares.iter_mut().zip(steps.iter_mut()) {
+                let (map, done) = (&map, &done);
+                s.spawn(move || {
+                    let n = chunk / threads;
+                    share.run(map, n, step);
+                    done.fetch_add(n, Ordering::Relaxed);
+                });
+            }
+        });
+        let rss = rss_bytes();
+        println!(
+            "{:<16} ops {:>10}  extents {:>7}  rss {:>7.1} MiB{}",
+            C::NAME,
+            done.load(Ordering::Relaxed),
+            map.len(),
+            mib(rss),
+            map.detail()
+        );
+        if chunk < threads {
+            break;
+        }
+    }
+    let end = rss_bytes();
+    let per_extent = end.saturating_sub(base) as f64 / map.len().max(1) as f64;
+    println!(
+        "{:<16} final: rss {:.1} MiB (+{:.1} MiB over the fill), {:.0} bytes per cached extent",
+        C::NAME,
+        mib(end),
+        mib(end.saturating_sub(filled)),
+        per_extent
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get() as u64));
+    assert!(
+        threads > 0 && args.extents >= threads,
+        "need at least one extent per thread"
+    );
+    match args.map {
+        Which::Cache => churn(ExtentCache::new(), &args, threads),
+        Which::Locked => churn(LockedExtentMap::new(), &args, threads),
+        Which::Both => {
+            let exe = std::env::current_exe().expect("the path of this program");
+            for which in ["cache", "locked"] {
+                let status = Command::new(&exe)
+                    .args(["--ops", &args.ops.to_string()])
+                    .args(["--extents", &args.extents.to_string()])
+                    .args(["--threads", &threads.to_string()])
+                    .args(["--map", which])
+                    .status()
+                    .expect("re-run this program for one map");
+                assert!(status.success(), "the {which} run failed");
+            }
+        }
+    }
+}
