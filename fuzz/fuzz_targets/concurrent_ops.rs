@@ -47,10 +47,10 @@ fuzz_target!(|input: Input| {
         let Some(mut op) = fop.to_op(&initial) else {
             continue;
         };
-        if let Op::GetOrInsert(c, off) = op {
-            if known::unvalidated_candidate(&c) {
-                op = Op::Get(off);
-            }
+        if let Op::GetOrInsert(c, off) = op
+            && known::unvalidated_candidate(&c)
+        {
+            op = Op::Get(off);
         }
         plan[usize::from(*t) % threads].push(op);
     }

@@ -66,7 +66,10 @@ fn basics(x: &Extent) {
         assert!(x.contains(x.start()) && x.contains(probe) && !x.contains(x.end()));
         assert!(x.overlaps(x.start(), x.end()));
     }
-    assert!(!x.overlaps(x.end(), x.end()), "an empty range overlaps nothing");
+    assert!(
+        !x.overlaps(x.end(), x.end()),
+        "an empty range overlaps nothing"
+    );
     let _ = x.may_merge();
 }
 
@@ -82,10 +85,11 @@ fn inside(piece: &Extent, of: &Extent) {
 }
 
 fn valid_piece(piece: &Extent, of: &Extent) {
-    if of.validate().is_ok() && !known::inline_away_from_0(piece) {
-        if let Err(why) = piece.validate() {
-            panic!("well-formed {of:?} gave ill-formed {piece:?}: {why}");
-        }
+    if of.validate().is_ok()
+        && !known::inline_away_from_0(piece)
+        && let Err(why) = piece.validate()
+    {
+        panic!("well-formed {of:?} gave ill-formed {piece:?}: {why}");
     }
 }
 
@@ -112,7 +116,9 @@ fn pieces(x: &Extent, at: u64) {
         ) = (x.location(), b.location())
         {
             assert_eq!(bo, o.saturating_add(at - x.start()), "back piece offset");
-            assert!(matches!(x.location(), Location::Regular { disk_bytenr, .. } if disk_bytenr == bd));
+            assert!(
+                matches!(x.location(), Location::Regular { disk_bytenr, .. } if disk_bytenr == bd)
+            );
             assert_eq!(f.location(), x.location(), "front piece keeps the mapping");
         }
     }
@@ -151,10 +157,11 @@ fn merged(a: &Extent, b: &Extent) {
         a.flags().without(Flags::MERGED),
         b.flags().without(Flags::MERGED)
     );
-    if a.validate().is_ok() && b.validate().is_ok() {
-        if let Err(why) = m.validate() {
-            panic!("{a:?} + {b:?} merged into ill-formed {m:?}: {why}");
-        }
+    if a.validate().is_ok()
+        && b.validate().is_ok()
+        && let Err(why) = m.validate()
+    {
+        panic!("{a:?} + {b:?} merged into ill-formed {m:?}: {why}");
     }
     if let (Some(ab), Some(bb)) = (a.block_end(), b.block_start()) {
         assert_eq!(ab, bb, "merged extents not contiguous on disk");

@@ -29,7 +29,11 @@ fuzz_target!(|ops: Vec<FuzzOp>| {
             panic!("step {step} ({fop:?}): {why}");
         }
         assert_eq!(cache.len(), reference.len(), "step {step}: len");
-        assert_eq!(cache.is_empty(), reference.is_empty(), "step {step}: is_empty");
+        assert_eq!(
+            cache.is_empty(),
+            reference.is_empty(),
+            "step {step}: is_empty"
+        );
     }
 });
 
@@ -43,12 +47,10 @@ fn run(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>,
         // Known bug: an ill-formed candidate at a covered offset is answered, not refused.
         if let (extent_cache_fuzz::lincheck::Op::GetOrInsert(c, off), Ret::Got(Err(_))) =
             (&op, &want)
+            && known::unvalidated_candidate(c)
+            && matches!(&got, Ret::Got(Ok(e)) if Some(*e) == reference.get(*off))
         {
-            if known::unvalidated_candidate(c)
-                && matches!(&got, Ret::Got(Ok(e)) if Some(*e) == reference.get(*off))
-            {
-                return;
-            }
+            return;
         }
         panic!("{op:?}: cache answered {got:?}, reference {want:?}");
     }

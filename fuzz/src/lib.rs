@@ -123,15 +123,10 @@ impl FuzzExtent {
             Kind::Contiguous => {
                 Extent::regular(start, len, (1u64 << 20).saturating_add(start), len, 0, len)
             }
-            Kind::CompressedPiece => Extent::regular(
-                start,
-                len,
-                1 << 30,
-                BLOCK,
-                BLOCK,
-                len.saturating_add(BLOCK),
-            )
-            .with_compression(Compression::Zstd),
+            Kind::CompressedPiece => {
+                Extent::regular(start, len, 1 << 30, BLOCK, BLOCK, len.saturating_add(BLOCK))
+                    .with_compression(Compression::Zstd)
+            }
             Kind::Regular {
                 disk_bytenr,
                 disk_num_bytes,
@@ -293,10 +288,10 @@ pub fn check_invariants(map: &ExtentMap) -> std::result::Result<(), String> {
         if e.end() <= e.start() {
             return Err(format!("empty or inverted extent {e:?}"));
         }
-        if let Err(why) = e.validate() {
-            if !known::inline_away_from_0(&e) {
-                return Err(format!("ill-formed extent {e:?}: {why}"));
-            }
+        if let Err(why) = e.validate()
+            && !known::inline_away_from_0(&e)
+        {
+            return Err(format!("ill-formed extent {e:?}: {why}"));
         }
         if prev_end.is_some_and(|end| e.start() < end) {
             return Err(format!("{e:?} overlaps its predecessor"));
