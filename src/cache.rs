@@ -5,7 +5,7 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
-use crate::index::{Cursor, Guard, HEAD, Key, TAIL, pin};
+use crate::index::{Cursor, Guard, HEAD, Key, NodeRef, TAIL, pin};
 use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
 use crate::protocol::{Claim, Node, Outcome, Shared, Stage};
 use crate::reference::ExtentMap;
@@ -65,9 +65,9 @@ impl<M: Mapping> fmt::Debug for ExtentCache<M> {
 struct Window<'g, M> {
     items: Vec<Item<M>>,
     /// The nodes of `items`, then the sentinels when the window reaches them.
-    nodes: Vec<&'g Arc<Node<M>>>,
-    head: Option<&'g Arc<Node<M>>>,
-    tail: Option<&'g Arc<Node<M>>>,
+    nodes: Vec<NodeRef<'g, M>>,
+    head: Option<NodeRef<'g, M>>,
+    tail: Option<NodeRef<'g, M>>,
     /// What each node looked like when read, in reading order (for the double collect).
     trace: Vec<(usize, Stage)>,
 }
@@ -170,7 +170,7 @@ impl<M: Mapping> ExtentCache<M> {
             trace,
         };
         if cur.key() == HEAD {
-            w.head = Some(cur.arc());
+            w.head = Some(cur.node_ref());
             cur = cur
                 .next()
                 .expect("the tail sentinel is always in the index");
@@ -179,7 +179,7 @@ impl<M: Mapping> ExtentCache<M> {
         loop {
             let node = cur.node();
             if cur.key() == TAIL {
-                w.tail = Some(cur.arc());
+                w.tail = Some(cur.node_ref());
                 break;
             }
             let st = shared.stage(node, guard);
@@ -193,7 +193,7 @@ impl<M: Mapping> ExtentCache<M> {
                 }
                 let past = item.ext.start() > b;
                 w.items.push(item.clone());
-                w.nodes.push(cur.arc());
+                w.nodes.push(cur.node_ref());
                 if past {
                     beyond -= 1;
                     if beyond == 0 {
@@ -299,9 +299,9 @@ impl<M: Mapping> ExtentCache<M> {
     /// Every node of the window, in key order, the removed ones marked.
     fn claims_for(&self, w: &Window<'_, M>, change: &Change<M>) -> Vec<Claim<M>> {
         let mut claims = Vec::with_capacity(w.nodes.len() + 2);
-        if let Some(head) = w.head {
+        if let Some(head) = &w.head {
             claims.push(Claim {
-                node: Arc::clone(head),
+                node: head.clone().to_arc(),
                 remove: false,
             });
         }
@@ -311,13 +311,13 @@ impl<M: Mapping> ExtentCache<M> {
                 .iter()
                 .any(|r| r.ext.start() == item.ext.start());
             claims.push(Claim {
-                node: Arc::clone(node),
+                node: node.clone().to_arc(),
                 remove,
             });
         }
-        if let Some(tail) = w.tail {
+        if let Some(tail) = &w.tail {
             claims.push(Claim {
-                node: Arc::clone(tail),
+                node: tail.clone().to_arc(),
                 remove: false,
             });
         }
@@ -406,6 +406,11 @@ impl<M: Mapping> ExtentCache<M> {
                 break;
             }
             cur = c.prev();
+        }
+        // A deliberately broken read for the model checker to catch (never built normally):
+        // trust the single backward pass, misses included.
+        if cfg!(extent_cache_broken = "single_collect") {
+            return None;
         }
         // A miss must hold at one instant too: confirm it on a consistent snapshot.
         self.query(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
@@ -714,6 +719,43 @@ impl ExtentCache<BlockMapping> {
         let (a, b) = around(start, start);
         self.execute(a, b, |w| plan::split(w, start, len, pre, new_disk_bytenr))
             .map(drop)
+    }
+}
+
+#[cfg(all(test, loom))]
+impl ExtentCache<BlockMapping> {
+    /// Starts a `replace_range` and stops it after `claims` claims, as if its thread were
+    /// descheduled forever. Returns the stalled descriptor, or `None` when the plan changed
+    /// nothing.
+    pub(crate) fn stall_replace_range(&self, new: Extent, claims: usize) -> Option<usize> {
+        let (a, b) = around(new.start().saturating_sub(1), new.end());
+        let ticket = self.shared.next_seq(1);
+        let guard = &pin();
+        let mut extra = 0;
+        loop {
+            let Ok(w) = self.collect(a, b, extra, guard) else {
+                continue;
+            };
+            match plan::replace_range(&w, new, false) {
+                Err(PlanError::Edge) => extra += 1,
+                Err(PlanError::Api(_)) => return None,
+                Ok(p) => {
+                    let c = self.claims_for(&w, &p.change);
+                    return Some(self.shared.publish_stalled(
+                        ticket,
+                        c,
+                        p.change.add,
+                        claims,
+                        guard,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Lets a stalled change run to its end and frees it.
+    pub(crate) fn resume(&self, stalled: usize) {
+        self.shared.resume(stalled, &pin());
     }
 }
 

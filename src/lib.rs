@@ -9,6 +9,8 @@ mod cache;
 pub mod error;
 pub mod extent;
 mod index;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod plan;
 mod protocol;
 pub mod reference;

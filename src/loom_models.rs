@@ -1,0 +1,309 @@
+//! Model-checked interleavings of the commit protocol (`RUSTFLAGS="--cfg loom"`).
+//!
+//! Each model runs two or three threads on a small cache and asserts the spec's guarantees —
+//! not just "no panic": answers cover their offsets, misses never appear for offsets that stay
+//! covered, and the final map is one that some sequential order of the same operations on
+//! [`reference::ExtentMap`](crate::reference::ExtentMap) produces.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --lib loom_`.
+//! The index is the loom stand-in (`index.rs`); descriptors, status words, claims, helping and
+//! the reclamation hand-off are the real code.
+
+use loom::thread;
+
+use crate::reference::ExtentMap;
+use crate::sync::Arc;
+use crate::{Extent, ExtentCache};
+
+fn model<F: Fn() + Sync + Send + 'static>(f: F) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(3);
+    }
+    // An operation is a few hundred atomic steps (windows are read twice, claims and
+    // validation touch every node of the window); loom's default of 1,000 branches per
+    // execution is too small for three threads of them.
+    builder.max_branches = 50_000;
+    builder.check(f);
+}
+
+/// A regular extent whose on-disk location is unique to `tag`, so pieces of different extents
+/// never merge.
+fn ext(start: u64, len: u64, tag: u64) -> Extent {
+    Extent::regular(start, len, tag << 32, len, 0, len)
+}
+
+const K: u64 = 4096;
+
+fn entries(cache: &ExtentCache) -> Vec<(Extent, bool)> {
+    cache.snapshot().entries()
+}
+
+fn assert_no_overlap(cache: &ExtentCache) {
+    let mut end = 0;
+    for (e, _) in entries(cache) {
+        assert!(e.start() >= end, "overlap at {e:?}");
+        end = e.end();
+    }
+}
+
+/// The final states the reference reaches from `init` under each order of `ops`.
+fn sequential_finals(
+    init: &ExtentMap,
+    ops: &[&dyn Fn(&mut ExtentMap)],
+) -> Vec<Vec<(Extent, bool)>> {
+    let mut out = Vec::new();
+    let n = ops.len();
+    let mut perm: Vec<usize> = (0..n).collect();
+    permute(&mut perm, 0, &mut |order| {
+        let mut m = init.clone();
+        for &i in order {
+            ops[i](&mut m);
+        }
+        out.push(m.entries());
+    });
+    out
+}
+
+fn permute(v: &mut Vec<usize>, k: usize, f: &mut dyn FnMut(&[usize])) {
+    if k == v.len() {
+        f(v);
+        return;
+    }
+    for i in k..v.len() {
+        v.swap(k, i);
+        permute(v, k + 1, f);
+        v.swap(k, i);
+    }
+}
+
+//   before:  (empty)
+//   T1:      get_or_insert([0 ...... 16K), 0)
+//   T2:      get_or_insert([0 ...... 16K)', 4K)     (another mapping: the two never merge)
+//   after:   exactly one extent, and both answers are it.
+#[test]
+fn loom_two_get_or_insert_in_one_gap() {
+    model(|| {
+        let cache = Arc::new(ExtentCache::new());
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.get_or_insert(ext(0, 4 * K, 1), 0).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(ext(0, 4 * K, 2), K).unwrap());
+        let (a, b) = (t1.join().unwrap(), t2.join().unwrap());
+        assert!(a.contains(0) && b.contains(K));
+        assert_eq!(a, b, "two readers of one gap must agree on one extent");
+        assert_eq!(entries(&cache), vec![(a, false)]);
+    });
+}
+
+//   before:  [0 ............. 32K)           X, cached
+//   T1:      replace_range(      [8K .. 32K) W)     the direct-I/O write splits X
+//   T2:      get_or_insert(stale [0 .. 32K), 16K)   the direct-I/O read
+//   after:   [0 .. 8K)[8K .. 32K) W, and T2's answer covers 16K (X before, W after)
+#[test]
+fn loom_get_or_insert_races_seed_split() {
+    model(|| {
+        let x = ext(0, 8 * K, 1);
+        let w = ext(2 * K, 6 * K, 2);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(x).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.replace_range(w, true).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(x, 4 * K).unwrap());
+        t1.join().unwrap();
+        let got = t2.join().unwrap();
+        assert!(
+            got == x || got == w,
+            "answer {got:?} is neither the old nor the new map"
+        );
+        assert_no_overlap(&cache);
+        let mut init = ExtentMap::new();
+        init.insert(x).unwrap();
+        let finals = sequential_finals(
+            &init,
+            &[
+                &|m: &mut ExtentMap| m.replace_range(w, true).unwrap(),
+                &|m: &mut ExtentMap| {
+                    m.get_or_insert(x, 4 * K).unwrap();
+                },
+            ],
+        );
+        assert!(finals.contains(&entries(&cache)));
+    });
+}
+
+//   before:  [0 ............. 32K)           X
+//   T1:      drop_range(       [8K .. 32K))         eviction cuts X
+//   T2:      get_or_insert(stale [0 .. 32K), 16K)   re-reads the stale map
+//   after:   a state some order produces; T2's answer covers 16K.
+#[test]
+fn loom_get_or_insert_races_drop_range() {
+    model(|| {
+        let x = ext(0, 8 * K, 1);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(x).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.drop_range(2 * K, 8 * K, false).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(x, 4 * K).unwrap());
+        t1.join().unwrap();
+        let got = t2.join().unwrap();
+        assert!(got.contains(4 * K));
+        assert_no_overlap(&cache);
+        let mut init = ExtentMap::new();
+        init.insert(x).unwrap();
+        let finals = sequential_finals(
+            &init,
+            &[
+                &|m: &mut ExtentMap| {
+                    m.drop_range(2 * K, 8 * K, false).unwrap();
+                },
+                &|m: &mut ExtentMap| {
+                    m.get_or_insert(x, 4 * K).unwrap();
+                },
+            ],
+        );
+        assert!(finals.contains(&entries(&cache)));
+    });
+}
+
+//   before:  [0 .... 16K)                    X
+//   T1:      replace_range([0 .. 8K) N)
+//   T2:      get(4K)       never a miss: 4K is covered before and after
+#[test]
+fn loom_replace_range_races_get() {
+    model(|| {
+        let x = ext(0, 4 * K, 1);
+        let n = ext(0, 2 * K, 2);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(x).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.replace_range(n, true).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get(K));
+        t1.join().unwrap();
+        let got = t2
+            .join()
+            .unwrap()
+            .expect("offset covered before and after reported missing");
+        assert!(got == x || got == n, "{got:?}");
+    });
+}
+
+//   before:  [0 ............. 32K)           X
+//   T1:      drop_range([4K .. 12K))
+//   T2:      drop_range(     [8K .. 20K))
+//   after:   [0 .. 4K)            [20K .. 32K)   (both orders agree)
+#[test]
+fn loom_two_overlapping_drop_ranges() {
+    model(|| {
+        let x = ext(0, 8 * K, 1);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(x).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.drop_range(K, 3 * K, false).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.drop_range(2 * K, 5 * K, false).unwrap());
+        t1.join().unwrap();
+        t2.join().unwrap();
+        let mut expect = ExtentMap::new();
+        expect.insert(x).unwrap();
+        expect.drop_range(K, 3 * K, false).unwrap();
+        expect.drop_range(2 * K, 5 * K, false).unwrap();
+        assert_eq!(entries(&cache), expect.entries());
+    });
+}
+
+//   before:  [0 .. 4K) A
+//   T1:      insert(    [4K .. 8K) B)   contiguous on disk: merges into [0 .. 8K)
+//   T2:      lookup(0, 4K)              A before, A+B after, never nothing
+#[test]
+fn loom_merge_races_lookup_of_neighbour() {
+    model(|| {
+        let a = Extent::regular(0, K, 1 << 32, 2 * K, 0, 2 * K);
+        let b = Extent::regular(K, K, 1 << 32, 2 * K, K, 2 * K);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(a).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.insert(b).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.lookup(0, K));
+        t1.join().unwrap();
+        let got = t2
+            .join()
+            .unwrap()
+            .expect("the neighbour vanished during the merge");
+        let merged = a.merged_with(&b).unwrap();
+        assert!(got == a || got == merged, "{got:?}");
+        assert_eq!(entries(&cache), vec![(merged, false)]);
+    });
+}
+
+//   before:  [0 .. 8K) A
+//   T1:      remove(A)
+//   T2:      get_or_insert([0 .. 8K) C, 0)   A (then removed) or C (inserted after)
+#[test]
+fn loom_remove_races_get_or_insert() {
+    model(|| {
+        let a = ext(0, 2 * K, 1);
+        let c = ext(0, 2 * K, 2);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(a).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.remove(&a));
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(c, 0).unwrap());
+        assert!(t1.join().unwrap(), "A was there until T1 removed it");
+        let got = t2.join().unwrap();
+        let fin = entries(&cache);
+        if got == a {
+            assert!(fin.is_empty(), "{fin:?}");
+        } else {
+            assert_eq!(got, c);
+            assert_eq!(fin, vec![(c, false)]);
+        }
+    });
+}
+
+//   before:  [0 ........ 16K) X
+//   T1:      replace_range([0 .. 8K) S) claims one node, then its thread stops for good
+//   T2:      replace_range(    [4K .. 12K) W), then get(14K)   must finish, never a miss
+#[test]
+fn loom_stalled_change_does_not_block_others() {
+    model(|| {
+        let x = ext(0, 4 * K, 1);
+        let s = ext(0, 2 * K, 2);
+        let w = ext(K, 2 * K, 3);
+        let cache = Arc::new(ExtentCache::new());
+        cache.insert(x).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.stall_replace_range(s, 1));
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || {
+            c2.replace_range(w, false).unwrap();
+            c2.get(3 * K + 100)
+        });
+        assert!(t2.join().unwrap().is_some(), "offset 14K is always covered");
+        // T2 finished while T1 was stopped. Now let T1 come back, so memory is freed and the
+        // final state can be checked against the sequential orders.
+        if let Some(d) = t1.join().unwrap() {
+            cache.resume(d);
+        }
+        assert_no_overlap(&cache);
+        let mut init = ExtentMap::new();
+        init.insert(x).unwrap();
+        let mut finals = sequential_finals(
+            &init,
+            &[
+                &|m: &mut ExtentMap| m.replace_range(s, false).unwrap(),
+                &|m: &mut ExtentMap| m.replace_range(w, false).unwrap(),
+            ],
+        );
+        // Or the stalled change lost (aborted) and only T2 happened.
+        let mut only_w = init.clone();
+        only_w.replace_range(w, false).unwrap();
+        finals.push(only_w.entries());
+        assert!(finals.contains(&entries(&cache)), "{:?}", entries(&cache));
+    });
+}
