@@ -1800,3 +1800,19 @@ fn locked_map_from_several_threads() {
     assert_eq!(map.unpin(0, 4 * K, 1), Err(Error::NotFound));
     assert_eq!(map.len(), 2);
 }
+
+// map:     [0 ........ 8K) inline
+// drop:       [2K .. 4K)
+// after:   [0 .. 2K) inline       ([4K .. 8K) would be inline data away from offset 0,
+//                                  which is ill-formed, so the cache forgets it)
+#[test]
+fn drop_range_never_leaves_an_inline_piece_away_from_zero() {
+    let mut map = ExtentMap::new();
+    map.insert(Extent::inline(8 * K)).unwrap();
+    let dropped = map.drop_range(2 * K, 4 * K, false).unwrap();
+    assert_eq!(dropped.extents, 1);
+    assert_eq!(map.entries(), vec![(Extent::inline(2 * K), false)]);
+    for (e, _) in map.entries() {
+        e.validate().unwrap();
+    }
+}
