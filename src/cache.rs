@@ -301,7 +301,7 @@ impl<M: Mapping> ExtentCache<M> {
         let mut claims = Vec::with_capacity(w.nodes.len() + 2);
         if let Some(head) = &w.head {
             claims.push(Claim {
-                node: head.clone().to_arc(),
+                node: head.share(),
                 remove: false,
             });
         }
@@ -311,13 +311,13 @@ impl<M: Mapping> ExtentCache<M> {
                 .iter()
                 .any(|r| r.ext.start() == item.ext.start());
             claims.push(Claim {
-                node: node.clone().to_arc(),
+                node: node.share(),
                 remove,
             });
         }
         if let Some(tail) = &w.tail {
             claims.push(Claim {
-                node: tail.clone().to_arc(),
+                node: tail.share(),
                 remove: false,
             });
         }
@@ -367,6 +367,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!((got.start(), got.end()), (0, 8192));
     /// ```
     pub fn get_or_insert(&self, candidate: Extent<M>, offset: u64) -> Result<Extent<M>, Error<M>> {
+        // Bad input is rejected whatever the map holds, as the reference does.
+        candidate.validate().map_err(Error::invalid)?;
         if let Some(hit) = self.get(offset) {
             return Ok(hit);
         }
@@ -471,6 +473,7 @@ impl<M: Mapping> ExtentCache<M> {
             cache: self,
             from: HEAD,
             end: u64::MAX,
+            lower: 0,
             floor: 0,
             buf: VecDeque::new(),
             done: false,
@@ -498,7 +501,8 @@ impl<M: Mapping> ExtentCache<M> {
             cache: self,
             from,
             end,
-            floor: start,
+            lower: start,
+            floor: 0,
             buf: VecDeque::new(),
             done: start >= end,
         }
@@ -780,8 +784,11 @@ pub struct Iter<'c, M: Mapping> {
     from: Key,
     /// Stop at extents starting at or after this offset.
     end: u64,
-    /// Skip extents ending at or before this offset (nothing yielded may overlap what came
-    /// before, and `overlapping` skips what ends before its start).
+    /// Skip extents ending at or before this offset (`overlapping` skips what ends before its
+    /// start).
+    lower: u64,
+    /// The end of the last extent yielded: an extent starting before it would overlap it (a
+    /// newer node that replaced the one already yielded), so it is skipped.
     floor: u64,
     buf: VecDeque<Item<M>>,
     done: bool,
@@ -803,7 +810,10 @@ impl<M: Mapping> Iter<'_, M> {
             if item.ext.start() >= self.end {
                 break;
             }
-            if item.ext.end() > self.floor && shared.stage(node, guard) == Stage::Live {
+            if item.ext.end() > self.lower
+                && item.ext.start() >= self.floor
+                && shared.stage(node, guard) == Stage::Live
+            {
                 self.floor = item.ext.end();
                 self.buf.push_back(item.clone());
                 n += 1;

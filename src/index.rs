@@ -58,7 +58,7 @@ mod imp {
 
     impl<'g, M> NodeRef<'g, M> {
         /// A counted handle, to keep the node beyond the guard (writers only).
-        pub(crate) fn to_arc(self) -> Arc<Node<M>> {
+        pub(crate) fn share(&self) -> Arc<Node<M>> {
             Arc::clone(self.0)
         }
     }
@@ -183,8 +183,8 @@ mod imp {
     }
 
     impl<'g, M> NodeRef<'g, M> {
-        pub(crate) fn to_arc(self) -> Arc<Node<M>> {
-            self.0
+        pub(crate) fn share(&self) -> Arc<Node<M>> {
+            Arc::clone(&self.0)
         }
     }
 
