@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use extent_cache_fuzz::lincheck::{self, Op, Verdict};
-use extent_cache_fuzz::{FuzzExtent, FuzzOp, check_invariants, known};
+use extent_cache_fuzz::{FuzzExtent, FuzzOp, check_invariants};
 use libfuzzer_sys::fuzz_target;
 
 /// Histories up to this size are checked for linearizability (the search is exponential in
@@ -44,14 +44,9 @@ fuzz_target!(|input: Input| {
     let threads = if input.three { 3 } else { 2 };
     let mut plan = vec![Vec::new(); threads];
     for (t, fop) in input.ops.iter().take(MAX_OPS) {
-        let Some(mut op) = fop.to_op(&initial) else {
+        let Some(op) = fop.to_op(&initial) else {
             continue;
         };
-        if let Op::GetOrInsert(c, off) = op
-            && known::unvalidated_candidate(&c)
-        {
-            op = Op::Get(off);
-        }
         plan[usize::from(*t) % threads].push(op);
     }
     let history = lincheck::record(&cache, initial, &plan);

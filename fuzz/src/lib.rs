@@ -11,7 +11,7 @@ pub mod lincheck;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Compression, Extent, Flags, Location};
+use extent_cache::{Compression, Extent, Flags};
 
 use lincheck::Op;
 
@@ -261,36 +261,20 @@ impl FuzzOp {
     }
 }
 
-/// Known bugs in the crate, each pinned by an `#[ignore]`d test in `tests/fuzz_regressions.rs`.
-/// The targets step around them so that a campaign keeps finding new things; delete an entry
-/// (and its uses) when the fix lands.
-pub mod known {
-    use super::*;
-
-    /// `drop_range_leaves_an_inline_back_piece_away_from_offset_0`: cutting the front off an
-    /// inline extent leaves an inline piece that does not start at 0.
-    pub fn inline_away_from_0(e: &Extent) -> bool {
-        e.location() == Location::Inline && e.start() != 0
-    }
-
-    /// `get_or_insert_accepts_an_ill_formed_candidate_at_a_covered_offset`: the cache answers
-    /// a covered offset without validating the candidate.
-    pub fn unvalidated_candidate(candidate: &Extent) -> bool {
-        candidate.validate().is_err()
-    }
-}
+/// Known bugs in the crate that the targets step around until their fix lands, each pinned by
+/// an `#[ignore]`d test in `tests/fuzz_regressions.rs`: a predicate per bug, used where the
+/// target would otherwise crash on it again and again. None at the moment.
+pub mod known {}
 
 /// The invariants of a map at rest: extents in start order, none overlapping, every one well
-/// formed (but for the known bugs above).
+/// formed.
 pub fn check_invariants(map: &ExtentMap) -> std::result::Result<(), String> {
     let mut prev_end: Option<u64> = None;
     for e in map.iter() {
         if e.end() <= e.start() {
             return Err(format!("empty or inverted extent {e:?}"));
         }
-        if let Err(why) = e.validate()
-            && !known::inline_away_from_0(&e)
-        {
+        if let Err(why) = e.validate() {
             return Err(format!("ill-formed extent {e:?}: {why}"));
         }
         if prev_end.is_some_and(|end| e.start() < end) {

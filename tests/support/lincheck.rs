@@ -456,11 +456,7 @@ impl Gen {
         let len = self.len();
         let mut e = match self.rng.below(10) {
             0..=3 => Extent::hole(start, len),
-            // An inline map covers exactly the first block (btrfs rounds it up to a sector),
-            // so grid operations never cut one. (Cutting one leaves an inline piece away from
-            // offset 0: pinned by `tests/fuzz_regressions.rs::
-            // drop_range_leaves_an_inline_back_piece_away_from_offset_0`.)
-            4 if start == 0 => Extent::inline(BLOCK),
+            4 if start == 0 => Extent::inline(1 + self.rng.below(2 * BLOCK)),
             4..=8 => {
                 let disk = (1 << 20) + start;
                 Extent::regular(start, len, disk, len, 0, len)
@@ -494,14 +490,7 @@ impl Gen {
             5..=6 => Op::Insert(self.extent()),
             7 => Op::InsertModified(self.extent()),
             8..=10 => {
-                let mut e = self.extent();
-                if e.validate().is_err() {
-                    // Known divergence, pinned by
-                    // `tests/fuzz_regressions.rs::get_or_insert_accepts_an_ill_formed_candidate_at_a_covered_offset`:
-                    // the cache answers a covered offset before validating the candidate.
-                    // Keep ill-formed candidates out until it is fixed.
-                    e = Extent::hole(e.start(), BLOCK);
-                }
+                let e = self.extent();
                 // Mostly an offset inside the candidate (the seed's case), sometimes not.
                 let off = if self.rng.one_in(6) {
                     self.offset()
