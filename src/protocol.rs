@@ -7,11 +7,11 @@
 //! membership) and two words that say whether it is *visible*:
 //!
 //! * `adder` — the descriptor of the change that added the node, while that change may still be
-//!   undecided. `0` once it committed (the common case: readers then look at nothing else),
+//!   undecided. Null once it committed (the common case: readers then look at nothing else),
 //!   [`ADDER_ABORTED`] if it aborted.
 //! * `claim` — the descriptor of the change that currently *claims* the node, tagged
 //!   [`REMOVE`] when that change takes the node out (otherwise it only guards the node: "my plan
-//!   depends on you staying as you are"). `0` when nobody holds it, [`CLAIM_DEAD`] once a
+//!   depends on you staying as you are"). Null when nobody holds it, [`CLAIM_DEAD`] once a
 //!   removal committed.
 //!
 //! A node is visible ([`Stage::Live`]) when its adder committed and no committed change removed
@@ -45,7 +45,7 @@
 
 use crate::index::{Guard, HEAD, Index, Key, TAIL};
 use crate::plan::Item;
-use crate::sync::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{Arc, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// `Desc::status`: undecided.
 pub(crate) const PENDING: usize = 0;
@@ -62,6 +62,17 @@ const REMOVE: usize = 1;
 const CLAIM_DEAD: usize = 2;
 /// The tag bits of a slot word (descriptors are 8-byte aligned).
 const TAG_MASK: usize = 0b111;
+
+/// A slot value that is a bare tag, not a descriptor (no provenance: never dereferenced).
+fn mark<M>(tag: usize) -> *mut Desc<M> {
+    core::ptr::without_provenance_mut(tag)
+}
+
+/// `d` with the tag bits `tag` set (strict provenance: the address changes, the provenance
+/// stays `d`'s).
+fn tagged<M>(d: *mut Desc<M>, tag: usize) -> *mut Desc<M> {
+    d.map_addr(|a| a | tag)
+}
 
 /// Every protocol atomic uses `SeqCst`. This is deliberate: the correctness argument in
 /// `docs/design.md` is phrased over one total order of claims, validations and status changes
@@ -89,8 +100,8 @@ pub(crate) struct Node<M> {
     pub(crate) key: Key,
     /// `None` for the two sentinels.
     pub(crate) item: Option<Item<M>>,
-    adder: AtomicUsize,
-    claim: AtomicUsize,
+    adder: AtomicPtr<Desc<M>>,
+    claim: AtomicPtr<Desc<M>>,
 }
 
 impl<M> Node<M> {
@@ -98,8 +109,8 @@ impl<M> Node<M> {
         Node {
             key,
             item: None,
-            adder: AtomicUsize::new(0),
-            claim: AtomicUsize::new(0),
+            adder: AtomicPtr::new(core::ptr::null_mut()),
+            claim: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 }
@@ -167,8 +178,8 @@ impl<M> Desc<M> {
 /// descriptor whose reference count is positive; the last thread to drop a reference has
 /// cleared every slot it could have filled and retires the descriptor through `guard`'s epoch,
 /// so the descriptor outlives every guard that could have loaded it.
-unsafe fn desc_of<M>(word: usize, _guard: &Guard) -> &Desc<M> {
-    let ptr = (word & !TAG_MASK) as *const Desc<M>;
+unsafe fn desc_of<M>(word: *mut Desc<M>, _guard: &Guard) -> &Desc<M> {
+    let ptr = word.map_addr(|a| a & !TAG_MASK);
     debug_assert!(!ptr.is_null());
     // SAFETY: the caller guarantees the pointer came from a slot under `guard`; by the
     // invariant above the descriptor is allocated until `guard` is dropped.
@@ -222,10 +233,10 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// What `node` means right now.
     pub(crate) fn stage(&self, node: &Node<M>, guard: &Guard) -> Stage {
         let adder = node.adder.load(ORD);
-        if adder == ADDER_ABORTED {
+        if adder == mark(ADDER_ABORTED) {
             return Stage::Aborted;
         }
-        if adder != 0 {
+        if !adder.is_null() {
             // SAFETY: loaded under `guard` from a node reachable under `guard`; not a bare tag.
             let d = unsafe { desc_of::<M>(adder, guard) };
             match d.status() {
@@ -235,10 +246,10 @@ impl<M: Send + Sync + 'static> Shared<M> {
             }
         }
         let claim = node.claim.load(ORD);
-        if claim == CLAIM_DEAD {
+        if claim == mark(CLAIM_DEAD) {
             return Stage::Dead;
         }
-        if claim & REMOVE != 0 {
+        if claim.addr() & REMOVE != 0 {
             // SAFETY: as above; a word with the REMOVE bit always carries a pointer.
             let d = unsafe { desc_of::<M>(claim, guard) };
             if d.status() == COMMITTED {
@@ -253,8 +264,8 @@ impl<M: Send + Sync + 'static> Shared<M> {
         Arc::new(Node {
             key,
             item: Some(item),
-            adder: AtomicUsize::new(desc as usize),
-            claim: AtomicUsize::new(0),
+            adder: AtomicPtr::new(desc.cast_mut()),
+            claim: AtomicPtr::new(core::ptr::null_mut()),
         })
     }
 
@@ -392,8 +403,8 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// Claims one node for `d`. Returns `false` when `d` is decided (possibly by this call,
     /// when the node turned out dead).
     fn claim(&self, d: &Desc<M>, c: &Claim<M>, guard: &Guard) -> bool {
-        let me = d as *const Desc<M> as usize;
-        let want = me | if c.remove { REMOVE } else { 0 };
+        let me = (d as *const Desc<M>).cast_mut();
+        let want = tagged(me, if c.remove { REMOVE } else { 0 });
         loop {
             if d.status() != PENDING {
                 return false;
@@ -402,11 +413,11 @@ impl<M: Send + Sync + 'static> Shared<M> {
             if cur == want {
                 return true;
             }
-            if cur == CLAIM_DEAD {
+            if cur == mark(CLAIM_DEAD) {
                 d.decide(ABORTED);
                 return false;
             }
-            if cur != 0 {
+            if !cur.is_null() {
                 // SAFETY: loaded under `guard` from a node we hold; not a bare tag.
                 let other = unsafe { desc_of::<M>(cur, guard) };
                 match other.status() {
@@ -425,7 +436,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
                         }
                         continue;
                     }
-                    COMMITTED if cur & REMOVE != 0 => {
+                    COMMITTED if cur.addr() & REMOVE != 0 => {
                         // The node is gone: our plan is stale.
                         d.decide(ABORTED);
                         return false;
@@ -473,14 +484,18 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// Clears every slot that points at the decided descriptor `d`, and schedules the unlinking
     /// of nodes that are gone for good. Idempotent: the owner and every helper may run it.
     fn cleanup(&self, d: &Desc<M>, guard: &Guard) {
-        let me = d as *const Desc<M> as usize;
+        let me = (d as *const Desc<M>).cast_mut();
         let committed = match d.status() {
             COMMITTED => true,
             ABORTED => false,
             _ => return,
         };
         for node in &d.adds {
-            let after = if committed { 0 } else { ADDER_ABORTED };
+            let after = if committed {
+                core::ptr::null_mut()
+            } else {
+                mark(ADDER_ABORTED)
+            };
             if node.adder.compare_exchange(me, after, ORD, ORD).is_ok() && !committed {
                 self.unlink_later(node.key, guard);
             }
@@ -491,20 +506,27 @@ impl<M: Send + Sync + 'static> Shared<M> {
     }
 
     fn clean_claim(&self, d: &Desc<M>, c: &Claim<M>, guard: &Guard) {
-        let me = d as *const Desc<M> as usize;
+        let me = (d as *const Desc<M>).cast_mut();
         let committed = d.status() == COMMITTED;
         if c.remove {
-            let after = if committed { CLAIM_DEAD } else { 0 };
+            let after = if committed {
+                mark(CLAIM_DEAD)
+            } else {
+                core::ptr::null_mut()
+            };
             if c.node
                 .claim
-                .compare_exchange(me | REMOVE, after, ORD, ORD)
+                .compare_exchange(tagged(me, REMOVE), after, ORD, ORD)
                 .is_ok()
                 && committed
             {
                 self.unlink_later(c.node.key, guard);
             }
         } else {
-            let _ = c.node.claim.compare_exchange(me, 0, ORD, ORD);
+            let _ = c
+                .node
+                .claim
+                .compare_exchange(me, core::ptr::null_mut(), ORD, ORD);
         }
     }
 
