@@ -104,6 +104,27 @@ impl<M: Mapping> View<M> for Window<'_, M> {
     }
 }
 
+/// What a backward walk of `get` passed: up to eight nodes and their stages, on the stack (a
+/// miss must not allocate).
+#[derive(Default, PartialEq, Eq)]
+struct BackTrace {
+    seen: [(usize, Option<Stage>); 8],
+    len: usize,
+    overflow: bool,
+}
+
+impl BackTrace {
+    fn push(&mut self, node: usize, stage: Stage) {
+        match self.seen.get_mut(self.len) {
+            Some(slot) => {
+                *slot = (node, Some(stage));
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+}
+
 /// The index reached an inconsistent picture mid-read (a change committed under us); read again.
 struct Torn;
 
@@ -390,32 +411,57 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
-        let shared = &*self.shared;
         // Fast path: the last visible node at or before `offset`. If it covers `offset`, it was
         // visible when we read its stage, so it was the answer at that instant.
-        let mut cur = shared
-            .index
-            .at_or_before(&(offset.min(u64::MAX - 1), u64::MAX), guard);
-        while let Some(c) = cur {
-            let node = c.node();
-            let Some(item) = &node.item else {
-                break; // the head: nothing before
-            };
-            if shared.stage(node, guard) == Stage::Live {
-                if item.ext.contains(offset) {
-                    return Some(item.ext.clone());
-                }
-                break;
-            }
-            cur = c.prev();
+        let mut first = BackTrace::default();
+        if let Some(hit) = self.scan_back(offset, &mut first, guard) {
+            return Some(hit);
         }
         // A deliberately broken read for the model checker to catch (never built normally):
         // trust the single backward pass, misses included.
         if cfg!(extent_cache_broken = "single_collect") {
             return None;
         }
-        // A miss must hold at one instant too: confirm it on a consistent snapshot.
+        // A miss must hold at one instant too: walk back again and accept the miss when both
+        // walks saw the same nodes in the same stages (the double collect of `docs/design.md`,
+        // over the stretch from `offset` back to the first visible node).
+        while !first.overflow {
+            let mut again = BackTrace::default();
+            if let Some(hit) = self.scan_back(offset, &mut again, guard) {
+                return Some(hit);
+            }
+            if again == first {
+                return None;
+            }
+            first = again;
+        }
+        // A long stretch of dead or pending nodes: use the general snapshot.
         self.query(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
+    }
+
+    /// Walks back from `offset` to the first visible node, recording what it passes. Returns
+    /// that node's extent if it covers `offset`.
+    fn scan_back(&self, offset: u64, trace: &mut BackTrace, guard: &Guard) -> Option<Extent<M>> {
+        let shared = &*self.shared;
+        let mut cur = shared
+            .index
+            .at_or_before(&(offset.min(u64::MAX - 1), u64::MAX), guard);
+        while let Some(c) = cur {
+            let node = c.node();
+            let Some(item) = &node.item else {
+                return None; // the head: nothing before
+            };
+            let stage = shared.stage(node, guard);
+            if stage == Stage::Live && item.ext.contains(offset) {
+                return Some(item.ext.clone());
+            }
+            trace.push(node as *const Node<M> as usize, stage);
+            if stage == Stage::Live {
+                return None;
+            }
+            cur = c.prev();
+        }
+        None
     }
 
     /// Strict lookup (spec §2); see [`ExtentMap::lookup`].
