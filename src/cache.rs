@@ -390,7 +390,9 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn get_or_insert(&self, candidate: Extent<M>, offset: u64) -> Result<Extent<M>, Error<M>> {
         // Bad input is rejected whatever the map holds, as the reference does.
         candidate.validate().map_err(Error::invalid)?;
-        if let Some(hit) = self.get(offset) {
+        // A hit needs no window. A miss is not confirmed here: the plan below decides on an
+        // exact window anyway.
+        if let Some(hit) = self.scan_back(offset, &mut BackTrace::default(), &pin()) {
             return Ok(hit);
         }
         let (a, b) = around(
@@ -477,7 +479,7 @@ impl<M: Mapping> ExtentCache<M> {
         if len == 0 {
             return None;
         }
-        if let Some(hit) = self.get(start) {
+        if let Some(hit) = self.scan_back(start, &mut BackTrace::default(), &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::lookup(w, start, len))
@@ -493,7 +495,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
-        if let Some(hit) = self.get(start) {
+        if let Some(hit) = self.scan_back(start, &mut BackTrace::default(), &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::search(w, start))
