@@ -392,7 +392,7 @@ impl<M: Mapping> ExtentCache<M> {
         candidate.validate().map_err(Error::invalid)?;
         // A hit needs no window. A miss is not confirmed here: the plan below decides on an
         // exact window anyway.
-        if let Some(hit) = self.scan_back(offset, &mut BackTrace::default(), &pin()) {
+        if let Some(hit) = self.scan_back(offset, None, &pin()) {
             return Ok(hit);
         }
         let (a, b) = around(
@@ -415,8 +415,7 @@ impl<M: Mapping> ExtentCache<M> {
         let guard = &pin();
         // Fast path: the last visible node at or before `offset`. If it covers `offset`, it was
         // visible when we read its stage, so it was the answer at that instant.
-        let mut first = BackTrace::default();
-        if let Some(hit) = self.scan_back(offset, &mut first, guard) {
+        if let Some(hit) = self.scan_back(offset, None, guard) {
             return Some(hit);
         }
         // A deliberately broken read for the model checker to catch (never built normally):
@@ -424,12 +423,17 @@ impl<M: Mapping> ExtentCache<M> {
         if cfg!(extent_cache_broken = "single_collect") {
             return None;
         }
-        // A miss must hold at one instant too: walk back again and accept the miss when both
-        // walks saw the same nodes in the same stages (the double collect of `docs/design.md`,
-        // over the stretch from `offset` back to the first visible node).
+        // A miss must hold at one instant too: walk back twice more, recording what each walk
+        // passes, and accept the miss when both saw the same nodes in the same stages (the
+        // double collect of `docs/design.md`, over the stretch from `offset` back to the first
+        // visible node). A hit on the way is an answer at its own instant.
+        let mut first = BackTrace::default();
+        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
+            return Some(hit);
+        }
         while !first.overflow {
             let mut again = BackTrace::default();
-            if let Some(hit) = self.scan_back(offset, &mut again, guard) {
+            if let Some(hit) = self.scan_back(offset, Some(&mut again), guard) {
                 return Some(hit);
             }
             if again == first {
@@ -441,9 +445,14 @@ impl<M: Mapping> ExtentCache<M> {
         self.query(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
     }
 
-    /// Walks back from `offset` to the first visible node, recording what it passes. Returns
-    /// that node's extent if it covers `offset`.
-    fn scan_back(&self, offset: u64, trace: &mut BackTrace, guard: &Guard) -> Option<Extent<M>> {
+    /// Walks back from `offset` to the first visible node, recording what it passes when asked
+    /// (a hit needs no record). Returns that node's extent if it covers `offset`.
+    fn scan_back(
+        &self,
+        offset: u64,
+        mut trace: Option<&mut BackTrace>,
+        guard: &Guard,
+    ) -> Option<Extent<M>> {
         let shared = &*self.shared;
         let mut cur = shared
             .index
@@ -457,7 +466,9 @@ impl<M: Mapping> ExtentCache<M> {
             if stage == Stage::Live && item.ext.contains(offset) {
                 return Some(item.ext.clone());
             }
-            trace.push(node as *const Node<M> as usize, stage);
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(node as *const Node<M> as usize, stage);
+            }
             if stage == Stage::Live {
                 return None;
             }
@@ -479,7 +490,7 @@ impl<M: Mapping> ExtentCache<M> {
         if len == 0 {
             return None;
         }
-        if let Some(hit) = self.scan_back(start, &mut BackTrace::default(), &pin()) {
+        if let Some(hit) = self.scan_back(start, None, &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::lookup(w, start, len))
@@ -495,7 +506,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
-        if let Some(hit) = self.scan_back(start, &mut BackTrace::default(), &pin()) {
+        if let Some(hit) = self.scan_back(start, None, &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::search(w, start))

@@ -304,12 +304,14 @@ impl<M: Send + Sync + 'static> Shared<M> {
                 Self::new_node(key, item, desc)
             })
             .collect();
-        // SAFETY: `desc` is not shared with any thread yet; we are its only user.
-        unsafe { (*desc).adds = nodes.clone() };
-        // SAFETY: we hold the owner's reference, so the descriptor is alive.
+        // SAFETY: `desc` is not shared with any thread yet (the nodes that point to it are not
+        // linked); we are its only user.
+        unsafe { (*desc).adds = nodes };
+        // SAFETY: we hold the owner's reference, so the descriptor is alive; from here on it is
+        // only read through shared references.
         let d = unsafe { &*desc };
-        for node in nodes {
-            self.index.insert(node, guard);
+        for node in &d.adds {
+            self.index.insert(Arc::clone(node), guard);
         }
         self.help(d, guard);
         self.cleanup(d, guard);
