@@ -151,6 +151,7 @@ impl<M> Desc<M> {
 
     /// Takes a working reference, unless the descriptor is already on its way to being freed.
     fn try_acquire(&self) -> bool {
+        // Relaxed: only a first guess for the compare-exchange below, which orders.
         let mut refs = self.refs.load(Ordering::Relaxed);
         while refs != 0 {
             // Acquire: we are about to read the descriptor's fields; pairs with the release in
@@ -184,6 +185,33 @@ unsafe fn desc_of<M>(word: *mut Desc<M>, _guard: &Guard) -> &Desc<M> {
     // SAFETY: the caller guarantees the pointer came from a slot under `guard`; by the
     // invariant above the descriptor is allocated until `guard` is dropped.
     unsafe { &*ptr }
+}
+
+/// A descriptor pointer with the provenance of its allocation (so that the last reference can
+/// free it through the very pointer it was allocated as).
+pub(crate) struct DescPtr<M>(*mut Desc<M>);
+
+impl<M> Clone for DescPtr<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for DescPtr<M> {}
+
+impl<M> DescPtr<M> {
+    /// The descriptor in a slot word (tag bits dropped).
+    fn from_slot(word: *mut Desc<M>) -> Self {
+        DescPtr(word.map_addr(|a| a & !TAG_MASK))
+    }
+
+    /// The descriptor.
+    fn get(&self) -> &Desc<M> {
+        // SAFETY: a `DescPtr` is only made by `publish` (which holds the owner's reference until
+        // it releases it, after its last use) and by `claim` from a slot word loaded under a
+        // guard (valid until that guard is dropped, by the invariant of `desc_of`), and it never
+        // outlives the function that made it.
+        unsafe { &*self.0 }
+    }
 }
 
 /// The state the cache shares between all threads: the index, the sequence counter and the
@@ -227,6 +255,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
     }
 
     pub(crate) fn len(&self) -> usize {
+        // Relaxed: an approximate count (see `ExtentCache::len`); it orders nothing.
         self.len.load(Ordering::Relaxed).max(0) as usize
     }
 
@@ -313,8 +342,8 @@ impl<M: Send + Sync + 'static> Shared<M> {
         for node in &d.adds {
             self.index.insert(Arc::clone(node), guard);
         }
-        self.help(d, guard);
-        self.cleanup(d, guard);
+        self.help(DescPtr(desc), guard);
+        self.cleanup(DescPtr(desc), guard);
         let outcome = if d.status() == COMMITTED {
             Outcome::Committed
         } else {
@@ -360,22 +389,20 @@ impl<M: Send + Sync + 'static> Shared<M> {
             self.index.insert(node, guard);
         }
         for c in d.claims.iter().take(claims_done) {
-            if !self.claim(d, c, guard) {
+            if !self.claim(DescPtr(desc), c, guard) {
                 break;
             }
         }
-        desc as usize
+        desc.expose_provenance()
     }
 
     /// Finishes a change stopped by [`publish_stalled`](Self::publish_stalled) and drops the
     /// owner's reference.
     #[cfg(all(test, loom))]
     pub(crate) fn resume(&self, stalled: usize, guard: &Guard) {
-        let desc = stalled as *const Desc<M>;
-        // SAFETY: the owner's reference is still held.
-        let d = unsafe { &*desc };
-        self.help(d, guard);
-        self.cleanup(d, guard);
+        let desc: *mut Desc<M> = core::ptr::with_exposed_provenance_mut(stalled);
+        self.help(DescPtr(desc), guard);
+        self.cleanup(DescPtr(desc), guard);
         // SAFETY: owner's reference, slots cleaned.
         unsafe { self.release(desc, guard) };
     }
@@ -383,9 +410,10 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// Drives `d` to a decision: claims its nodes (helping older changes and aborting younger
     /// ones that are in the way), validates, and decides. On return `d` is decided.
     /// The caller holds a reference to `d`.
-    fn help(&self, d: &Desc<M>, guard: &Guard) {
+    fn help(&self, dp: DescPtr<M>, guard: &Guard) {
+        let d = dp.get();
         for c in &d.claims {
-            if !self.claim(d, c, guard) {
+            if !self.claim(dp, c, guard) {
                 break;
             }
         }
@@ -396,6 +424,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
                 ABORTED
             };
             if d.decide(outcome) && outcome == COMMITTED {
+                // Relaxed: the count is a statistic; it orders nothing.
                 self.len.fetch_add(d.delta, Ordering::Relaxed);
             }
         }
@@ -404,8 +433,9 @@ impl<M: Send + Sync + 'static> Shared<M> {
 
     /// Claims one node for `d`. Returns `false` when `d` is decided (possibly by this call,
     /// when the node turned out dead).
-    fn claim(&self, d: &Desc<M>, c: &Claim<M>, guard: &Guard) -> bool {
-        let me = (d as *const Desc<M>).cast_mut();
+    fn claim(&self, dp: DescPtr<M>, c: &Claim<M>, guard: &Guard) -> bool {
+        let d = dp.get();
+        let me = dp.0;
         let want = tagged(me, if c.remove { REMOVE } else { 0 });
         loop {
             if d.status() != PENDING {
@@ -420,17 +450,18 @@ impl<M: Send + Sync + 'static> Shared<M> {
                 return false;
             }
             if !cur.is_null() {
-                // SAFETY: loaded under `guard` from a node we hold; not a bare tag.
-                let other = unsafe { desc_of::<M>(cur, guard) };
+                // Loaded under `guard` from a node we hold; not a bare tag.
+                let op = DescPtr::from_slot(cur);
+                let other = op.get();
                 match other.status() {
                     PENDING => {
                         if other.ticket < d.ticket {
                             // The older change wins: finish it, then look again.
                             if other.try_acquire() {
-                                self.help(other, guard);
-                                self.cleanup(other, guard);
+                                self.help(op, guard);
+                                self.cleanup(op, guard);
                                 // SAFETY: we took a reference just above and cleaned up.
-                                unsafe { self.release(other, guard) };
+                                unsafe { self.release(op.0, guard) };
                             }
                         } else {
                             // We are older: the younger change gives way.
@@ -451,7 +482,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
                 if d.status() != PENDING {
                     // We were late: `d` was decided while we claimed. Undo our own write so no
                     // slot keeps pointing at a decided descriptor we might let go of.
-                    self.clean_claim(d, c, guard);
+                    self.clean_claim(dp, c, guard);
                     return false;
                 }
                 return true;
@@ -495,8 +526,9 @@ impl<M: Send + Sync + 'static> Shared<M> {
 
     /// Clears every slot that points at the decided descriptor `d`, and schedules the unlinking
     /// of nodes that are gone for good. Idempotent: the owner and every helper may run it.
-    fn cleanup(&self, d: &Desc<M>, guard: &Guard) {
-        let me = (d as *const Desc<M>).cast_mut();
+    fn cleanup(&self, dp: DescPtr<M>, guard: &Guard) {
+        let d = dp.get();
+        let me = dp.0;
         let committed = match d.status() {
             COMMITTED => true,
             ABORTED => false,
@@ -513,12 +545,13 @@ impl<M: Send + Sync + 'static> Shared<M> {
             }
         }
         for c in &d.claims {
-            self.clean_claim(d, c, guard);
+            self.clean_claim(dp, c, guard);
         }
     }
 
-    fn clean_claim(&self, d: &Desc<M>, c: &Claim<M>, guard: &Guard) {
-        let me = (d as *const Desc<M>).cast_mut();
+    fn clean_claim(&self, dp: DescPtr<M>, c: &Claim<M>, guard: &Guard) {
+        let d = dp.get();
+        let me = dp.0;
         let committed = d.status() == COMMITTED;
         if c.remove {
             let after = if committed {
@@ -587,7 +620,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// The caller holds a reference to `desc` (from allocation or [`Desc::try_acquire`]) and has
     /// run [`cleanup`](Self::cleanup) after `desc` was decided, so no slot it filled still
     /// points to `desc`.
-    unsafe fn release(&self, desc: *const Desc<M>, guard: &Guard) {
+    unsafe fn release(&self, desc: *mut Desc<M>, guard: &Guard) {
         // SAFETY: we hold a reference, so the descriptor is alive.
         let d = unsafe { &*desc };
         // AcqRel: the last thread must see every other holder's writes before the descriptor is
@@ -595,7 +628,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
         if d.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
             // SAFETY: no slot points to the descriptor any more and no thread can acquire a new
             // reference (the count is zero).
-            unsafe { self.retire(desc as *mut Desc<M>, guard) };
+            unsafe { self.retire(desc, guard) };
         }
     }
 }
