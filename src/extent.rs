@@ -874,7 +874,7 @@ impl<M: Mapping> Extent<M> {
     /// assert!(b.merged_with(&a).is_none());
     /// ```
     pub fn merged_with(&self, next: &Extent<M>) -> Option<Extent<M>> {
-        if !self.may_merge() || !next.may_merge() {
+        if !self.may_merge() || !next.may_merge() || self.len == 0 || next.len == 0 {
             return None;
         }
         if self.end() != next.start || self.end() == u64::MAX {

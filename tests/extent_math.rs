@@ -786,3 +786,12 @@ fn flags_algebra() {
     assert_eq!(format!("{:?}", pl), "Flags(PINNED | LOGGING)");
     assert_eq!(format!("{:?}", Flags::empty()), "Flags(empty)");
 }
+
+// [4K, 4K) + [4K, 4K): two empty (ill-formed) extents never merge into an empty "merged" one.
+#[test]
+fn empty_extents_never_merge() {
+    let a = Extent::hole(4096, 0);
+    let b = Extent::hole(4096, 0);
+    assert!(a.merged_with(&b).is_none());
+    assert!(Extent::hole(0, 4096).merged_with(&b).is_none());
+}

@@ -145,11 +145,9 @@ fn merged(a: &Extent, b: &Extent) {
     assert_eq!(a.end(), b.start(), "merged extents that do not touch");
     assert!(a.may_merge() && b.may_merge());
     assert_eq!((m.start(), m.end()), (a.start(), b.end()));
-    assert!(m.end() >= m.start());
-    // Two empty (ill-formed) extents "merge" into an empty one; anything else is not empty.
-    if a.end() > a.start() || b.end() > b.start() {
-        assert!(m.end() > m.start(), "{a:?} + {b:?} merged into empty {m:?}");
-    }
+    // Empty (ill-formed) extents never merge, so a merge is never empty.
+    assert!(a.len() > 0 && b.len() > 0, "{a:?} + {b:?} merged");
+    assert!(m.end() > m.start(), "{a:?} + {b:?} merged into empty {m:?}");
     assert_eq!(m.generation(), a.generation().max(b.generation()));
     assert!(m.flags().contains(Flags::MERGED));
     assert_eq!(
