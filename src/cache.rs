@@ -70,6 +70,9 @@ struct Window<'g, M> {
     tail: Option<NodeRef<'g, M>>,
     /// What each node looked like when read, in reading order (for the double collect).
     trace: Vec<(usize, Stage)>,
+    /// A cursor on the window's first node (the head, or the first item), so that validation
+    /// need not search for it.
+    first: Option<Cursor<'g, M>>,
 }
 
 impl<M: Mapping> View<M> for Window<'_, M> {
@@ -156,7 +159,7 @@ impl<M: Mapping> ExtentCache<M> {
         let shared = &*self.shared;
         let a = a.min(u64::MAX - 1);
         let b = b.clamp(a, u64::MAX - 1);
-        let mut trace = Vec::new();
+        let mut trace = Vec::with_capacity(8);
 
         // Backward: find where the window starts.
         let mut cur: Cursor<'g, M> = shared
@@ -184,14 +187,16 @@ impl<M: Mapping> ExtentCache<M> {
 
         // Forward: collect the visible nodes.
         let mut w = Window {
-            items: Vec::new(),
-            nodes: Vec::new(),
+            items: Vec::with_capacity(8),
+            nodes: Vec::with_capacity(8),
             head: None,
             tail: None,
             trace,
+            first: None,
         };
         if cur.key() == HEAD {
             w.head = Some(cur.node_ref());
+            w.first = Some(cur.clone());
             cur = cur
                 .next()
                 .expect("the tail sentinel is always in the index");
@@ -213,6 +218,9 @@ impl<M: Mapping> ExtentCache<M> {
                     }
                 }
                 let past = item.ext.start() > b;
+                if w.first.is_none() {
+                    w.first = Some(cur.clone());
+                }
                 w.items.push(item.clone());
                 w.nodes.push(cur.node_ref());
                 if past {
@@ -305,7 +313,7 @@ impl<M: Mapping> ExtentCache<M> {
             let claims = self.claims_for(&w, &planned.change);
             match self
                 .shared
-                .publish(ticket, claims, planned.change.add, guard)
+                .publish(ticket, claims, planned.change.add, w.first.clone(), guard)
             {
                 Outcome::Committed => return Ok(planned.answer),
                 Outcome::Aborted => continue,

@@ -68,6 +68,14 @@ mod imp {
         entry: Entry<'g, 'g, Key, Arc<Node<M>>>,
     }
 
+    impl<M> Clone for Cursor<'_, M> {
+        fn clone(&self) -> Self {
+            Cursor {
+                entry: self.entry.clone(),
+            }
+        }
+    }
+
     impl<'g, M> Cursor<'g, M> {
         /// The node here. The skiplist frees a node only after every guard pinned before its
         /// removal is gone, so the reference lives as long as the guard.
@@ -192,6 +200,16 @@ mod imp {
         index: &'g Index<M>,
         key: Key,
         node: Arc<Node<M>>,
+    }
+
+    impl<M> Clone for Cursor<'_, M> {
+        fn clone(&self) -> Self {
+            Cursor {
+                index: self.index,
+                key: self.key,
+                node: Arc::clone(&self.node),
+            }
+        }
     }
 
     impl<'g, M> Cursor<'g, M> {

@@ -43,7 +43,7 @@
 //! index only after an epoch grace period, so that a reader's double collect can never miss a
 //! node that was visible while it was reading.
 
-use crate::index::{Guard, HEAD, Index, Key, TAIL};
+use crate::index::{Cursor, Guard, HEAD, Index, Key, TAIL};
 use crate::plan::Item;
 use crate::sync::{Arc, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
@@ -304,12 +304,16 @@ impl<M: Send + Sync + 'static> Shared<M> {
     ///
     /// `ticket` is the caller's priority; reuse it across retries of the same operation so that
     /// the operation grows older and eventually wins every conflict.
-    pub(crate) fn publish(
-        &self,
+    ///
+    /// `start` is the caller's cursor on the first claimed node, if it has one: validation walks
+    /// on from it instead of searching for it.
+    pub(crate) fn publish<'g>(
+        &'g self,
         ticket: u64,
         claims: Vec<Claim<M>>,
         adds: Vec<Item<M>>,
-        guard: &Guard,
+        start: Option<Cursor<'g, M>>,
+        guard: &'g Guard,
     ) -> Outcome {
         let removed = claims.iter().filter(|c| c.remove).count() as isize;
         let delta = adds.len() as isize - removed;
@@ -342,7 +346,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
         for node in &d.adds {
             self.index.insert(Arc::clone(node), guard);
         }
-        self.help(DescPtr(desc), guard);
+        self.help(DescPtr(desc), start, guard);
         self.cleanup(DescPtr(desc), guard);
         let outcome = if d.status() == COMMITTED {
             Outcome::Committed
@@ -401,7 +405,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
     #[cfg(all(test, loom))]
     pub(crate) fn resume(&self, stalled: usize, guard: &Guard) {
         let desc: *mut Desc<M> = core::ptr::with_exposed_provenance_mut(stalled);
-        self.help(DescPtr(desc), guard);
+        self.help(DescPtr(desc), None, guard);
         self.cleanup(DescPtr(desc), guard);
         // SAFETY: owner's reference, slots cleaned.
         unsafe { self.release(desc, guard) };
@@ -410,7 +414,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// Drives `d` to a decision: claims its nodes (helping older changes and aborting younger
     /// ones that are in the way), validates, and decides. On return `d` is decided.
     /// The caller holds a reference to `d`.
-    fn help(&self, dp: DescPtr<M>, guard: &Guard) {
+    fn help<'g>(&'g self, dp: DescPtr<M>, start: Option<Cursor<'g, M>>, guard: &'g Guard) {
         let d = dp.get();
         for c in &d.claims {
             if !self.claim(dp, c, guard) {
@@ -418,7 +422,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
             }
         }
         if d.status() == PENDING {
-            let outcome = if self.validate(d, guard) {
+            let outcome = if self.validate(d, start, guard) {
                 COMMITTED
             } else {
                 ABORTED
@@ -458,7 +462,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
                         if other.ticket < d.ticket {
                             // The older change wins: finish it, then look again.
                             if other.try_acquire() {
-                                self.help(op, guard);
+                                self.help(op, None, guard);
                                 self.cleanup(op, guard);
                                 // SAFETY: we took a reference just above and cleaned up.
                                 unsafe { self.release(op.0, guard) };
@@ -492,18 +496,21 @@ impl<M: Send + Sync + 'static> Shared<M> {
 
     /// Step 2: between each two consecutive claimed nodes, no visible node. One search, then a
     /// walk along the bottom level from the first claimed node to the last.
-    fn validate(&self, d: &Desc<M>, guard: &Guard) -> bool {
+    fn validate<'g>(&'g self, d: &Desc<M>, start: Option<Cursor<'g, M>>, guard: &'g Guard) -> bool {
         // A deliberately broken protocol for the model checker to catch (never built normally).
         #[cfg(extent_cache_broken = "no_validate")]
         return {
-            let _ = (d, guard);
+            let _ = (d, start, guard);
             true
         };
         #[allow(unreachable_code)]
         let Some((first, rest)) = d.claims.split_first() else {
             return true;
         };
-        let mut cur = self.index.after(&first.node.key, guard);
+        let mut cur = match start {
+            Some(c) if c.key() == first.node.key => c.next(),
+            _ => self.index.after(&first.node.key, guard),
+        };
         for next in rest {
             loop {
                 // A claimed node is live, so it is never unlinked: the walk must meet it.
