@@ -269,32 +269,35 @@ fn try_merge<M: Mapping, V: View<M> + ?Sized>(
         return Ok(cur.ext);
     }
     if let Some(prev) = ov.before(cur.ext.start())? {
-        if may_merge(&prev) {
-            if let Some(m) = prev.ext.merged_with(&cur.ext) {
-                ov.remove(&prev);
-                ov.remove(&cur);
-                cur = Item {
-                    ext: m,
-                    modified: false,
-                };
-                ov.add(cur.clone());
-            }
+        if let Some(merged) = join(ov, &prev, &cur) {
+            cur = merged;
         }
     }
     if let Some(next) = ov.after(cur.ext.start())? {
-        if may_merge(&next) {
-            if let Some(m) = cur.ext.merged_with(&next.ext) {
-                ov.remove(&next);
-                ov.remove(&cur);
-                cur = Item {
-                    ext: m,
-                    modified: false,
-                };
-                ov.add(cur.clone());
-            }
+        if let Some(merged) = join(ov, &cur, &next) {
+            cur = merged;
         }
     }
     Ok(cur.ext)
+}
+
+/// Replaces `left` and `right` (adjacent in the overlay) by their merge, when spec §4 allows it.
+fn join<M: Mapping, V: View<M> + ?Sized>(
+    ov: &mut Overlay<'_, M, V>,
+    left: &Item<M>,
+    right: &Item<M>,
+) -> Option<Item<M>> {
+    if !may_merge(left) || !may_merge(right) {
+        return None;
+    }
+    let merged = Item {
+        ext: left.ext.merged_with(&right.ext)?,
+        modified: false,
+    };
+    ov.remove(left);
+    ov.remove(right);
+    ov.add(merged.clone());
+    Some(merged)
 }
 
 /// Strict insert into an overlay (spec §3); returns the extent as it stands afterwards.

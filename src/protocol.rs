@@ -170,25 +170,19 @@ impl<M> Desc<M> {
     }
 }
 
-/// Loads a descriptor from a slot word.
-///
-/// # Safety
-///
-/// `word` must have been loaded, under `guard`, from a slot of a node reachable under `guard`,
-/// and must hold a descriptor pointer (not `0`, not a bare tag). A slot only ever holds a
-/// descriptor whose reference count is positive; the last thread to drop a reference has
-/// cleared every slot it could have filled and retires the descriptor through `guard`'s epoch,
-/// so the descriptor outlives every guard that could have loaded it.
-unsafe fn desc_of<M>(word: *mut Desc<M>, _guard: &Guard) -> &Desc<M> {
-    let ptr = word.map_addr(|a| a & !TAG_MASK);
-    debug_assert!(!ptr.is_null());
-    // SAFETY: the caller guarantees the pointer came from a slot under `guard`; by the
-    // invariant above the descriptor is allocated until `guard` is dropped.
-    unsafe { &*ptr }
-}
-
 /// A descriptor pointer with the provenance of its allocation (so that the last reference can
 /// free it through the very pointer it was allocated as).
+///
+/// # Validity
+///
+/// A `DescPtr` is made only
+/// 1. by `publish` from the allocation, while it holds the owner's reference, or
+/// 2. from a slot word loaded under a guard. A slot only ever holds a descriptor whose reference
+///    count is positive; the last thread to drop a reference has cleared every slot it could
+///    have filled and retires the descriptor through the epoch, so the descriptor outlives every
+///    guard that could have loaded it.
+///
+/// and it never outlives the function (and the guard) that made it.
 pub(crate) struct DescPtr<M>(*mut Desc<M>);
 
 impl<M> Clone for DescPtr<M> {
@@ -206,10 +200,7 @@ impl<M> DescPtr<M> {
 
     /// The descriptor.
     fn get(&self) -> &Desc<M> {
-        // SAFETY: a `DescPtr` is only made by `publish` (which holds the owner's reference until
-        // it releases it, after its last use) and by `claim` from a slot word loaded under a
-        // guard (valid until that guard is dropped, by the invariant of `desc_of`), and it never
-        // outlives the function that made it.
+        // SAFETY: by the type's validity rules the descriptor is allocated while `self` is in use.
         unsafe { &*self.0 }
     }
 }
@@ -259,16 +250,16 @@ impl<M: Send + Sync + 'static> Shared<M> {
         self.len.load(Ordering::Relaxed).max(0) as usize
     }
 
-    /// What `node` means right now.
-    pub(crate) fn stage(&self, node: &Node<M>, guard: &Guard) -> Stage {
+    /// What `node` means right now. The guard proves the caller is pinned: descriptors loaded
+    /// from `node`'s words are only valid under one.
+    pub(crate) fn stage(&self, node: &Node<M>, _guard: &Guard) -> Stage {
         let adder = node.adder.load(ORD);
         if adder == mark(ADDER_ABORTED) {
             return Stage::Aborted;
         }
         if !adder.is_null() {
-            // SAFETY: loaded under `guard` from a node reachable under `guard`; not a bare tag.
-            let d = unsafe { desc_of::<M>(adder, guard) };
-            match d.status() {
+            // Loaded under `guard` from a node reachable under `guard`, and not a bare tag.
+            match DescPtr::from_slot(adder).get().status() {
                 PENDING => return Stage::Unborn,
                 ABORTED => return Stage::Aborted,
                 _ => {}
@@ -279,9 +270,8 @@ impl<M: Send + Sync + 'static> Shared<M> {
             return Stage::Dead;
         }
         if claim.addr() & REMOVE != 0 {
-            // SAFETY: as above; a word with the REMOVE bit always carries a pointer.
-            let d = unsafe { desc_of::<M>(claim, guard) };
-            if d.status() == COMMITTED {
+            // As above; a word with the REMOVE bit always carries a pointer.
+            if DescPtr::from_slot(claim).get().status() == COMMITTED {
                 return Stage::Dead;
             }
         }
@@ -298,23 +288,15 @@ impl<M: Send + Sync + 'static> Shared<M> {
         })
     }
 
-    /// Publishes a change: `claims` (the window the plan read, in key order, removals marked)
-    /// and `adds` (new items, in start order). Returns whether it committed; an aborted change
-    /// left the visible map untouched and the caller retries with a fresh window.
-    ///
-    /// `ticket` is the caller's priority; reuse it across retries of the same operation so that
-    /// the operation grows older and eventually wins every conflict.
-    ///
-    /// `start` is the caller's cursor on the first claimed node, if it has one: validation walks
-    /// on from it instead of searching for it.
-    pub(crate) fn publish<'g>(
-        &'g self,
+    /// Allocates the descriptor of a change (holding the owner's reference) and links its new
+    /// nodes into the index, invisible until it commits.
+    fn prepare(
+        &self,
         ticket: u64,
         claims: Vec<Claim<M>>,
         adds: Vec<Item<M>>,
-        start: Option<Cursor<'g, M>>,
-        guard: &'g Guard,
-    ) -> Outcome {
+        guard: &Guard,
+    ) -> *mut Desc<M> {
         let removed = claims.iter().filter(|c| c.remove).count() as isize;
         let delta = adds.len() as isize - removed;
         let first_seq = self.next_seq(adds.len() as u64);
@@ -346,6 +328,29 @@ impl<M: Send + Sync + 'static> Shared<M> {
         for node in &d.adds {
             self.index.insert(Arc::clone(node), guard);
         }
+        desc
+    }
+
+    /// Publishes a change: `claims` (the window the plan read, in key order, removals marked)
+    /// and `adds` (new items, in start order). Returns whether it committed; an aborted change
+    /// left the visible map untouched and the caller retries with a fresh window.
+    ///
+    /// `ticket` is the caller's priority; reuse it across retries of the same operation so that
+    /// the operation grows older and eventually wins every conflict.
+    ///
+    /// `start` is the caller's cursor on the first claimed node, if it has one: validation walks
+    /// on from it instead of searching for it.
+    pub(crate) fn publish<'g>(
+        &'g self,
+        ticket: u64,
+        claims: Vec<Claim<M>>,
+        adds: Vec<Item<M>>,
+        start: Option<Cursor<'g, M>>,
+        guard: &'g Guard,
+    ) -> Outcome {
+        let desc = self.prepare(ticket, claims, adds, guard);
+        // SAFETY: we hold the owner's reference (taken at allocation), so it is alive.
+        let d = unsafe { &*desc };
         self.help(DescPtr(desc), start, guard);
         self.cleanup(DescPtr(desc), guard);
         let outcome = if d.status() == COMMITTED {
@@ -369,29 +374,9 @@ impl<M: Send + Sync + 'static> Shared<M> {
         claims_done: usize,
         guard: &Guard,
     ) -> usize {
-        let first_seq = self.next_seq(adds.len() as u64);
-        let removed = claims.iter().filter(|c| c.remove).count() as isize;
-        let delta = adds.len() as isize - removed;
-        let desc = Box::into_raw(Box::new(Desc {
-            status: AtomicUsize::new(PENDING),
-            refs: AtomicUsize::new(1),
-            ticket,
-            claims,
-            adds: Vec::new(),
-            delta,
-        }));
-        let nodes: Vec<Arc<Node<M>>> = adds
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| Self::new_node((item.ext.start(), first_seq + i as u64), item, desc))
-            .collect();
-        // SAFETY: not shared yet.
-        unsafe { (*desc).adds = nodes.clone() };
+        let desc = self.prepare(ticket, claims, adds, guard);
         // SAFETY: we hold the owner's reference.
         let d = unsafe { &*desc };
-        for node in nodes {
-            self.index.insert(node, guard);
-        }
         for c in d.claims.iter().take(claims_done) {
             if !self.claim(DescPtr(desc), c, guard) {
                 break;
