@@ -168,7 +168,7 @@ mod imp {
 
     use super::Key;
     use crate::protocol::Node;
-    use crate::sync::Arc;
+    use crate::sync::{Arc, Mutex};
 
     /// Under loom, pinning does nothing: reclamation is postponed to the cache's drop.
     pub(crate) struct Guard(());
@@ -179,7 +179,7 @@ mod imp {
     }
 
     pub(crate) struct Index<M> {
-        map: loom::sync::Mutex<BTreeMap<Key, Arc<Node<M>>>>,
+        map: Mutex<BTreeMap<Key, Arc<Node<M>>>>,
     }
 
     pub(crate) struct NodeRef<'g, M>(Arc<Node<M>>, PhantomData<&'g ()>);
@@ -242,7 +242,7 @@ mod imp {
             map.insert(head.key, head);
             map.insert(tail.key, tail);
             Index {
-                map: loom::sync::Mutex::new(map),
+                map: Mutex::new(map),
             }
         }
 

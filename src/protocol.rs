@@ -45,7 +45,9 @@
 
 use crate::index::{Cursor, Guard, HEAD, Index, Key, TAIL};
 use crate::plan::Item;
-use crate::sync::{Arc, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+use crate::sync::Mutex;
+use crate::sync::{Arc, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, IndexArc, Ordering};
 
 /// `Desc::status`: undecided.
 pub(crate) const PENDING: usize = 0;
@@ -209,10 +211,10 @@ impl<M> DescPtr<M> {
 /// approximate length.
 pub(crate) struct Shared<M> {
     /// The index. A plain `std` `Arc`: deferred unlinks hold it past the cache's drop.
-    pub(crate) index: std::sync::Arc<Index<M>>,
+    pub(crate) index: IndexArc<Index<M>>,
     /// Under loom there is no epoch: retired descriptors wait here for the cache's drop.
     #[cfg(loom)]
-    graveyard: loom::sync::Mutex<Vec<usize>>,
+    graveyard: Mutex<Vec<usize>>,
     /// Source of node sequence numbers and descriptor tickets.
     seq: AtomicU64,
     /// Number of visible extents (exact when no change is in flight).
@@ -229,12 +231,12 @@ pub(crate) enum Outcome {
 impl<M: Send + Sync + 'static> Shared<M> {
     pub(crate) fn new() -> Self {
         Shared {
-            index: std::sync::Arc::new(Index::new(
+            index: IndexArc::new(Index::new(
                 Arc::new(Node::sentinel(HEAD)),
                 Arc::new(Node::sentinel(TAIL)),
             )),
             #[cfg(loom)]
-            graveyard: loom::sync::Mutex::new(Vec::new()),
+            graveyard: Mutex::new(Vec::new()),
             seq: AtomicU64::new(1),
             len: AtomicIsize::new(0),
         }
@@ -572,7 +574,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
     /// the index until it is done.
     #[cfg(not(loom))]
     fn unlink_later(&self, key: Key, guard: &Guard) {
-        let index = std::sync::Arc::clone(&self.index);
+        let index = IndexArc::clone(&self.index);
         guard.defer(move || {
             let g = crate::index::pin();
             index.remove(&key, &g);
