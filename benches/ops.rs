@@ -30,96 +30,26 @@
 
 #![allow(clippy::result_large_err)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use extent_cache::reference::LockedExtentMap;
-use extent_cache::{Dropped, Error, Extent, ExtentCache, Flags};
+use extent_cache::{Extent, ExtentCache, Flags};
+use support::{BLOCK, DISK_BASE, File, K, Map, NEW_DISK_BASE, Rng};
 
-const K: u64 = 1024;
-const BLOCK: u64 = 4 * K;
-const DISK_BASE: u64 = 1 << 30;
-const NEW_DISK_BASE: u64 = 1 << 50;
 const EXTENTS: usize = 100_000;
 /// Every `GAP_EVERY`-th extent of the file is left out of the map.
 const GAP_EVERY: usize = 8;
 /// Pre-drawn random offsets per table.
 const TABLE: usize = 1 << 16;
 
-trait Map: Sized {
-    const NAME: &'static str;
-    fn empty() -> Self;
-    fn get(&self, offset: u64) -> Option<Extent>;
-    fn lookup(&self, start: u64, len: u64) -> Option<Extent>;
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error>;
-    fn insert(&self, ext: Extent) -> Result<(), Error>;
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
-    fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error>;
-}
-
-macro_rules! impl_map {
-    ($t:ty, $name:literal) => {
-        impl Map for $t {
-            const NAME: &'static str = $name;
-            fn empty() -> Self {
-                <$t>::new()
-            }
-            fn get(&self, offset: u64) -> Option<Extent> {
-                <$t>::get(self, offset)
-            }
-            fn lookup(&self, start: u64, len: u64) -> Option<Extent> {
-                <$t>::lookup(self, start, len)
-            }
-            fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
-                <$t>::get_or_insert(self, candidate, offset)
-            }
-            fn insert(&self, ext: Extent) -> Result<(), Error> {
-                <$t>::insert(self, ext)
-            }
-            fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
-                <$t>::replace_range(self, new, modified)
-            }
-            fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
-                <$t>::drop_range(self, start, end, false)
-            }
-            fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error> {
-                <$t>::unpin(self, start, len, generation)
-            }
-        }
-    };
-}
-
-impl_map!(ExtentCache, "lockfree");
-impl_map!(LockedExtentMap, "locked");
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
-
 /// The file, which extents of it are cached, and pre-drawn offsets.
 struct Fixture {
-    starts: Vec<u64>,
+    file: File,
     /// Indices of the extents left out of the map, shuffled.
     gaps: Vec<usize>,
     /// Indices of cached extents of 12 KiB or more, shuffled.
@@ -134,13 +64,8 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let mut rng = Rng(0xe7e7);
-        let mut starts = Vec::with_capacity(EXTENTS + 1);
-        let mut at = 0;
-        for _ in 0..EXTENTS {
-            starts.push(at);
-            at += (1 + rng.below(16)) * BLOCK;
-        }
-        starts.push(at);
+        let file = File::from_rng(EXTENTS, &mut rng);
+        let starts = &file.starts;
         let is_gap = |i: usize| i % GAP_EVERY == GAP_EVERY / 2;
         let mut gaps: Vec<usize> = (0..EXTENTS).filter(|&i| is_gap(i)).collect();
         let mut cached: Vec<usize> = (0..EXTENTS).filter(|&i| !is_gap(i)).collect();
@@ -165,7 +90,7 @@ impl Fixture {
         let end = starts[EXTENTS];
         let any_offsets = (0..TABLE).map(|_| rng.below(end)).collect();
         Fixture {
-            starts,
+            file,
             gaps,
             large,
             cached,
@@ -176,22 +101,15 @@ impl Fixture {
     }
 
     fn range(&self, i: usize) -> (u64, u64) {
-        (self.starts[i], self.starts[i + 1])
-    }
-
-    /// Extent `i` as on disk, with a 4 KiB hole on disk before the next one.
-    fn extent(&self, i: usize) -> Extent {
-        let (s, e) = self.range(i);
-        let disk = DISK_BASE + s + i as u64 * BLOCK;
-        Extent::regular(s, e - s, disk, e - s, 0, e - s)
+        (self.file.starts[i], self.file.starts[i + 1])
     }
 
     /// Extent `i` stretched over both its neighbours, its own bytes where they are on disk.
     fn stretched(&self, i: usize) -> Extent {
         let (s, e) = self.range(i);
-        let s2 = if i > 0 { self.starts[i - 1] } else { s };
+        let s2 = if i > 0 { self.file.starts[i - 1] } else { s };
         let e2 = if i + 1 < EXTENTS {
-            self.starts[i + 2]
+            self.file.starts[i + 2]
         } else {
             e
         };
@@ -202,7 +120,7 @@ impl Fixture {
     /// Gap extent `i`, placed on disk right after its predecessor, so that the two merge.
     fn after_prev(&self, i: usize) -> Extent {
         let (s, e) = self.range(i);
-        let prev = self.extent(i - 1);
+        let prev = self.file.extent(i - 1);
         let disk = prev.block_end().expect("a regular extent");
         Extent::regular(s, e - s, disk, e - s, 0, e - s)
     }
@@ -212,16 +130,17 @@ impl Fixture {
         let mut order = self.cached.clone();
         order.sort_unstable();
         for i in order {
-            map.insert(self.extent(i)).expect("no overlap");
+            map.insert(self.file.extent(i)).expect("no overlap");
         }
         map
     }
 
     /// Puts back gap `i` and its predecessor as they were, after a merge.
     fn unmerge<T: Map>(&self, map: &T, i: usize) {
-        map.drop_range(self.starts[i - 1], self.starts[i + 1])
+        map.drop_range(self.file.starts[i - 1], self.file.starts[i + 1])
             .expect("a valid range");
-        map.insert(self.extent(i - 1)).expect("the range is empty");
+        map.insert(self.file.extent(i - 1))
+            .expect("the range is empty");
     }
 }
 
@@ -298,7 +217,7 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
         m.lookup(o, 64 * K).is_some()
     });
     bench_read(g, "get_or_insert-hit", &map, &fx.hit_offsets, |m, o| {
-        let i = fx.starts.partition_point(|&s| s <= o) - 1;
+        let i = fx.file.starts.partition_point(|&s| s <= o) - 1;
         m.get_or_insert(fx.stretched(i), o)
             .is_ok_and(|e| e.contains(o))
     });
@@ -309,9 +228,9 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
         &fx.gaps,
         none,
         |m, i| {
-            let o = fx.starts[i];
+            let o = fx.file.starts[i];
             m.get_or_insert(fx.stretched(i), o)
-                .is_ok_and(|e| e.start() == o && e.end() == fx.starts[i + 1])
+                .is_ok_and(|e| e.start() == o && e.end() == fx.file.starts[i + 1])
         },
         |m, i| {
             let (s, e) = fx.range(i);
@@ -326,8 +245,8 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
         none,
         |m, i| m.insert(fx.after_prev(i)).is_ok(),
         |m, i| {
-            let merged = m.get(fx.starts[i]).expect("inserted");
-            assert!(merged.start() < fx.starts[i], "insert did not merge");
+            let merged = m.get(fx.file.starts[i]).expect("inserted");
+            assert!(merged.start() < fx.file.starts[i], "insert did not merge");
             fx.unmerge(m, i);
         },
     );
@@ -338,13 +257,13 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
         &fx.large,
         none,
         |m, i| {
-            let s = fx.starts[i] + BLOCK;
+            let s = fx.file.starts[i] + BLOCK;
             let disk = NEW_DISK_BASE + s * 2;
             m.replace_range(Extent::regular(s, BLOCK, disk, BLOCK, 0, BLOCK), true)
                 .is_ok()
         },
         |m, i| {
-            m.replace_range(fx.extent(i), false).expect("no error");
+            m.replace_range(fx.file.extent(i), false).expect("no error");
         },
     );
     bench_batched(
@@ -357,7 +276,7 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
             let (s, e) = fx.range(i);
             m.drop_range(s, e).is_ok_and(|d| d.extents == 1)
         },
-        |m, i| m.insert(fx.extent(i)).expect("the range is empty"),
+        |m, i| m.insert(fx.file.extent(i)).expect("the range is empty"),
     );
     bench_batched(
         g,
@@ -373,8 +292,8 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
             m.unpin(s, e - s, 1).is_ok()
         },
         |m, i| {
-            let merged = m.get(fx.starts[i]).expect("unpinned, not dropped");
-            assert!(merged.start() < fx.starts[i], "unpin did not merge");
+            let merged = m.get(fx.file.starts[i]).expect("unpinned, not dropped");
+            assert!(merged.start() < fx.file.starts[i], "unpin did not merge");
             fx.unmerge(m, i);
         },
     );

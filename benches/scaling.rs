@@ -36,6 +36,9 @@
 
 #![allow(clippy::result_large_err)]
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -46,71 +49,14 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use crossbeam_skiplist::SkipMap;
 use extent_cache::reference::LockedExtentMap;
-use extent_cache::{Dropped, Error, Extent, ExtentCache};
+use extent_cache::{Extent, ExtentCache};
+use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, must_get};
 
-const K: u64 = 1024;
-const BLOCK: u64 = 4 * K;
-const DISK_BASE: u64 = 1 << 30;
-const NEW_DISK_BASE: u64 = 1 << 50;
 /// Operations per thread per iteration of the steady workloads.
 const OPS: u64 = 1000;
 
 // ---------------------------------------------------------------------------------------------
-// The implementations behind one interface.
-
-trait Map: Sync + Sized {
-    const NAME: &'static str;
-    fn empty() -> Self;
-    fn get(&self, offset: u64) -> Option<Extent>;
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error>;
-    fn insert(&self, ext: Extent) -> Result<(), Error>;
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
-}
-
-impl Map for ExtentCache {
-    const NAME: &'static str = "lockfree";
-    fn empty() -> Self {
-        ExtentCache::new()
-    }
-    fn get(&self, offset: u64) -> Option<Extent> {
-        ExtentCache::get(self, offset)
-    }
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
-        ExtentCache::get_or_insert(self, candidate, offset)
-    }
-    fn insert(&self, ext: Extent) -> Result<(), Error> {
-        ExtentCache::insert(self, ext)
-    }
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
-        ExtentCache::replace_range(self, new, modified)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
-        ExtentCache::drop_range(self, start, end, false)
-    }
-}
-
-impl Map for LockedExtentMap {
-    const NAME: &'static str = "locked";
-    fn empty() -> Self {
-        LockedExtentMap::new()
-    }
-    fn get(&self, offset: u64) -> Option<Extent> {
-        LockedExtentMap::get(self, offset)
-    }
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
-        LockedExtentMap::get_or_insert(self, candidate, offset)
-    }
-    fn insert(&self, ext: Extent) -> Result<(), Error> {
-        LockedExtentMap::insert(self, ext)
-    }
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
-        LockedExtentMap::replace_range(self, new, modified)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
-        LockedExtentMap::drop_range(self, start, end, false)
-    }
-}
+// Floors.
 
 /// The read floors: anything that answers "which extent holds this offset", read-only.
 trait Floor: Sync {
@@ -141,116 +87,13 @@ impl Floor for TreeFloor {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Randomness and the file.
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
+// Randomness and writes.
 
 /// A fresh seed for every thread of every run.
 fn seed() -> u64 {
     static SEEDS: AtomicU64 = AtomicU64::new(1);
     // Relaxed: only uniqueness matters.
     SEEDS.fetch_add(1, Ordering::Relaxed)
-}
-
-/// The file: contiguous extents of 4–64 KiB, each its own regular extent on disk.
-struct File {
-    /// Start of each extent, then the end of the file.
-    starts: Vec<u64>,
-    /// The 16 extents of the `hot` workload, as `(start, len)`.
-    hot: Vec<(u64, u64)>,
-}
-
-impl File {
-    fn new(extents: usize) -> File {
-        let mut rng = Rng::new(0xe7e7);
-        let mut starts = Vec::with_capacity(extents + 1);
-        let mut at = 0;
-        for _ in 0..extents {
-            starts.push(at);
-            at += (1 + rng.below(16)) * BLOCK;
-        }
-        starts.push(at);
-        let n = extents.min(16);
-        let hot = (0..n)
-            .map(|k| {
-                let i = k * extents / n;
-                (starts[i], starts[i + 1] - starts[i])
-            })
-            .collect();
-        File { starts, hot }
-    }
-
-    fn len(&self) -> usize {
-        self.starts.len() - 1
-    }
-
-    fn end(&self) -> u64 {
-        self.starts[self.len()]
-    }
-
-    /// Extent `i` as on disk, with a 4 KiB hole on disk before the next one.
-    fn extent(&self, i: usize) -> Extent {
-        let (s, e) = (self.starts[i], self.starts[i + 1]);
-        let disk = DISK_BASE + s + i as u64 * BLOCK;
-        Extent::regular(s, e - s, disk, e - s, 0, e - s)
-    }
-
-    fn index_of(&self, offset: u64) -> usize {
-        self.starts.partition_point(|&s| s <= offset) - 1
-    }
-
-    /// Extent `i` stretched by a random number of blocks into each neighbour.
-    fn stretched(&self, i: usize, rng: &mut Rng) -> Extent {
-        let (s, e) = (self.starts[i], self.starts[i + 1]);
-        let before = if i > 0 {
-            rng.below((s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
-        } else {
-            0
-        };
-        let after = if i + 1 < self.len() {
-            rng.below((self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
-        } else {
-            0
-        };
-        let (s2, e2) = (s - before, e + after);
-        let disk = DISK_BASE + s + i as u64 * BLOCK - before;
-        Extent::regular(s2, e2 - s2, disk, e2 - s2, 0, e2 - s2)
-    }
-
-    fn random_range(&self, rng: &mut Rng, min: u64, max: u64) -> (u64, u64) {
-        let start = rng.below(self.end() / BLOCK) * BLOCK;
-        let len = (min + rng.below(max - min + 1)) * BLOCK;
-        (start, (start + len).min(self.end()))
-    }
-
-    fn populate<T: Map>(&self) -> T {
-        let map = T::empty();
-        for i in 0..self.len() {
-            map.insert(self.extent(i))
-                .expect("the file's extents do not overlap");
-        }
-        map
-    }
 }
 
 /// A new on-disk extent for a write of `[s, e)`, at a place nobody else writes.
@@ -261,42 +104,6 @@ fn written(s: u64, e: u64, rng: &mut Rng) -> Extent {
 
 // ---------------------------------------------------------------------------------------------
 // The workloads: `n` operations of one thread; each returns the number of wrong answers.
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Workload {
-    Read,
-    Hot,
-    Mixed,
-    SeedRace,
-    Fill,
-}
-
-impl Workload {
-    const ALL: [Workload; 5] = [
-        Workload::Read,
-        Workload::Hot,
-        Workload::Mixed,
-        Workload::SeedRace,
-        Workload::Fill,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Read => "read",
-            Workload::Hot => "hot",
-            Workload::Mixed => "mixed",
-            Workload::SeedRace => "seed-race",
-            Workload::Fill => "fill",
-        }
-    }
-}
-
-fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
-    match map.get(offset) {
-        Some(e) if e.contains(offset) => 0,
-        _ => 1,
-    }
-}
 
 fn steady<T: Map>(
     w: Workload,
@@ -494,7 +301,7 @@ fn scaling(c: &mut Criterion) {
     }
     for n in sizes {
         let size = size_name(n);
-        let file = File::new(n);
+        let file = File::new(n, 0xe7e7);
         // read and hot share these; they never change the map.
         let lockfree: OnceCell<ExtentCache> = OnceCell::new();
         let locked: OnceCell<LockedExtentMap> = OnceCell::new();
@@ -515,9 +322,7 @@ fn scaling(c: &mut Criterion) {
                     g.sample_size(10);
                     let mut rng = Rng::new(0xf111);
                     let mut order: Vec<u32> = (0..n as u32).collect();
-                    for i in (1..order.len()).rev() {
-                        order.swap(i, rng.below(i as u64 + 1) as usize);
-                    }
+                    rng.shuffle(&mut order);
                     bench_fill::<ExtentCache>(&mut g, &file, &order);
                     bench_fill::<LockedExtentMap>(&mut g, &file, &order);
                 }

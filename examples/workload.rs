@@ -33,6 +33,9 @@
 
 #![allow(clippy::result_large_err)]
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 use std::fmt::Write as _;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,15 +43,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
-use extent_cache::{Dropped, Error, Extent, ExtentCache};
+use extent_cache::{Extent, ExtentCache};
 use indicatif::{ProgressBar, ProgressStyle};
+use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, must_get};
 
-const K: u64 = 1024;
-const BLOCK: u64 = 4 * K;
-/// Where the file's on-disk extents start.
-const DISK_BASE: u64 = 1 << 30;
-/// Where writes put their new data: each thread gets its own `1 << 40` bytes above this.
-const NEW_DISK_BASE: u64 = 1 << 50;
 /// How many operations a thread does between two looks at the stop flag.
 const CHECK_EVERY: u64 = 256;
 
@@ -112,34 +110,7 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Workload {
-    Read,
-    Hot,
-    Mixed,
-    SeedRace,
-    Fill,
-}
-
 impl Workload {
-    const ALL: [Workload; 5] = [
-        Workload::Read,
-        Workload::Hot,
-        Workload::Mixed,
-        Workload::SeedRace,
-        Workload::Fill,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Workload::Read => "read",
-            Workload::Hot => "hot",
-            Workload::Mixed => "mixed",
-            Workload::SeedRace => "seed-race",
-            Workload::Fill => "fill",
-        }
-    }
-
     /// Whether the file stays fully cached during the run (a `get` miss is then an error).
     fn always_covered(self) -> bool {
         matches!(self, Workload::Read | Workload::Hot | Workload::Mixed)
@@ -147,166 +118,10 @@ impl Workload {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The two implementations behind one interface (monomorphised: no dynamic dispatch).
+// Writes.
 
-trait Map: Sync + Sized {
-    const NAME: &'static str;
-    fn empty() -> Self;
-    fn get(&self, offset: u64) -> Option<Extent>;
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error>;
-    fn insert(&self, ext: Extent) -> Result<(), Error>;
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
-    /// Every extent, in start order, at one instant.
-    fn extents(&self) -> Vec<Extent>;
-}
-
-impl Map for ExtentCache {
-    const NAME: &'static str = "lockfree";
-    fn empty() -> Self {
-        ExtentCache::new()
-    }
-    fn get(&self, offset: u64) -> Option<Extent> {
-        ExtentCache::get(self, offset)
-    }
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
-        ExtentCache::get_or_insert(self, candidate, offset)
-    }
-    fn insert(&self, ext: Extent) -> Result<(), Error> {
-        ExtentCache::insert(self, ext)
-    }
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
-        ExtentCache::replace_range(self, new, modified)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
-        ExtentCache::drop_range(self, start, end, false)
-    }
-    fn extents(&self) -> Vec<Extent> {
-        self.snapshot().iter().collect()
-    }
-}
-
-impl Map for LockedExtentMap {
-    const NAME: &'static str = "locked";
-    fn empty() -> Self {
-        LockedExtentMap::new()
-    }
-    fn get(&self, offset: u64) -> Option<Extent> {
-        LockedExtentMap::get(self, offset)
-    }
-    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
-        LockedExtentMap::get_or_insert(self, candidate, offset)
-    }
-    fn insert(&self, ext: Extent) -> Result<(), Error> {
-        LockedExtentMap::insert(self, ext)
-    }
-    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
-        LockedExtentMap::replace_range(self, new, modified)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
-        LockedExtentMap::drop_range(self, start, end, false)
-    }
-    fn extents(&self) -> Vec<Extent> {
-        self.snapshot().iter().collect()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Randomness and the file.
-
-/// SplitMix64: one add, two multiplies; plenty for picking offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)` (`n > 0`), by multiply-high.
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
-
-/// The file: contiguous extents of 4–64 KiB, each a regular extent of its own on disk.
-struct File {
-    /// Start of each extent, then the end of the file.
-    starts: Vec<u64>,
-}
-
-impl File {
-    fn new(extents: usize, seed: u64) -> File {
-        let mut rng = Rng::new(seed);
-        let mut starts = Vec::with_capacity(extents + 1);
-        let mut at = 0;
-        for _ in 0..extents {
-            starts.push(at);
-            at += (1 + rng.below(16)) * BLOCK;
-        }
-        starts.push(at);
-        File { starts }
-    }
-
-    fn len(&self) -> usize {
-        self.starts.len() - 1
-    }
-
-    fn end(&self) -> u64 {
-        self.starts[self.len()]
-    }
-
-    /// Extent `i` as it is on disk. Disk addresses follow file offsets with a 4 KiB hole on
-    /// disk between neighbours, so no two neighbours are contiguous and nothing merges.
-    fn extent(&self, i: usize) -> Extent {
-        let (s, e) = (self.starts[i], self.starts[i + 1]);
-        let disk = DISK_BASE + s + i as u64 * BLOCK;
-        Extent::regular(s, e - s, disk, e - s, 0, e - s)
-    }
-
-    /// The index of the extent containing `offset` (`offset < end()`).
-    fn index_of(&self, offset: u64) -> usize {
-        self.starts.partition_point(|&s| s <= offset) - 1
-    }
-
-    /// A fill candidate for extent `i`: the extent stretched by a random number of blocks into
-    /// each neighbour, as a reader that loaded a larger on-disk extent would bring back. Its
-    /// on-disk address keeps the bytes of extent `i` where they are.
-    fn stretched(&self, i: usize, rng: &mut Rng) -> Extent {
-        let (s, e) = (self.starts[i], self.starts[i + 1]);
-        let before = if i > 0 {
-            rng.below((s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
-        } else {
-            0
-        };
-        let after = if i + 1 < self.len() {
-            rng.below((self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
-        } else {
-            0
-        };
-        let (s2, e2) = (s - before, e + after);
-        let disk = DISK_BASE + s + i as u64 * BLOCK - before;
-        Extent::regular(s2, e2 - s2, disk, e2 - s2, 0, e2 - s2)
-    }
-
-    /// A random 4 KiB-aligned range of `min..=max` blocks inside the file.
-    fn random_range(&self, rng: &mut Rng, min: u64, max: u64) -> (u64, u64) {
-        let blocks = self.end() / BLOCK;
-        let start = rng.below(blocks) * BLOCK;
-        let len = (min + rng.below(max - min + 1)) * BLOCK;
-        (start, (start + len).min(self.end()))
-    }
-}
-
-/// A new on-disk extent for a write of `[s, e)`, at a place no other write uses, with a hole
-/// on disk after it.
+/// A new on-disk extent for a write of `[s, e)`, at a place no other write uses (each thread
+/// gets its own `1 << 40` bytes above `NEW_DISK_BASE`), with a hole on disk after it.
 fn written(s: u64, e: u64, thread: usize, seq: &mut u64) -> Extent {
     let disk = NEW_DISK_BASE + ((thread as u64) << 40) + *seq * 72 * K;
     *seq += 1;
@@ -352,16 +167,6 @@ impl RunResult {
             self.errors
         )
     }
-}
-
-/// Builds the whole file into a map.
-fn populate<T: Map>(file: &File) -> T {
-    let map = T::empty();
-    for i in 0..file.len() {
-        map.insert(file.extent(i))
-            .expect("the file's extents do not overlap");
-    }
-    map
 }
 
 /// Violations of the map's shape: extents out of order or overlapping, and, when `covered`,
@@ -434,19 +239,11 @@ fn stopped(stop: &AtomicBool) -> bool {
     stop.load(Ordering::Relaxed)
 }
 
-/// A `get` that must hit: a miss or a wrong answer is an error.
-fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
-    match map.get(offset) {
-        Some(e) if e.contains(offset) => 0,
-        _ => 1,
-    }
-}
-
 fn run<T: Map>(workload: Workload, file: &File, threads: usize, seconds: f64) -> RunResult {
     let (tally, elapsed) = match workload {
         Workload::Fill => run_fill::<T>(file, threads, seconds),
         _ => {
-            let map: T = populate(file);
+            let map: T = file.populate();
             let (mut tally, elapsed) = timed(threads, Some(seconds), |t, stop| {
                 let mut rng = Rng::new(0x1234_5678 + t as u64);
                 match workload {
@@ -485,13 +282,8 @@ fn read<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally
 }
 
 fn hot<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally {
-    let n = file.len().min(16);
-    let hot: Vec<(u64, u64)> = (0..n)
-        .map(|k| {
-            let i = k * file.len() / n;
-            (file.starts[i], file.starts[i + 1] - file.starts[i])
-        })
-        .collect();
+    let hot = &file.hot;
+    let n = hot.len();
     let mut tally = Tally::default();
     while !stopped(stop) {
         for _ in 0..CHECK_EVERY {
@@ -583,9 +375,7 @@ fn run_fill<T: Map>(file: &File, threads: usize, seconds: f64) -> (Tally, f64) {
         .map(|t| {
             let mut rng = Rng::new(0xf111 + t as u64);
             let mut order: Vec<u32> = (0..file.len() as u32).collect();
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.below(i as u64 + 1) as usize);
-            }
+            rng.shuffle(&mut order);
             order
         })
         .collect();

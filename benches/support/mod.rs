@@ -1,0 +1,242 @@
+//! What the benchmarks and the workload driver share: the constants of the synthetic file,
+//! both implementations behind one [`Map`] trait, a small PRNG, the file of extents itself
+//! and the names of the workloads.
+//!
+//! Included by path from `benches/scaling.rs`, `benches/ops.rs` and `examples/workload.rs`;
+//! it lives in a subdirectory so that cargo does not take it for a bench target.
+
+// Each includer uses a different subset of what is here.
+#![allow(dead_code)]
+
+use extent_cache::reference::LockedExtentMap;
+use extent_cache::{Dropped, Error, Extent, ExtentCache};
+
+pub const K: u64 = 1024;
+pub const BLOCK: u64 = 4 * K;
+/// Where the file's on-disk extents start.
+pub const DISK_BASE: u64 = 1 << 30;
+/// Where writes put their new data, above everything the file uses.
+pub const NEW_DISK_BASE: u64 = 1 << 50;
+
+// ---------------------------------------------------------------------------------------------
+// The two implementations behind one interface (monomorphised: no dynamic dispatch).
+
+pub trait Map: Sync + Sized {
+    const NAME: &'static str;
+    fn empty() -> Self;
+    fn get(&self, offset: u64) -> Option<Extent>;
+    fn lookup(&self, start: u64, len: u64) -> Option<Extent>;
+    fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error>;
+    fn insert(&self, ext: Extent) -> Result<(), Error>;
+    fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
+    fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
+    fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error>;
+    /// Every extent, in start order, at one instant.
+    fn extents(&self) -> Vec<Extent>;
+}
+
+macro_rules! impl_map {
+    ($t:ty, $name:literal) => {
+        impl Map for $t {
+            const NAME: &'static str = $name;
+            fn empty() -> Self {
+                <$t>::new()
+            }
+            fn get(&self, offset: u64) -> Option<Extent> {
+                <$t>::get(self, offset)
+            }
+            fn lookup(&self, start: u64, len: u64) -> Option<Extent> {
+                <$t>::lookup(self, start, len)
+            }
+            fn get_or_insert(&self, candidate: Extent, offset: u64) -> Result<Extent, Error> {
+                <$t>::get_or_insert(self, candidate, offset)
+            }
+            fn insert(&self, ext: Extent) -> Result<(), Error> {
+                <$t>::insert(self, ext)
+            }
+            fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error> {
+                <$t>::replace_range(self, new, modified)
+            }
+            fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
+                <$t>::drop_range(self, start, end, false)
+            }
+            fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error> {
+                <$t>::unpin(self, start, len, generation)
+            }
+            fn extents(&self) -> Vec<Extent> {
+                self.snapshot().iter().collect()
+            }
+        }
+    };
+}
+
+impl_map!(ExtentCache, "lockfree");
+impl_map!(LockedExtentMap, "locked");
+
+/// A `get` that must hit: a miss or a wrong answer is an error (returns 1, else 0).
+pub fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
+    match map.get(offset) {
+        Some(e) if e.contains(offset) => 0,
+        _ => 1,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Randomness.
+
+/// SplitMix64: one add, two multiplies; plenty for picking offsets. `Rng(state)` starts from
+/// that raw state, [`Rng::new`] from a scrambled seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, n)` (`n > 0`), by multiply-high.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Fisher–Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file.
+
+/// The file: contiguous extents of 4–64 KiB, each a regular extent of its own on disk.
+pub struct File {
+    /// Start of each extent, then the end of the file.
+    pub starts: Vec<u64>,
+    /// The 16 extents of the `hot` workload (fewer in a smaller file), as `(start, len)`.
+    pub hot: Vec<(u64, u64)>,
+}
+
+impl File {
+    /// A file of `extents` extents of random sizes drawn from `Rng::new(seed)`.
+    pub fn new(extents: usize, seed: u64) -> File {
+        File::from_rng(extents, &mut Rng::new(seed))
+    }
+
+    /// A file of `extents` extents of random sizes drawn from `rng`.
+    pub fn from_rng(extents: usize, rng: &mut Rng) -> File {
+        let mut starts = Vec::with_capacity(extents + 1);
+        let mut at = 0;
+        for _ in 0..extents {
+            starts.push(at);
+            at += (1 + rng.below(16)) * BLOCK;
+        }
+        starts.push(at);
+        let n = extents.min(16);
+        let hot = (0..n)
+            .map(|k| {
+                let i = k * extents / n;
+                (starts[i], starts[i + 1] - starts[i])
+            })
+            .collect();
+        File { starts, hot }
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    pub fn end(&self) -> u64 {
+        self.starts[self.len()]
+    }
+
+    /// Extent `i` as it is on disk. Disk addresses follow file offsets with a 4 KiB hole on
+    /// disk between neighbours, so no two neighbours are contiguous and nothing merges.
+    pub fn extent(&self, i: usize) -> Extent {
+        let (s, e) = (self.starts[i], self.starts[i + 1]);
+        let disk = DISK_BASE + s + i as u64 * BLOCK;
+        Extent::regular(s, e - s, disk, e - s, 0, e - s)
+    }
+
+    /// The index of the extent containing `offset` (`offset < end()`).
+    pub fn index_of(&self, offset: u64) -> usize {
+        self.starts.partition_point(|&s| s <= offset) - 1
+    }
+
+    /// A fill candidate for extent `i`: the extent stretched by a random number of blocks into
+    /// each neighbour, as a reader that loaded a larger on-disk extent would bring back. Its
+    /// on-disk address keeps the bytes of extent `i` where they are.
+    pub fn stretched(&self, i: usize, rng: &mut Rng) -> Extent {
+        let (s, e) = (self.starts[i], self.starts[i + 1]);
+        let before = if i > 0 {
+            rng.below((s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
+        } else {
+            0
+        };
+        let after = if i + 1 < self.len() {
+            rng.below((self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
+        } else {
+            0
+        };
+        let (s2, e2) = (s - before, e + after);
+        let disk = DISK_BASE + s + i as u64 * BLOCK - before;
+        Extent::regular(s2, e2 - s2, disk, e2 - s2, 0, e2 - s2)
+    }
+
+    /// A random 4 KiB-aligned range of `min..=max` blocks inside the file.
+    pub fn random_range(&self, rng: &mut Rng, min: u64, max: u64) -> (u64, u64) {
+        let start = rng.below(self.end() / BLOCK) * BLOCK;
+        let len = (min + rng.below(max - min + 1)) * BLOCK;
+        (start, (start + len).min(self.end()))
+    }
+
+    /// A map holding the whole file.
+    pub fn populate<T: Map>(&self) -> T {
+        let map = T::empty();
+        for i in 0..self.len() {
+            map.insert(self.extent(i))
+                .expect("the file's extents do not overlap");
+        }
+        map
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workloads, by name (what each one does is up to the program running it).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Read,
+    Hot,
+    Mixed,
+    SeedRace,
+    Fill,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::Read,
+        Workload::Hot,
+        Workload::Mixed,
+        Workload::SeedRace,
+        Workload::Fill,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Read => "read",
+            Workload::Hot => "hot",
+            Workload::Mixed => "mixed",
+            Workload::SeedRace => "seed-race",
+            Workload::Fill => "fill",
+        }
+    }
+}
