@@ -248,12 +248,9 @@ impl<M: Mapping> ExtentCache<M> {
         guard: &'g Guard,
     ) -> Window<'g, M> {
         loop {
-            let Ok(first) = self.collect(a, b, extra, guard) else {
-                continue;
-            };
-            if let Ok(second) = self.collect(a, b, extra, guard) {
-                if second.trace == first.trace {
-                    return second;
+            if let Ok(w) = self.collect(a, b, extra, guard) {
+                if self.confirm(&w, a, b, extra, guard) {
+                    return w;
                 }
             }
         }
@@ -296,20 +293,20 @@ impl<M: Mapping> ExtentCache<M> {
                     extra += 1;
                     continue;
                 }
-                Err(PlanError::Api(e)) => {
+                Err(PlanError::Api(e)) => Err(e),
+                Ok(p) => Ok(p),
+            };
+            // An answer that changes nothing (an error included) must hold at one instant:
+            // confirm the window it was read from.
+            let planned = match planned {
+                Ok(p) if !p.change.is_empty() => p,
+                answer => {
                     if self.confirm(&w, a, b, extra, guard) {
-                        return Err(e);
+                        return answer.map(|p| p.answer);
                     }
                     continue;
                 }
-                Ok(p) => p,
             };
-            if planned.change.is_empty() {
-                if self.confirm(&w, a, b, extra, guard) {
-                    return Ok(planned.answer);
-                }
-                continue;
-            }
             let claims = self.claims_for(&w, &planned.change);
             match self
                 .shared
@@ -422,8 +419,10 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
         // Fast path: the last visible node at or before `offset`. If it covers `offset`, it was
-        // visible when we read its stage, so it was the answer at that instant.
-        if let Some(hit) = self.scan_back(offset, None, guard) {
+        // visible when we read its stage, so it was the answer at that instant. The walk records
+        // what it passes, on the stack, in case it is a miss.
+        let mut first = BackTrace::default();
+        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
             return Some(hit);
         }
         // A deliberately broken read for the model checker to catch (never built normally):
@@ -431,14 +430,10 @@ impl<M: Mapping> ExtentCache<M> {
         if cfg!(extent_cache_broken = "single_collect") {
             return None;
         }
-        // A miss must hold at one instant too: walk back twice more, recording what each walk
-        // passes, and accept the miss when both saw the same nodes in the same stages (the
-        // double collect of `docs/design.md`, over the stretch from `offset` back to the first
-        // visible node). A hit on the way is an answer at its own instant.
-        let mut first = BackTrace::default();
-        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
-            return Some(hit);
-        }
+        // A miss must hold at one instant too: walk back again and accept the miss when both
+        // walks saw the same nodes in the same stages (the double collect of `docs/design.md`,
+        // over the stretch from `offset` back to the first visible node). A hit on the way is an
+        // answer at its own instant.
         while !first.overflow {
             let mut again = BackTrace::default();
             if let Some(hit) = self.scan_back(offset, Some(&mut again), guard) {
@@ -622,7 +617,6 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.len(), 2);
     /// ```
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
-        plan::check_range(start, end)?;
         let (a, b) = around(start, end);
         self.execute(a, b, |w| plan::drop_range(w, start, end, skip_pinned))
     }

@@ -478,7 +478,7 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
     Ok(report)
 }
 
-pub(crate) fn check_range<M>(start: u64, end: u64) -> Result<(), Error<M>> {
+fn check_range<M>(start: u64, end: u64) -> Result<(), Error<M>> {
     if start >= end {
         return Err(Error::invalid(
             "empty or inverted range: start must be < end",
