@@ -9,6 +9,7 @@ use crate::index::{Cursor, Guard, HEAD, Key, NodeRef, TAIL, pin};
 use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
 use crate::protocol::{Claim, Node, Outcome, Shared, Stage};
 use crate::reference::ExtentMap;
+use crate::shortcut::Shortcut;
 use crate::sync::Arc;
 
 /// A lock-free, concurrent cache of extent maps with btrfs semantics.
@@ -44,6 +45,8 @@ use crate::sync::Arc;
 /// ```
 pub struct ExtentCache<M: Mapping = BlockMapping> {
     shared: Arc<Shared<M>>,
+    /// The read shortcut: a sorted array of visible nodes that `get` tries before the index.
+    shortcut: Shortcut<M>,
 }
 
 impl<M: Mapping> Default for ExtentCache<M> {
@@ -141,6 +144,7 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn new() -> Self {
         ExtentCache {
             shared: Arc::new(Shared::new()),
+            shortcut: Shortcut::new(),
         }
     }
 
@@ -308,10 +312,14 @@ impl<M: Mapping> ExtentCache<M> {
                 }
             };
             let claims = self.claims_for(&w, &planned.change);
-            match self
-                .shared
-                .publish(ticket, claims, planned.change.add, w.first.clone(), guard)
-            {
+            match self.shared.publish(
+                ticket,
+                claims,
+                planned.change.add,
+                w.first.clone(),
+                guard,
+                |added, claims| self.shortcut.note(added, claims, &self.shared, guard),
+            ) {
                 Outcome::Committed => return Ok(planned.answer),
                 Outcome::Aborted => continue,
             }
@@ -397,7 +405,7 @@ impl<M: Mapping> ExtentCache<M> {
         candidate.validate().map_err(Error::invalid)?;
         // A hit needs no window. A miss is not confirmed here: the plan below decides on an
         // exact window anyway.
-        if let Some(hit) = self.scan_back(offset, None, &pin()) {
+        if let Some(hit) = self.hit(offset, &pin()) {
             return Ok(hit);
         }
         let (a, b) = around(
@@ -418,6 +426,9 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
+        if let Some(hit) = self.shortcut_hit(offset, guard) {
+            return Some(hit);
+        }
         // Fast path: the last visible node at or before `offset`. If it covers `offset`, it was
         // visible when we read its stage, so it was the answer at that instant. The walk records
         // what it passes, on the stack, in case it is a miss.
@@ -446,6 +457,23 @@ impl<M: Mapping> ExtentCache<M> {
         }
         // A long stretch of dead or pending nodes: use the general snapshot.
         self.query(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
+    }
+
+    /// A hit found through the read shortcut (see `shortcut.rs`): the table's node at or
+    /// before `offset`, accepted only if it covers `offset` and is visible when its stage is
+    /// read. Visible extents never overlap, so it is then the answer at that instant.
+    fn shortcut_hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
+        let node = self.shortcut.at_or_before(offset, guard)?;
+        let item = node.item.as_ref()?;
+        (item.ext.contains(offset) && self.shared.stage(node, guard) == Stage::Live)
+            .then(|| item.ext.clone())
+    }
+
+    /// A hit at `offset`, if one is found without confirming a miss: through the shortcut,
+    /// else through the index.
+    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
+        self.shortcut_hit(offset, guard)
+            .or_else(|| self.scan_back(offset, None, guard))
     }
 
     /// Walks back from `offset` to the first visible node, recording what it passes when asked
@@ -493,7 +521,7 @@ impl<M: Mapping> ExtentCache<M> {
         if len == 0 {
             return None;
         }
-        if let Some(hit) = self.scan_back(start, None, &pin()) {
+        if let Some(hit) = self.hit(start, &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::lookup(w, start, len))
@@ -509,7 +537,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
-        if let Some(hit) = self.scan_back(start, None, &pin()) {
+        if let Some(hit) = self.hit(start, &pin()) {
             return Some(hit);
         }
         self.query(start, start, |w| plan::search(w, start))

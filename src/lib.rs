@@ -14,6 +14,7 @@ mod loom_models;
 mod plan;
 mod protocol;
 pub mod reference;
+mod shortcut;
 mod sync;
 
 pub use cache::{ExtentCache, Iter};

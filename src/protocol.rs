@@ -342,6 +342,9 @@ impl<M: Send + Sync + 'static> Shared<M> {
     ///
     /// `start` is the caller's cursor on the first claimed node, if it has one: validation walks
     /// on from it instead of searching for it.
+    ///
+    /// `committed` is called once if the change committed, with the nodes it added and its
+    /// claims (the removed ones tagged), before the descriptor is released.
     pub(crate) fn publish<'g>(
         &'g self,
         ticket: u64,
@@ -349,6 +352,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
         adds: Vec<Item<M>>,
         start: Option<Cursor<'g, M>>,
         guard: &'g Guard,
+        committed: impl FnOnce(&[Arc<Node<M>>], &[Claim<M>]),
     ) -> Outcome {
         let desc = self.prepare(ticket, claims, adds, guard);
         // SAFETY: we hold the owner's reference (taken at allocation), so it is alive.
@@ -356,6 +360,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
         self.help(DescPtr(desc), start, guard);
         self.cleanup(DescPtr(desc), guard);
         let outcome = if d.status() == COMMITTED {
+            committed(&d.adds, &d.claims);
             Outcome::Committed
         } else {
             Outcome::Aborted

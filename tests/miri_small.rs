@@ -137,3 +137,36 @@ fn two_writers_in_one_gap_and_a_dropper() {
         end = e.end();
     }
 }
+
+#[test]
+fn shortcut_merges_while_a_reader_reads() {
+    // More than 64 changed nodes: the read shortcut is merged at least once while the reader
+    // holds nodes it found through an older table (Miri checks the table's plain pointers stay
+    // valid for as long as a reader can follow them).
+    let cache = ExtentCache::new();
+    for i in 0..16 {
+        cache.insert(ext(i * 4 * K, 4 * K, i + 1)).unwrap();
+    }
+    thread::scope(|s| {
+        s.spawn(|| {
+            for round in 0..8 {
+                for i in 0..16 {
+                    let e = ext(i * 4 * K + (round % 4) * K, K, 100 + round * 16 + i);
+                    cache.replace_range(e, false).unwrap();
+                }
+            }
+        });
+        s.spawn(|| {
+            for r in 0..4 {
+                for i in 0..64 {
+                    let off = i * K + r;
+                    assert!(cache.get(off).is_some_and(|e| e.contains(off)));
+                }
+            }
+        });
+    });
+    assert_eq!(
+        cache.snapshot().iter().map(|e| e.len()).sum::<u64>(),
+        64 * K
+    );
+}

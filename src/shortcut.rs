@@ -1,0 +1,348 @@
+//! The read shortcut: a sorted array of the visible nodes, rebuilt by writers now and then, that
+//! lets a `get` that hits skip the skiplist.
+//!
+//! A skiplist search visits some thirty nodes at 100k extents, most of them cold; a binary search
+//! over a packed array of starts touches a handful of cache lines. The array is only a *hint*:
+//! it may be stale, and a hit from it is accepted only when the node it names is visible
+//! ([`Stage::Live`]) and covers the offset asked for. Visible extents never overlap, so such a
+//! node *is* the answer at the instant its stage was read, whether or not the array is up to
+//! date. Anything else (a miss in the array, a node since removed, an extent since split) falls
+//! back to the index, so the shortcut changes no answer, only how fast a hit is found.
+//!
+//! # Rebuilding
+//!
+//! The table is never rebuilt by walking the index. Each writer whose change commits pushes
+//! what the change did — the nodes it added and the nodes it removed — onto a log (a lock-free
+//! stack of batches). When the log holds more than a sixteenth of the cache (at least
+//! [`MIN_CHANGES`] nodes), the writer that notices takes the whole log and merges it into a
+//! new table: the old table's entries minus the removed nodes, plus the added nodes that are
+//! still visible, in start order. That is a sequential copy of the old table, `O(n)` once per
+//! `n / 16` changes: a few nanoseconds per changed node, paid by the writer that triggers it.
+//!
+//! Only one merge runs at a time (a flag taken with a compare-and-swap); a writer that finds the
+//! flag taken does not wait, it goes on without merging. A merger stopped midway leaves the flag
+//! taken: the table then stops being refreshed and reads fall back to the index more often,
+//! which costs speed, never an answer, and blocks nobody.
+//!
+//! # Memory
+//!
+//! The table holds plain pointers; what keeps a named node allocated is this invariant: every
+//! node in the current table is either still in the index (which holds a counted reference to
+//! it), or its removal committed and a counted reference to it sits in the log, or with the
+//! writer about to push it there. A node joins a table only if it is visible when the merge
+//! reads its stage, so its removal, if any, commits and is logged after that; the merge that
+//! takes a node's removal from the log leaves it out of the new table, and hands the log's
+//! reference, with the old table, to the epoch: both are freed only after every thread pinned
+//! at the swap, the readers that may still be looking at the old table among them, has
+//! unpinned. The table costs 16 bytes per extent, and keeps at most one sixteenth of the
+//! cache's nodes alive after their removal.
+//!
+//! Under `cfg(loom)` there is no shortcut: the model checker sees the protocol, and the
+//! shortcut's correctness rests only on [`Stage::Live`] being read at an instant.
+
+pub(crate) use imp::Shortcut;
+
+/// Fewest changes between two builds, so that small caches are not rebuilt on every write.
+#[cfg_attr(loom, allow(dead_code))]
+const MIN_CHANGES: usize = 64;
+
+#[cfg(not(loom))]
+mod imp {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use crossbeam_epoch::{Atomic, Owned, Shared as EpochPtr};
+
+    use super::MIN_CHANGES;
+    use crate::index::Guard;
+    use crate::protocol::{Claim, Node, Shared, Stage};
+    use crate::sync::Arc;
+
+    /// See the module documentation.
+    pub(crate) struct Shortcut<M> {
+        /// The current table; null until the first merge.
+        table: Atomic<Table<M>>,
+        /// Committed changes not merged into the table yet, newest first.
+        log: Atomic<Batch<M>>,
+        /// Nodes in `log` (approximate: it decides when to merge, nothing else).
+        logged: AtomicUsize,
+        /// Set while a merge runs.
+        merging: AtomicBool,
+    }
+
+    /// A node named by a table. The table does not own it: see "Memory" in the module
+    /// documentation for what keeps it allocated.
+    struct NodePtr<M>(*const Node<M>);
+
+    // SAFETY: a `NodePtr` is only dereferenced as `&Node<M>`, under the invariant of the module
+    // documentation; sharing that reference between threads needs `Node<M>: Sync`.
+    unsafe impl<M> Send for NodePtr<M> where Node<M>: Sync {}
+    // SAFETY: as above.
+    unsafe impl<M> Sync for NodePtr<M> where Node<M>: Sync {}
+
+    /// The visible nodes at one merge, in start order: `starts[i]` is the start of `nodes[i]`.
+    /// Starts are kept apart from the nodes so that the binary search reads only them.
+    struct Table<M> {
+        starts: Box<[u64]>,
+        nodes: Box<[NodePtr<M>]>,
+    }
+
+    /// What one committed change did.
+    struct Batch<M> {
+        next: Atomic<Batch<M>>,
+        added: Vec<Arc<Node<M>>>,
+        removed: Vec<Arc<Node<M>>>,
+    }
+
+    impl<M: Send + Sync + 'static> Shortcut<M> {
+        pub(crate) fn new() -> Self {
+            Shortcut {
+                table: Atomic::null(),
+                log: Atomic::null(),
+                logged: AtomicUsize::new(0),
+                merging: AtomicBool::new(false),
+            }
+        }
+
+        /// The table's node with the greatest start `<= offset`, if any. The reference lives as
+        /// long as the guard (see "Memory" in the module documentation).
+        pub(crate) fn at_or_before<'g>(
+            &self,
+            offset: u64,
+            guard: &'g Guard,
+        ) -> Option<&'g Node<M>> {
+            // Acquire: pairs with the release of the swap in `merge`, so the table's contents
+            // are seen fully written.
+            let table = self.table.load(Ordering::Acquire, guard);
+            // SAFETY: the table was loaded under `guard`, and a replaced table is freed only
+            // through the epoch, after every thread pinned at the swap has unpinned.
+            let table = unsafe { table.as_ref() }?;
+            let i = table.starts.partition_point(|&s| s <= offset);
+            let node = table.nodes.get(i.checked_sub(1)?)?;
+            // SAFETY: the node is in the current table or in one replaced while `guard` was
+            // pinned; by the module's invariant it stays allocated until `guard` unpins.
+            Some(unsafe { &*node.0 })
+        }
+
+        /// Logs what a committed change did, and merges the log into a new table when it has
+        /// grown enough. Called by the change's owner, after the commit, while its descriptor
+        /// (which holds `added` and the claimed nodes) is still alive.
+        pub(crate) fn note(
+            &self,
+            added: &[Arc<Node<M>>],
+            claims: &[Claim<M>],
+            shared: &Shared<M>,
+            guard: &Guard,
+        ) {
+            let removed: Vec<Arc<Node<M>>> = claims
+                .iter()
+                .filter(|c| c.remove)
+                .map(|c| Arc::clone(&c.node))
+                .collect();
+            let n = added.len() + removed.len();
+            if n == 0 {
+                return;
+            }
+            // Counted before the push, so that the count covers every batch a merger can take
+            // (it subtracts what it took). Relaxed: the count decides when to merge; it orders
+            // nothing.
+            let logged = self.logged.fetch_add(n, Ordering::Relaxed) + n;
+            let mut batch = Owned::new(Batch {
+                next: Atomic::null(),
+                added: added.to_vec(),
+                removed,
+            });
+            loop {
+                // Relaxed: the head is only compared and stored into the new batch; the batch
+                // it points to is not read here.
+                let head = self.log.load(Ordering::Relaxed, guard);
+                batch.next.store(head, Ordering::Relaxed);
+                // Release: a merger that takes the log (acquire) sees the batch fully written.
+                // No ABA: a taken batch is freed only through the epoch, and we are pinned.
+                match self.log.compare_exchange(
+                    head,
+                    batch,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                    guard,
+                ) {
+                    Ok(_) => break,
+                    Err(e) => batch = e.new,
+                }
+            }
+            if logged < MIN_CHANGES.max(shared.len() / 16) {
+                return;
+            }
+            // Acquire on success: this merge happens after the previous one finished (its
+            // release below), so it reads the table that one published. On failure someone else
+            // is merging: go on.
+            if self
+                .merging
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                return;
+            }
+            self.merge(shared, guard);
+            self.merging.store(false, Ordering::Release);
+        }
+
+        /// Takes the log and swaps in a table with its changes merged.
+        fn merge(&self, shared: &Shared<M>, guard: &Guard) {
+            // Acquire: pairs with the pushes' release, so every batch is seen fully written.
+            let log = self.log.swap(EpochPtr::null(), Ordering::Acquire, guard);
+            let mut added: Vec<&Node<M>> = Vec::new();
+            let mut removed: Vec<&Node<M>> = Vec::new();
+            let mut taken = 0;
+            let mut p = log;
+            // SAFETY: the batches were taken from the log by the swap: only this merge can reach
+            // them, and they are freed only through the epoch, below.
+            while let Some(b) = unsafe { p.as_ref() } {
+                added.extend(b.added.iter().map(|n| &**n));
+                removed.extend(b.removed.iter().map(|n| &**n));
+                taken += b.added.len() + b.removed.len();
+                p = b.next.load(Ordering::Relaxed, guard);
+            }
+            self.logged.fetch_sub(taken, Ordering::Relaxed);
+
+            // A node joins the table only if it is visible now: if its removal commits later,
+            // it is logged after this read, and stays allocated while a table names it.
+            added.retain(|n| n.item.is_some() && shared.stage(n, guard) == Stage::Live);
+            added.sort_unstable_by_key(|n| n.key);
+            removed.sort_unstable_by_key(|n| n.key);
+
+            // Relaxed: the merge flag's acquire already ordered the previous merge's writes
+            // before this load, and only the flag's holder swaps the table.
+            let old = self.table.load(Ordering::Relaxed, guard);
+            // SAFETY: loaded under `guard`; it can only be replaced by the swap below.
+            let (old_starts, old_nodes): (&[u64], &[NodePtr<M>]) = match unsafe { old.as_ref() } {
+                Some(t) => (&t.starts, &t.nodes),
+                None => (&[], &[]),
+            };
+            let cap = old_nodes.len() + added.len();
+            let mut starts = Vec::with_capacity(cap);
+            let mut nodes = Vec::with_capacity(cap);
+            let (mut a, mut r) = (0, 0);
+            for (&start, node) in old_starts.iter().zip(old_nodes) {
+                // Added nodes that start before this entry go first (at equal starts, old
+                // entries first: the order among equal starts does not matter, a lookup checks
+                // what it finds).
+                while let Some(n) = added.get(a).filter(|n| n.key.0 < start) {
+                    starts.push(n.key.0);
+                    nodes.push(NodePtr(*n as *const Node<M>));
+                    a += 1;
+                }
+                // Removed nodes are sorted by key: skip those starting before this entry, then
+                // look for this entry among those with its start.
+                while removed.get(r).is_some_and(|n| n.key.0 < start) {
+                    r += 1;
+                }
+                let gone = removed[r..]
+                    .iter()
+                    .take_while(|n| n.key.0 == start)
+                    .any(|n| core::ptr::eq(*n, node.0));
+                if !gone {
+                    starts.push(start);
+                    nodes.push(NodePtr(node.0));
+                }
+            }
+            for n in &added[a..] {
+                starts.push(n.key.0);
+                nodes.push(NodePtr(*n as *const Node<M>));
+            }
+            let table = Owned::new(Table {
+                starts: starts.into_boxed_slice(),
+                nodes: nodes.into_boxed_slice(),
+            });
+            // Release: readers that load the new table (acquire) see it fully written.
+            let old = self.table.swap(table, Ordering::Release, guard);
+            let (old, log) = (old.as_raw() as usize, log.as_raw() as usize);
+            // SAFETY: the old table and the taken batches are unreachable for threads that pin
+            // from now on (the swaps replaced them); threads that loaded them earlier are
+            // pinned, and the epoch runs this only after they unpin. Each is freed once.
+            unsafe {
+                guard.defer_unchecked(move || {
+                    free_table::<M>(old);
+                    free_log::<M>(log);
+                })
+            };
+        }
+    }
+
+    /// Frees a table taken out of `Shortcut::table` (or nothing, for null).
+    ///
+    /// # Safety
+    ///
+    /// `table` is null or came from `Owned<Table<M>>`, and no thread can reach it any more.
+    unsafe fn free_table<M>(table: usize) {
+        let table = table as *mut Table<M>;
+        if !table.is_null() {
+            // SAFETY: per the caller.
+            drop(unsafe { Box::from_raw(table) });
+        }
+    }
+
+    /// Frees a chain of batches taken out of `Shortcut::log`, iteratively (a chain can be long).
+    ///
+    /// # Safety
+    ///
+    /// `head` is null or the head of a chain of `Owned<Batch<M>>` that no thread can reach any
+    /// more.
+    unsafe fn free_log<M>(head: usize) {
+        let mut p = head as *mut Batch<M>;
+        while !p.is_null() {
+            // SAFETY: per the caller, every batch of the chain is ours to free, once.
+            let b = unsafe { Box::from_raw(p) };
+            // SAFETY: nobody else can reach the chain, so an unprotected load is fine.
+            p = b
+                .next
+                .load(Ordering::Relaxed, unsafe { crossbeam_epoch::unprotected() })
+                .as_raw()
+                .cast_mut();
+        }
+    }
+
+    impl<M> Drop for Shortcut<M> {
+        fn drop(&mut self) {
+            // SAFETY: `&mut self`: no thread can reach the table or the log any more, so they
+            // are freed at once.
+            unsafe {
+                let guard = crossbeam_epoch::unprotected();
+                free_table::<M>(self.table.load(Ordering::Relaxed, guard).as_raw() as usize);
+                free_log::<M>(self.log.load(Ordering::Relaxed, guard).as_raw() as usize);
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    use crate::index::Guard;
+    use crate::protocol::{Claim, Node, Shared};
+    use crate::sync::Arc;
+
+    /// Under loom: no table, every read goes to the index.
+    pub(crate) struct Shortcut<M>(core::marker::PhantomData<M>);
+
+    impl<M> Shortcut<M> {
+        pub(crate) fn new() -> Self {
+            Shortcut(core::marker::PhantomData)
+        }
+
+        pub(crate) fn at_or_before<'g>(
+            &self,
+            _offset: u64,
+            _guard: &'g Guard,
+        ) -> Option<&'g Node<M>> {
+            None
+        }
+
+        pub(crate) fn note(
+            &self,
+            _added: &[Arc<Node<M>>],
+            _claims: &[Claim<M>],
+            _shared: &Shared<M>,
+            _guard: &Guard,
+        ) {
+        }
+    }
+}
