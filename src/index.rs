@@ -33,6 +33,7 @@ mod imp {
     use core::ops::Bound;
 
     use crossbeam_skiplist::base::{Entry, SkipList};
+    use crossbeam_utils::CachePadded;
 
     pub(crate) use crossbeam_epoch::{Guard, pin};
 
@@ -40,9 +41,11 @@ mod imp {
     use crate::protocol::Node;
     use crate::sync::Arc;
 
-    /// The skiplist of nodes.
+    /// The skiplist of nodes. Padded: the skiplist's head tower, which every search reads
+    /// first, must not share a cache line with the reference count of the `Arc` around the
+    /// index, which every deferred unlink writes.
     pub(crate) struct Index<M> {
-        list: SkipList<Key, Arc<Node<M>>>,
+        list: CachePadded<SkipList<Key, Arc<Node<M>>>>,
     }
 
     /// A node handle valid while the guard that produced it is pinned. It is a plain
@@ -112,7 +115,9 @@ mod imp {
             let guard = &pin();
             list.insert(HEAD, head, guard).release(guard);
             list.insert(TAIL, tail, guard).release(guard);
-            Index { list }
+            Index {
+                list: CachePadded::new(list),
+            }
         }
 
         /// Inserts a node under its key (keys are unique: nothing is replaced).

@@ -43,6 +43,8 @@
 //! index only after an epoch grace period, so that a reader's double collect can never miss a
 //! node that was visible while it was reading.
 
+use crossbeam_utils::CachePadded;
+
 use crate::index::{Cursor, Guard, HEAD, Index, Key, TAIL};
 use crate::plan::Item;
 #[cfg(loom)]
@@ -215,6 +217,13 @@ pub(crate) struct Shared<M> {
     /// Under loom there is no epoch: retired descriptors wait here for the cache's drop.
     #[cfg(loom)]
     graveyard: Mutex<Vec<usize>>,
+    /// The counters every writer bumps, on a cache line of their own: readers load `index`
+    /// on every search and must not lose that line to each write.
+    counters: CachePadded<Counters>,
+}
+
+/// See [`Shared::counters`].
+struct Counters {
     /// Source of node sequence numbers and descriptor tickets.
     seq: AtomicU64,
     /// Number of visible extents (exact when no change is in flight).
@@ -237,19 +246,21 @@ impl<M: Send + Sync + 'static> Shared<M> {
             )),
             #[cfg(loom)]
             graveyard: Mutex::new(Vec::new()),
-            seq: AtomicU64::new(1),
-            len: AtomicIsize::new(0),
+            counters: CachePadded::new(Counters {
+                seq: AtomicU64::new(1),
+                len: AtomicIsize::new(0),
+            }),
         }
     }
 
     /// Fresh sequence numbers: `n` consecutive values (relaxed: uniqueness is all that matters).
     pub(crate) fn next_seq(&self, n: u64) -> u64 {
-        self.seq.fetch_add(n, Ordering::Relaxed)
+        self.counters.seq.fetch_add(n, Ordering::Relaxed)
     }
 
     pub(crate) fn len(&self) -> usize {
         // Relaxed: an approximate count (see `ExtentCache::len`); it orders nothing.
-        self.len.load(Ordering::Relaxed).max(0) as usize
+        self.counters.len.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// What `node` means right now. The guard proves the caller is pinned: descriptors loaded
@@ -421,7 +432,7 @@ impl<M: Send + Sync + 'static> Shared<M> {
             };
             if d.decide(outcome) && outcome == COMMITTED {
                 // Relaxed: the count is a statistic; it orders nothing.
-                self.len.fetch_add(d.delta, Ordering::Relaxed);
+                self.counters.len.fetch_add(d.delta, Ordering::Relaxed);
             }
         }
         debug_assert_ne!(d.status(), PENDING);

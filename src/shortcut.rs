@@ -51,6 +51,7 @@ mod imp {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     use crossbeam_epoch::{Atomic, Owned, Shared as EpochPtr};
+    use crossbeam_utils::CachePadded;
 
     use super::MIN_CHANGES;
     use crate::index::Guard;
@@ -59,11 +60,18 @@ mod imp {
 
     /// See the module documentation.
     pub(crate) struct Shortcut<M> {
-        /// The current table; null until the first merge.
-        table: Atomic<Table<M>>,
+        /// The current table; null until the first merge. Every read loads it: it has a cache
+        /// line of its own, away from the words every write changes.
+        table: CachePadded<Atomic<Table<M>>>,
+        /// What writers change.
+        log: CachePadded<Log<M>>,
+    }
+
+    /// The writers' side of the shortcut.
+    struct Log<M> {
         /// Committed changes not merged into the table yet, newest first.
-        log: Atomic<Batch<M>>,
-        /// Nodes in `log` (approximate: it decides when to merge, nothing else).
+        head: Atomic<Batch<M>>,
+        /// Nodes in `head`'s batches (approximate: it decides when to merge, nothing else).
         logged: AtomicUsize,
         /// Set while a merge runs.
         merging: AtomicBool,
@@ -96,10 +104,12 @@ mod imp {
     impl<M: Send + Sync + 'static> Shortcut<M> {
         pub(crate) fn new() -> Self {
             Shortcut {
-                table: Atomic::null(),
-                log: Atomic::null(),
-                logged: AtomicUsize::new(0),
-                merging: AtomicBool::new(false),
+                table: CachePadded::new(Atomic::null()),
+                log: CachePadded::new(Log {
+                    head: Atomic::null(),
+                    logged: AtomicUsize::new(0),
+                    merging: AtomicBool::new(false),
+                }),
             }
         }
 
@@ -145,7 +155,7 @@ mod imp {
             // Counted before the push, so that the count covers every batch a merger can take
             // (it subtracts what it took). Relaxed: the count decides when to merge; it orders
             // nothing.
-            let logged = self.logged.fetch_add(n, Ordering::Relaxed) + n;
+            let logged = self.log.logged.fetch_add(n, Ordering::Relaxed) + n;
             let mut batch = Owned::new(Batch {
                 next: Atomic::null(),
                 added: added.to_vec(),
@@ -154,11 +164,11 @@ mod imp {
             loop {
                 // Relaxed: the head is only compared and stored into the new batch; the batch
                 // it points to is not read here.
-                let head = self.log.load(Ordering::Relaxed, guard);
+                let head = self.log.head.load(Ordering::Relaxed, guard);
                 batch.next.store(head, Ordering::Relaxed);
                 // Release: a merger that takes the log (acquire) sees the batch fully written.
                 // No ABA: a taken batch is freed only through the epoch, and we are pinned.
-                match self.log.compare_exchange(
+                match self.log.head.compare_exchange(
                     head,
                     batch,
                     Ordering::Release,
@@ -176,6 +186,7 @@ mod imp {
             // release below), so it reads the table that one published. On failure someone else
             // is merging: go on.
             if self
+                .log
                 .merging
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_err()
@@ -183,13 +194,16 @@ mod imp {
                 return;
             }
             self.merge(shared, guard);
-            self.merging.store(false, Ordering::Release);
+            self.log.merging.store(false, Ordering::Release);
         }
 
         /// Takes the log and swaps in a table with its changes merged.
         fn merge(&self, shared: &Shared<M>, guard: &Guard) {
             // Acquire: pairs with the pushes' release, so every batch is seen fully written.
-            let log = self.log.swap(EpochPtr::null(), Ordering::Acquire, guard);
+            let log = self
+                .log
+                .head
+                .swap(EpochPtr::null(), Ordering::Acquire, guard);
             let mut added: Vec<&Node<M>> = Vec::new();
             let mut removed: Vec<&Node<M>> = Vec::new();
             let mut taken = 0;
@@ -202,7 +216,7 @@ mod imp {
                 taken += b.added.len() + b.removed.len();
                 p = b.next.load(Ordering::Relaxed, guard);
             }
-            self.logged.fetch_sub(taken, Ordering::Relaxed);
+            self.log.logged.fetch_sub(taken, Ordering::Relaxed);
 
             // A node joins the table only if it is visible now: if its removal commits later,
             // it is logged after this read, and stays allocated while a table names it.
@@ -308,7 +322,7 @@ mod imp {
             unsafe {
                 let guard = crossbeam_epoch::unprotected();
                 free_table::<M>(self.table.load(Ordering::Relaxed, guard).as_raw() as usize);
-                free_log::<M>(self.log.load(Ordering::Relaxed, guard).as_raw() as usize);
+                free_log::<M>(self.log.head.load(Ordering::Relaxed, guard).as_raw() as usize);
             }
         }
     }
