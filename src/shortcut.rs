@@ -94,11 +94,22 @@ mod imp {
         nodes: Box<[NodePtr<M>]>,
     }
 
-    /// What one committed change did.
+    /// What one committed change did: `nodes[..added]` it added, the rest it removed (one
+    /// vector, so that logging a change costs two allocations).
     struct Batch<M> {
         next: Atomic<Batch<M>>,
-        added: Vec<Arc<Node<M>>>,
-        removed: Vec<Arc<Node<M>>>,
+        nodes: Vec<Arc<Node<M>>>,
+        added: usize,
+    }
+
+    impl<M> Batch<M> {
+        fn added(&self) -> &[Arc<Node<M>>] {
+            &self.nodes[..self.added]
+        }
+
+        fn removed(&self) -> &[Arc<Node<M>>] {
+            &self.nodes[self.added..]
+        }
     }
 
     impl<M: Send + Sync + 'static> Shortcut<M> {
@@ -143,12 +154,11 @@ mod imp {
             shared: &Shared<M>,
             guard: &Guard,
         ) {
-            let removed: Vec<Arc<Node<M>>> = claims
-                .iter()
-                .filter(|c| c.remove)
-                .map(|c| Arc::clone(&c.node))
-                .collect();
-            let n = added.len() + removed.len();
+            let removed = claims.iter().filter(|c| c.remove);
+            let mut nodes = Vec::with_capacity(added.len() + removed.clone().count());
+            nodes.extend(added.iter().cloned());
+            nodes.extend(removed.map(|c| Arc::clone(&c.node)));
+            let n = nodes.len();
             if n == 0 {
                 return;
             }
@@ -158,8 +168,8 @@ mod imp {
             let logged = self.log.logged.fetch_add(n, Ordering::Relaxed) + n;
             let mut batch = Owned::new(Batch {
                 next: Atomic::null(),
-                added: added.to_vec(),
-                removed,
+                nodes,
+                added: added.len(),
             });
             loop {
                 // Relaxed: the head is only compared and stored into the new batch; the batch
@@ -211,9 +221,9 @@ mod imp {
             // SAFETY: the batches were taken from the log by the swap: only this merge can reach
             // them, and they are freed only through the epoch, below.
             while let Some(b) = unsafe { p.as_ref() } {
-                added.extend(b.added.iter().map(|n| &**n));
-                removed.extend(b.removed.iter().map(|n| &**n));
-                taken += b.added.len() + b.removed.len();
+                added.extend(b.added().iter().map(|n| &**n));
+                removed.extend(b.removed().iter().map(|n| &**n));
+                taken += b.nodes.len();
                 p = b.next.load(Ordering::Relaxed, guard);
             }
             self.log.logged.fetch_sub(taken, Ordering::Relaxed);
