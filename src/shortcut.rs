@@ -90,8 +90,8 @@ mod imp {
     /// The visible nodes at one merge, in start order: `starts[i]` is the start of `nodes[i]`.
     /// Starts are kept apart from the nodes so that the binary search reads only them.
     struct Table<M> {
-        starts: Box<[u64]>,
-        nodes: Box<[NodePtr<M>]>,
+        starts: Vec<u64>,
+        nodes: Vec<NodePtr<M>>,
     }
 
     /// What one committed change did: `nodes[..added]` it added, the rest it removed (one
@@ -214,25 +214,30 @@ mod imp {
                 .log
                 .head
                 .swap(EpochPtr::null(), Ordering::Acquire, guard);
-            let mut added: Vec<&Node<M>> = Vec::new();
-            let mut removed: Vec<&Node<M>> = Vec::new();
+            // Keys are read out once, so that the merge below runs over local arrays only.
+            let mut added: Vec<(u64, *const Node<M>)> = Vec::new();
+            let mut removed: Vec<(u64, *const Node<M>)> = Vec::new();
             let mut taken = 0;
             let mut p = log;
             // SAFETY: the batches were taken from the log by the swap: only this merge can reach
             // them, and they are freed only through the epoch, below.
             while let Some(b) = unsafe { p.as_ref() } {
-                added.extend(b.added().iter().map(|n| &**n));
-                removed.extend(b.removed().iter().map(|n| &**n));
+                // A node joins the table only if it is visible now: if its removal commits
+                // later, it is logged after this read, and stays allocated while a table names
+                // it.
+                added.extend(
+                    b.added()
+                        .iter()
+                        .filter(|n| n.item.is_some() && shared.stage(n, guard) == Stage::Live)
+                        .map(|n| (n.key.0, Arc::as_ptr(n))),
+                );
+                removed.extend(b.removed().iter().map(|n| (n.key.0, Arc::as_ptr(n))));
                 taken += b.nodes.len();
                 p = b.next.load(Ordering::Relaxed, guard);
             }
             self.log.logged.fetch_sub(taken, Ordering::Relaxed);
-
-            // A node joins the table only if it is visible now: if its removal commits later,
-            // it is logged after this read, and stays allocated while a table names it.
-            added.retain(|n| n.item.is_some() && shared.stage(n, guard) == Stage::Live);
-            added.sort_unstable_by_key(|n| n.key);
-            removed.sort_unstable_by_key(|n| n.key);
+            added.sort_unstable();
+            removed.sort_unstable();
 
             // Relaxed: the merge flag's acquire already ordered the previous merge's writes
             // before this load, and only the flag's holder swaps the table.
@@ -250,33 +255,30 @@ mod imp {
                 // Added nodes that start before this entry go first (at equal starts, old
                 // entries first: the order among equal starts does not matter, a lookup checks
                 // what it finds).
-                while let Some(n) = added.get(a).filter(|n| n.key.0 < start) {
-                    starts.push(n.key.0);
-                    nodes.push(NodePtr(*n as *const Node<M>));
+                while let Some(&(s, n)) = added.get(a).filter(|(s, _)| *s < start) {
+                    starts.push(s);
+                    nodes.push(NodePtr(n));
                     a += 1;
                 }
-                // Removed nodes are sorted by key: skip those starting before this entry, then
-                // look for this entry among those with its start.
-                while removed.get(r).is_some_and(|n| n.key.0 < start) {
+                // Removed nodes are sorted by start: skip those starting before this entry,
+                // then look for this entry among those with its start.
+                while removed.get(r).is_some_and(|(s, _)| *s < start) {
                     r += 1;
                 }
                 let gone = removed[r..]
                     .iter()
-                    .take_while(|n| n.key.0 == start)
-                    .any(|n| core::ptr::eq(*n, node.0));
+                    .take_while(|(s, _)| *s == start)
+                    .any(|(_, n)| core::ptr::eq(*n, node.0));
                 if !gone {
                     starts.push(start);
                     nodes.push(NodePtr(node.0));
                 }
             }
-            for n in &added[a..] {
-                starts.push(n.key.0);
-                nodes.push(NodePtr(*n as *const Node<M>));
+            for &(s, n) in &added[a..] {
+                starts.push(s);
+                nodes.push(NodePtr(n));
             }
-            let table = Owned::new(Table {
-                starts: starts.into_boxed_slice(),
-                nodes: nodes.into_boxed_slice(),
-            });
+            let table = Owned::new(Table { starts, nodes });
             // Release: readers that load the new table (acquire) see it fully written.
             let old = self.table.swap(table, Ordering::Release, guard);
             let (old, log) = (old.as_raw() as usize, log.as_raw() as usize);
