@@ -426,12 +426,13 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
+        // Fastest path: the node the read shortcut names, if it is visible and covers `offset`.
         if let Some(hit) = self.shortcut_hit(offset, guard) {
             return Some(hit);
         }
-        // Fast path: the last visible node at or before `offset`. If it covers `offset`, it was
-        // visible when we read its stage, so it was the answer at that instant. The walk records
-        // what it passes, on the stack, in case it is a miss.
+        // Fast path: the last visible node at or before `offset` in the index. If it covers
+        // `offset`, it was visible when we read its stage, so it was the answer at that instant.
+        // The walk records what it passes, on the stack, in case it is a miss.
         let mut first = BackTrace::default();
         if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
             return Some(hit);
