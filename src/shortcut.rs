@@ -1,4 +1,4 @@
-//! The read shortcut: a sorted array of the visible nodes, rebuilt by writers now and then, that
+//! The read shortcut: a sorted array of the visible nodes, refreshed by writers now and then, that
 //! lets a `get` that hits skip the skiplist.
 //!
 //! A skiplist search visits some thirty nodes at 100k extents, most of them cold; a binary search
@@ -42,7 +42,7 @@
 
 pub(crate) use imp::Shortcut;
 
-/// Fewest changes between two builds, so that small caches are not rebuilt on every write.
+/// Fewest logged nodes before a merge, so that a small cache is not re-merged on every write.
 #[cfg_attr(loom, allow(dead_code))]
 const MIN_CHANGES: usize = 64;
 
