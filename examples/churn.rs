@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
 use extent_cache::{Error, Extent, ExtentCache};
 
@@ -40,13 +40,13 @@ enum Which {
 #[command(about = "Churn an extent map and watch its resident memory")]
 struct Args {
     /// Total operations (insert, drop_range and replace_range in equal shares).
-    #[arg(long, default_value_t = 10_000_000)]
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     ops: u64,
-    /// Extents kept in the map throughout.
-    #[arg(long, default_value_t = 100_000)]
+    /// Extents kept in the map throughout (at least one per thread).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=20_000_000))]
     extents: u64,
     /// Worker threads (default: available parallelism).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
     threads: Option<u64>,
     /// Which map to churn.
     #[arg(long, value_enum, default_value_t = Which::Both)]
@@ -248,10 +248,17 @@ fn main() {
     let threads = args
         .threads
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get() as u64));
-    assert!(
-        threads > 0 && args.extents >= threads,
-        "need at least one extent per thread"
-    );
+    if args.extents < threads {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "--extents {} is fewer than one extent per thread ({threads})",
+                    args.extents
+                ),
+            )
+            .exit();
+    }
     match args.map {
         Which::Cache => churn(ExtentCache::new(), &args, threads),
         Which::Locked => churn(LockedExtentMap::new(), &args, threads),

@@ -55,16 +55,16 @@ const CHECK_EVERY: u64 = 256;
 
 /// Throughput of the lock-free ExtentCache against the RwLock<BTreeMap> baseline.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     /// Which workload to run.
     #[arg(long, value_enum, default_value_t = WorkloadArg::All)]
     workload: WorkloadArg,
     /// Number of threads [default: 1 and all cores].
-    #[arg(long, value_parser = positive_usize)]
+    #[arg(long, value_parser = thread_count)]
     threads: Option<usize>,
     /// Number of extents in the file.
-    #[arg(long, default_value_t = 100_000, value_parser = positive_usize)]
+    #[arg(long, default_value_t = 100_000, value_parser = extent_count)]
     extents: usize,
     /// Seconds per run (the default run is 5 workloads x 2 implementations x 2 thread counts).
     #[arg(long, default_value_t = 2.5, value_parser = positive_seconds)]
@@ -94,18 +94,35 @@ enum ImplArg {
     Both,
 }
 
-fn positive_usize(s: &str) -> Result<usize, String> {
+/// Most threads a run may start (each is a real OS thread).
+const MAX_THREADS: usize = 1024;
+/// Most extents a file may have (both maps of 20M extents take several GiB each).
+const MAX_EXTENTS: usize = 20_000_000;
+/// Longest run, in seconds.
+const MAX_SECONDS: f64 = 3600.0;
+
+fn whole_number(s: &str, max: usize) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be from 1 to {max}")),
         Err(e) => Err(format!("not a positive whole number: {e}")),
     }
 }
 
+fn thread_count(s: &str) -> Result<usize, String> {
+    whole_number(s, MAX_THREADS)
+}
+
+fn extent_count(s: &str) -> Result<usize, String> {
+    whole_number(s, MAX_EXTENTS)
+}
+
 fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(_) => Err("must be a number of seconds greater than 0".to_string()),
+        Ok(x) if x > 0.0 && x <= MAX_SECONDS => Ok(x),
+        Ok(_) => Err(format!(
+            "must be a number of seconds greater than 0 and at most {MAX_SECONDS}"
+        )),
         Err(e) => Err(format!("not a number of seconds: {e}")),
     }
 }
