@@ -10,7 +10,6 @@ use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
 use crate::protocol::{Claim, Node, Outcome, Shared, Stage};
 use crate::reference::ExtentMap;
 use crate::shortcut::Shortcut;
-use crate::sync::Arc;
 
 /// A lock-free, concurrent cache of extent maps with btrfs semantics.
 ///
@@ -44,7 +43,7 @@ use crate::sync::Arc;
 /// assert!(cache.get(4096).is_some());
 /// ```
 pub struct ExtentCache<M: Mapping = BlockMapping> {
-    shared: Arc<Shared<M>>,
+    shared: Shared<M>,
     /// The read shortcut: a sorted array of visible nodes that `get` tries before the index.
     shortcut: Shortcut<M>,
 }
@@ -143,7 +142,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn new() -> Self {
         ExtentCache {
-            shared: Arc::new(Shared::new()),
+            shared: Shared::new(),
             shortcut: Shortcut::new(),
         }
     }
@@ -160,7 +159,7 @@ impl<M: Mapping> ExtentCache<M> {
         extra: usize,
         guard: &'g Guard,
     ) -> Result<Window<'g, M>, Torn> {
-        let shared = &*self.shared;
+        let shared = &self.shared;
         let a = a.min(u64::MAX - 1);
         let b = b.clamp(a, u64::MAX - 1);
         let mut trace = Vec::with_capacity(8);
@@ -261,8 +260,7 @@ impl<M: Mapping> ExtentCache<M> {
     }
 
     /// Runs a read-only query on a consistent window, widening it until the query fits.
-    fn query<R>(&self, a: u64, b: u64, f: impl Fn(&Window<'_, M>) -> Probe<R>) -> R {
-        let guard = &pin();
+    fn query<R>(&self, a: u64, b: u64, guard: &Guard, f: impl Fn(&Window<'_, M>) -> Probe<R>) -> R {
         let mut extra = 0;
         loop {
             let w = self.snapshot_window(a, b, extra, guard);
@@ -405,7 +403,7 @@ impl<M: Mapping> ExtentCache<M> {
         candidate.validate().map_err(Error::invalid)?;
         // A hit needs no window. A miss is not confirmed here: the plan below decides on an
         // exact window anyway.
-        if let Some(hit) = self.hit(offset, &pin()) {
+        if let Some(hit) = self.hit(offset, None, &pin()) {
             return Ok(hit);
         }
         let (a, b) = around(
@@ -426,15 +424,10 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
-        // Fastest path: the node the read shortcut names, if it is visible and covers `offset`.
-        if let Some(hit) = self.shortcut_hit(offset, guard) {
-            return Some(hit);
-        }
-        // Fast path: the last visible node at or before `offset` in the index. If it covers
-        // `offset`, it was visible when we read its stage, so it was the answer at that instant.
-        // The walk records what it passes, on the stack, in case it is a miss.
+        // Fast path: a hit through the shortcut or the index (see `hit`). The index walk records
+        // what it passes, on the stack, in case it is a miss.
         let mut first = BackTrace::default();
-        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
+        if let Some(hit) = self.hit(offset, Some(&mut first), guard) {
             return Some(hit);
         }
         // A deliberately broken read for the model checker to catch (never built normally):
@@ -457,7 +450,9 @@ impl<M: Mapping> ExtentCache<M> {
             first = again;
         }
         // A long stretch of dead or pending nodes: use the general snapshot.
-        self.query(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
+        self.query(offset, offset, guard, |w| {
+            Ok(w.containing(offset)?.map(|i| i.ext))
+        })
     }
 
     /// A hit found through the read shortcut (see `shortcut.rs`): the table's node at or
@@ -471,10 +466,12 @@ impl<M: Mapping> ExtentCache<M> {
     }
 
     /// A hit at `offset`, if one is found without confirming a miss: through the shortcut,
-    /// else through the index.
-    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
+    /// else through the index (the last visible node at or before `offset`: if it covers
+    /// `offset`, it was visible when its stage was read, so it was the answer at that instant).
+    /// `trace` records the index walk, for a caller that confirms a miss.
+    fn hit(&self, offset: u64, trace: Option<&mut BackTrace>, guard: &Guard) -> Option<Extent<M>> {
         self.shortcut_hit(offset, guard)
-            .or_else(|| self.scan_back(offset, None, guard))
+            .or_else(|| self.scan_back(offset, trace, guard))
     }
 
     /// Walks back from `offset` to the first visible node, recording what it passes when asked
@@ -485,7 +482,7 @@ impl<M: Mapping> ExtentCache<M> {
         mut trace: Option<&mut BackTrace>,
         guard: &Guard,
     ) -> Option<Extent<M>> {
-        let shared = &*self.shared;
+        let shared = &self.shared;
         let mut cur = shared
             .index
             .at_or_before(&(offset.min(u64::MAX - 1), u64::MAX), guard);
@@ -522,10 +519,11 @@ impl<M: Mapping> ExtentCache<M> {
         if len == 0 {
             return None;
         }
-        if let Some(hit) = self.hit(start, &pin()) {
+        let guard = &pin();
+        if let Some(hit) = self.hit(start, None, guard) {
             return Some(hit);
         }
-        self.query(start, start, |w| plan::lookup(w, start, len))
+        self.query(start, start, guard, |w| plan::lookup(w, start, len))
     }
 
     /// Non-strict search (spec §2); see [`ExtentMap::search`].
@@ -538,10 +536,11 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
-        if let Some(hit) = self.hit(start, &pin()) {
+        let guard = &pin();
+        if let Some(hit) = self.hit(start, None, guard) {
             return Some(hit);
         }
-        self.query(start, start, |w| plan::search(w, start))
+        self.query(start, start, guard, |w| plan::search(w, start))
     }
 
     /// All extents in start order.
@@ -582,8 +581,11 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.overlapping(4000, 4097).count(), 2);
     /// ```
     pub fn overlapping(&self, start: u64, end: u64) -> Iter<'_, M> {
-        // Start from the extent containing `start`, if any: it overlaps the range too.
-        let first = self.get(start).map_or(start, |e| e.start());
+        // Start from the extent containing `start`, if any: it overlaps the range too. A miss
+        // needs no confirming: an extent visible for the whole call and covering `start` is the
+        // last visible one at or before `start` (visible extents never overlap), so the
+        // unconfirmed walk finds it, and that is all weak consistency promises.
+        let first = self.hit(start, None, &pin()).map_or(start, |e| e.start());
         let from = match first.checked_sub(1) {
             Some(f) => (f, u64::MAX),
             None => HEAD,
@@ -889,7 +891,7 @@ impl<M: Mapping> Iter<'_, M> {
 
     fn refill(&mut self) {
         let guard = &pin();
-        let shared = &*self.cache.shared;
+        let shared = &self.cache.shared;
         let mut cur = shared.index.after(&self.from, guard);
         let mut n = 0;
         while let Some(c) = cur {

@@ -228,7 +228,7 @@ mod imp {
                 added.extend(
                     b.added()
                         .iter()
-                        .filter(|n| n.item.is_some() && shared.stage(n, guard) == Stage::Live)
+                        .filter(|n| shared.stage(n, guard) == Stage::Live)
                         .map(|n| (n.key.0, Arc::as_ptr(n))),
                 );
                 removed.extend(b.removed().iter().map(|n| (n.key.0, Arc::as_ptr(n))));
@@ -281,29 +281,16 @@ mod imp {
             let table = Owned::new(Table { starts, nodes });
             // Release: readers that load the new table (acquire) see it fully written.
             let old = self.table.swap(table, Ordering::Release, guard);
-            let (old, log) = (old.as_raw() as usize, log.as_raw() as usize);
+            let log = log.as_raw().cast_mut();
             // SAFETY: the old table and the taken batches are unreachable for threads that pin
             // from now on (the swaps replaced them); threads that loaded them earlier are
-            // pinned, and the epoch runs this only after they unpin. Each is freed once.
+            // pinned, and the epoch runs these only after they unpin. Each is freed once.
             unsafe {
-                guard.defer_unchecked(move || {
-                    free_table::<M>(old);
-                    free_log::<M>(log);
-                })
-            };
-        }
-    }
-
-    /// Frees a table taken out of `Shortcut::table` (or nothing, for null).
-    ///
-    /// # Safety
-    ///
-    /// `table` is null or came from `Owned<Table<M>>`, and no thread can reach it any more.
-    unsafe fn free_table<M>(table: usize) {
-        let table = table as *mut Table<M>;
-        if !table.is_null() {
-            // SAFETY: per the caller.
-            drop(unsafe { Box::from_raw(table) });
+                if !old.is_null() {
+                    guard.defer_destroy(old);
+                }
+                guard.defer_unchecked(move || free_log(log));
+            }
         }
     }
 
@@ -313,8 +300,7 @@ mod imp {
     ///
     /// `head` is null or the head of a chain of `Owned<Batch<M>>` that no thread can reach any
     /// more.
-    unsafe fn free_log<M>(head: usize) {
-        let mut p = head as *mut Batch<M>;
+    unsafe fn free_log<M>(mut p: *mut Batch<M>) {
         while !p.is_null() {
             // SAFETY: per the caller, every batch of the chain is ours to free, once.
             let b = unsafe { Box::from_raw(p) };
@@ -333,8 +319,17 @@ mod imp {
             // are freed at once.
             unsafe {
                 let guard = crossbeam_epoch::unprotected();
-                free_table::<M>(self.table.load(Ordering::Relaxed, guard).as_raw() as usize);
-                free_log::<M>(self.log.head.load(Ordering::Relaxed, guard).as_raw() as usize);
+                let table = self.table.load(Ordering::Relaxed, guard);
+                if !table.is_null() {
+                    drop(table.into_owned());
+                }
+                free_log(
+                    self.log
+                        .head
+                        .load(Ordering::Relaxed, guard)
+                        .as_raw()
+                        .cast_mut(),
+                );
             }
         }
     }
