@@ -481,7 +481,8 @@ fn extents_reaching_u64_max() {
 ///   offset:      16K                    (outside the candidate, inside the hole)
 /// ```
 ///
-/// The reference answers `InvalidArgument`; the cache's read-only fast path answers the hole.
+/// The reference answers `InvalidArgument`. The cache's read-only fast path used to answer
+/// the hole before looking at the candidate; it now validates the candidate first.
 #[test]
 fn get_or_insert_rejects_an_ill_formed_candidate_on_a_hit() {
     let cache = ExtentCache::new();

@@ -12,11 +12,11 @@ use extent_cache::{Error, Extent, ExtentCache, Location};
 //   candidate          [4K, 4K)        len 0: ill-formed
 //   get_or_insert(candidate, 0)
 //
-// The reference answers InvalidArgument ("len must be > 0"). The cache answers
-// Ok([0, 4K)): its fast path returns the extent covering the offset before it validates
-// the candidate, so the same call succeeds or fails depending on which map runs it.
+// The reference answers InvalidArgument ("len must be > 0"). The bug: the cache answered
+// Ok([0, 4K)), because its fast path returned the extent covering the offset before it
+// validated the candidate. The cache now validates first, so both maps answer the same.
 #[test]
-fn get_or_insert_accepts_an_ill_formed_candidate_at_a_covered_offset() {
+fn get_or_insert_rejects_an_ill_formed_candidate_at_a_covered_offset() {
     let bad = Extent::hole(4096, 0);
     let mut reference = ExtentMap::new();
     reference.insert(Extent::hole(0, 4096)).unwrap();
@@ -38,10 +38,11 @@ fn get_or_insert_accepts_an_ill_formed_candidate_at_a_covered_offset() {
 //   drop_range [0, 4K)
 //   after             [4K --- inline --- 16K)      <- inline away from offset 0
 //
-// Both the reference and the cache do this (same plan). Real btrfs inline extents never
-// exceed a block, so the kernel never meets the case; the crate accepts longer ones.
+// The bug: both the reference and the cache did this (same plan). They now forget an inline
+// back piece instead (the case is reported through `Dropped`). Real btrfs inline extents
+// never exceed a block, so the kernel never meets the case; the crate accepts longer ones.
 #[test]
-fn drop_range_leaves_an_inline_back_piece_away_from_offset_0() {
+fn drop_range_leaves_no_inline_back_piece_away_from_offset_0() {
     let mut reference = ExtentMap::new();
     reference.insert(Extent::inline(16384)).unwrap();
     let cache = ExtentCache::new();
