@@ -50,7 +50,7 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use crossbeam_skiplist::SkipMap;
 use extent_cache::reference::LockedExtentMap;
 use extent_cache::{Extent, ExtentCache};
-use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, must_get};
+use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, steady_op};
 
 /// Operations per thread per iteration of the steady workloads.
 const OPS: u64 = 1000;
@@ -114,54 +114,9 @@ fn steady<T: Map>(
     n: u64,
     rng: &mut Rng,
 ) -> u64 {
-    let mut errors = 0;
-    let end = file.end();
-    for i in 0..n {
-        errors += match w {
-            Workload::Read => must_get(map, rng.below(end)),
-            Workload::Hot => {
-                let (s, len) = file.hot[rng.below(file.hot.len() as u64) as usize];
-                must_get(map, s + rng.below(len))
-            }
-            Workload::Mixed => {
-                let r = rng.next();
-                if r % 10 == 0 {
-                    let (s, e) = file.random_range(rng, 1, 16);
-                    let new = written(s, e, rng);
-                    u64::from(map.replace_range(new, r & (1 << 32) != 0).is_err())
-                } else {
-                    must_get(map, rng.below(end))
-                }
-            }
-            Workload::SeedRace => {
-                let writer = if threads == 1 { i % 2 == 0 } else { t % 2 == 0 };
-                if writer {
-                    let result = if i % 8 < 2 {
-                        let (s, e) = file.random_range(rng, 4, 32);
-                        map.drop_range(s, e).map(drop)
-                    } else {
-                        let (s, e) = file.random_range(rng, 1, 4);
-                        map.replace_range(written(s, e, rng), true)
-                    };
-                    u64::from(result.is_err())
-                } else {
-                    let offset = rng.below(end);
-                    match map.get(offset) {
-                        Some(e) => u64::from(!e.contains(offset)),
-                        None => {
-                            let stale = file.extent(file.index_of(offset));
-                            match map.get_or_insert(stale, offset) {
-                                Ok(e) => u64::from(!e.contains(offset)),
-                                Err(_) => 1,
-                            }
-                        }
-                    }
-                }
-            }
-            Workload::Fill => unreachable!("fill is not a steady workload"),
-        };
-    }
-    errors
+    (0..n)
+        .map(|i| steady_op(w, map, file, t, threads, i, rng, &mut written))
+        .sum()
 }
 
 /// Thread `t`'s share of a fill: every `threads`-th extent of `order` with a stretched

@@ -45,7 +45,7 @@ use clap::{Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
 use extent_cache::{Extent, ExtentCache};
 use indicatif::{ProgressBar, ProgressStyle};
-use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, must_get};
+use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, steady_op};
 
 /// How many operations a thread does between two looks at the stop flag.
 const CHECK_EVERY: u64 = 256;
@@ -263,13 +263,7 @@ fn run<T: Map>(workload: Workload, file: &File, threads: usize, seconds: f64) ->
             let map: T = file.populate();
             let (mut tally, elapsed) = timed(threads, Some(seconds), |t, stop| {
                 let mut rng = Rng::new(0x1234_5678 + t as u64);
-                match workload {
-                    Workload::Read => read(&map, file, &mut rng, stop),
-                    Workload::Hot => hot(&map, file, &mut rng, stop),
-                    Workload::Mixed => mixed(&map, file, t, &mut rng, stop),
-                    Workload::SeedRace => seed_race(&map, file, t, threads, &mut rng, stop),
-                    Workload::Fill => unreachable!(),
-                }
+                steady(workload, &map, file, t, threads, &mut rng, stop)
             });
             tally.errors += check(&map, file, workload.always_covered());
             (tally, elapsed)
@@ -286,58 +280,9 @@ fn run<T: Map>(workload: Workload, file: &File, threads: usize, seconds: f64) ->
     }
 }
 
-fn read<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally {
-    let mut tally = Tally::default();
-    let end = file.end();
-    while !stopped(stop) {
-        for _ in 0..CHECK_EVERY {
-            tally.errors += must_get(map, rng.below(end));
-        }
-        tally.ops += CHECK_EVERY;
-    }
-    tally
-}
-
-fn hot<T: Map>(map: &T, file: &File, rng: &mut Rng, stop: &AtomicBool) -> Tally {
-    let hot = &file.hot;
-    let n = hot.len();
-    let mut tally = Tally::default();
-    while !stopped(stop) {
-        for _ in 0..CHECK_EVERY {
-            let (s, len) = hot[rng.below(n as u64) as usize];
-            tally.errors += must_get(map, s + rng.below(len));
-        }
-        tally.ops += CHECK_EVERY;
-    }
-    tally
-}
-
-fn mixed<T: Map>(map: &T, file: &File, t: usize, rng: &mut Rng, stop: &AtomicBool) -> Tally {
-    let mut tally = Tally::default();
-    let mut seq = 0;
-    let end = file.end();
-    while !stopped(stop) {
-        for _ in 0..CHECK_EVERY {
-            let r = rng.next();
-            if r % 10 == 0 {
-                let (s, e) = file.random_range(rng, 1, 16);
-                let modified = r & (1 << 32) != 0;
-                if map
-                    .replace_range(written(s, e, t, &mut seq), modified)
-                    .is_err()
-                {
-                    tally.errors += 1;
-                }
-            } else {
-                tally.errors += must_get(map, rng.below(end));
-            }
-        }
-        tally.ops += CHECK_EVERY;
-    }
-    tally
-}
-
-fn seed_race<T: Map>(
+/// One thread of a steady workload, until `stop`.
+fn steady<T: Map>(
+    w: Workload,
     map: &T,
     file: &File,
     t: usize,
@@ -345,40 +290,14 @@ fn seed_race<T: Map>(
     rng: &mut Rng,
     stop: &AtomicBool,
 ) -> Tally {
-    // Even threads write, odd threads read; a lone thread alternates.
-    let role = |i: u64| -> bool { if threads == 1 { i % 2 == 0 } else { t % 2 == 0 } };
     let mut tally = Tally::default();
     let mut seq = 0;
+    let mut new = |s, e, _: &mut Rng| written(s, e, t, &mut seq);
     let mut i = 0u64;
-    let end = file.end();
     while !stopped(stop) {
         for _ in 0..CHECK_EVERY {
             i += 1;
-            if role(i) {
-                let result = if i % 8 < 2 {
-                    let (s, e) = file.random_range(rng, 4, 32);
-                    map.drop_range(s, e).map(drop)
-                } else {
-                    let (s, e) = file.random_range(rng, 1, 4);
-                    map.replace_range(written(s, e, t, &mut seq), true)
-                };
-                if result.is_err() {
-                    tally.errors += 1;
-                }
-            } else {
-                let offset = rng.below(end);
-                match map.get(offset) {
-                    Some(e) if e.contains(offset) => {}
-                    Some(_) => tally.errors += 1,
-                    None => {
-                        let stale = file.extent(file.index_of(offset));
-                        match map.get_or_insert(stale, offset) {
-                            Ok(e) if e.contains(offset) => {}
-                            _ => tally.errors += 1,
-                        }
-                    }
-                }
-            }
+            tally.errors += steady_op(w, map, file, t, threads, i, rng, &mut new);
         }
         tally.ops += CHECK_EVERY;
     }

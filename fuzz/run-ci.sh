@@ -49,7 +49,7 @@ for target in "${targets[@]}"; do
         echo "=== $target: FAILED; reproduce with:" >&2
         for a in artifacts/"$target"/*; do
             [ -e "$a" ] || continue
-            echo "  cargo +$toolchain fuzz run $target $a" >&2
+            echo "  cargo +$toolchain fuzz run $target $PWD/$a" >&2
         done
         status=1
     fi

@@ -210,7 +210,8 @@ impl File {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The workloads, by name (what each one does is up to the program running it).
+// The workloads: their names, and one operation of each steady one (everything but `fill`,
+// whose shape differs between the driver and the benches).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -238,5 +239,68 @@ impl Workload {
             Workload::SeedRace => "seed-race",
             Workload::Fill => "fill",
         }
+    }
+}
+
+/// One operation of a steady workload on thread `t` of `threads`; returns the number of wrong
+/// answers (0 or 1). `i` numbers the thread's operations (a lone `seed-race` thread alternates
+/// roles on it); `new(s, e, rng)` makes the extent a write puts at `[s, e)`, at a place nobody
+/// else writes.
+#[allow(clippy::too_many_arguments)]
+pub fn steady_op<T: Map>(
+    w: Workload,
+    map: &T,
+    file: &File,
+    t: usize,
+    threads: usize,
+    i: u64,
+    rng: &mut Rng,
+    new: &mut impl FnMut(u64, u64, &mut Rng) -> Extent,
+) -> u64 {
+    let end = file.end();
+    match w {
+        Workload::Read => must_get(map, rng.below(end)),
+        Workload::Hot => {
+            let (s, len) = file.hot[rng.below(file.hot.len() as u64) as usize];
+            must_get(map, s + rng.below(len))
+        }
+        Workload::Mixed => {
+            let r = rng.next();
+            if r % 10 == 0 {
+                let (s, e) = file.random_range(rng, 1, 16);
+                let ext = new(s, e, rng);
+                u64::from(map.replace_range(ext, r & (1 << 32) != 0).is_err())
+            } else {
+                must_get(map, rng.below(end))
+            }
+        }
+        Workload::SeedRace => {
+            // Even threads write, odd threads read; a lone thread alternates.
+            let writer = if threads == 1 { i % 2 == 0 } else { t % 2 == 0 };
+            if writer {
+                let result = if i % 8 < 2 {
+                    let (s, e) = file.random_range(rng, 4, 32);
+                    map.drop_range(s, e).map(drop)
+                } else {
+                    let (s, e) = file.random_range(rng, 1, 4);
+                    let ext = new(s, e, rng);
+                    map.replace_range(ext, true)
+                };
+                u64::from(result.is_err())
+            } else {
+                let offset = rng.below(end);
+                match map.get(offset) {
+                    Some(e) => u64::from(!e.contains(offset)),
+                    None => {
+                        let stale = file.extent(file.index_of(offset));
+                        match map.get_or_insert(stale, offset) {
+                            Ok(e) => u64::from(!e.contains(offset)),
+                            Err(_) => 1,
+                        }
+                    }
+                }
+            }
+        }
+        Workload::Fill => unreachable!("fill is not a steady workload"),
     }
 }

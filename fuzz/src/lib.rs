@@ -266,21 +266,6 @@ impl FuzzOp {
 /// target would otherwise crash on it again and again. None at the moment.
 pub mod known {}
 
-/// The invariants of a map at rest: extents in start order, none overlapping, every one well
-/// formed.
-pub fn check_invariants(map: &ExtentMap) -> std::result::Result<(), String> {
-    let mut prev_end: Option<u64> = None;
-    for e in map.iter() {
-        if e.end() <= e.start() {
-            return Err(format!("empty or inverted extent {e:?}"));
-        }
-        if let Err(why) = e.validate() {
-            return Err(format!("ill-formed extent {e:?}: {why}"));
-        }
-        if prev_end.is_some_and(|end| e.start() < end) {
-            return Err(format!("{e:?} overlaps its predecessor"));
-        }
-        prev_end = Some(e.end());
-    }
-    Ok(())
-}
+/// The invariants of a map at rest, as the linearizability checker states them: extents in
+/// start order, none overlapping, every one well formed.
+pub use lincheck::check_invariants;
