@@ -610,9 +610,10 @@ pub(crate) fn split<V: View<BlockMapping> + ?Sized>(
     if em.start() != start || em.len() != len {
         return bad("split: the extent found does not span exactly [start, start + len)");
     }
-    // Against the range the extent really covers: its end saturates at `u64::MAX`, so `len`
-    // may be longer, and `start + pre` must neither wrap nor reach `u64::MAX`.
-    if pre == 0 || pre >= len || pre >= em.end() - start {
+    // Against the range the extent really covers (`em.len() == len`, but its end saturates at
+    // `u64::MAX`, so that range may be shorter): `start + pre` must neither wrap nor reach
+    // `u64::MAX`, and `pre < len` follows.
+    if pre == 0 || pre >= em.end() - start {
         return bad("split: pre must be > 0 and < len");
     }
     let Location::Regular { .. } = em.location() else {
