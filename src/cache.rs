@@ -165,28 +165,7 @@ impl<M: Mapping> ExtentCache<M> {
         let mut trace = Vec::with_capacity(8);
 
         // Backward: find where the window starts.
-        let mut cur: Cursor<'g, M> = shared
-            .index
-            .at_or_before(&(a, u64::MAX), guard)
-            .expect("the head sentinel is always in the index");
-        let mut need = extra + 1;
-        loop {
-            let node = cur.node();
-            if node.item.is_none() {
-                break; // the head
-            }
-            let st = shared.stage(node, guard);
-            trace.push((node as *const Node<M> as usize, st));
-            if st == Stage::Live {
-                need -= 1;
-                if need == 0 {
-                    break;
-                }
-            }
-            cur = cur
-                .prev()
-                .expect("the head sentinel is always in the index");
-        }
+        let mut cur = self.walk_back(a, extra + 1, guard, |node, st| trace.push((node, st)));
 
         // Forward: collect the visible nodes.
         let mut w = Window {
@@ -474,36 +453,57 @@ impl<M: Mapping> ExtentCache<M> {
             .or_else(|| self.scan_back(offset, trace, guard))
     }
 
-    /// Walks back from `offset` to the first visible node, recording what it passes when asked
-    /// (a hit needs no record). Returns that node's extent if it covers `offset`.
+    /// Walks back from `offset` to the first visible node, recording what it passes when asked.
+    /// Returns that node's extent if it covers `offset`.
     fn scan_back(
         &self,
         offset: u64,
         mut trace: Option<&mut BackTrace>,
         guard: &Guard,
     ) -> Option<Extent<M>> {
-        let shared = &self.shared;
-        let mut cur = shared
-            .index
-            .at_or_before(&(offset.min(u64::MAX - 1), u64::MAX), guard);
-        while let Some(c) = cur {
-            let node = c.node();
-            let Some(item) = &node.item else {
-                return None; // the head: nothing before
-            };
-            let stage = shared.stage(node, guard);
-            if stage == Stage::Live && item.ext.contains(offset) {
-                return Some(item.ext.clone());
-            }
+        let c = self.walk_back(offset, 1, guard, |node, st| {
             if let Some(t) = trace.as_deref_mut() {
-                t.push(node as *const Node<M> as usize, stage);
+                t.push(node, st);
             }
-            if stage == Stage::Live {
-                return None;
+        });
+        // The head (nothing before), or the first visible node at or before `offset`.
+        let item = c.node().item.as_ref()?;
+        item.ext.contains(offset).then(|| item.ext.clone())
+    }
+
+    /// Walks back from the last node at or before `x` (clamped below `u64::MAX`) to the
+    /// `need`-th visible node, or to the head, recording each real node it passes (the one it
+    /// stops on included) with its stage. Returns the cursor it stopped on.
+    fn walk_back<'g>(
+        &'g self,
+        x: u64,
+        need: usize,
+        guard: &'g Guard,
+        mut record: impl FnMut(usize, Stage),
+    ) -> Cursor<'g, M> {
+        let mut cur = self
+            .shared
+            .index
+            .at_or_before(&(x.min(u64::MAX - 1), u64::MAX), guard)
+            .expect("the head sentinel is always in the index");
+        let mut need = need;
+        loop {
+            let node = cur.node();
+            if node.item.is_none() {
+                return cur; // the head
             }
-            cur = c.prev();
+            let st = self.shared.stage(node, guard);
+            record(node as *const Node<M> as usize, st);
+            if st == Stage::Live {
+                need -= 1;
+                if need == 0 {
+                    return cur;
+                }
+            }
+            cur = cur
+                .prev()
+                .expect("the head sentinel is always in the index");
         }
-        None
     }
 
     /// Strict lookup (spec §2); see [`ExtentMap::lookup`].
