@@ -14,13 +14,17 @@
 
 #![allow(clippy::result_large_err)]
 
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
-use extent_cache::{Error, Extent, ExtentCache};
+use extent_cache::{Extent, ExtentCache};
+use support::{Map, Rng};
 
 const BLOCK: u64 = 4096;
 /// Operations between two memory reports.
@@ -53,13 +57,9 @@ struct Args {
     map: Which,
 }
 
-/// The three writes the churn uses, and what a report needs.
-trait Churnable: Sync {
-    const NAME: &'static str;
-    fn insert(&self, e: Extent) -> Result<(), Error>;
-    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error>;
-    fn replace_range(&self, e: Extent) -> Result<(), Error>;
-    fn len(&self) -> usize;
+/// A map the churn can run on (the writes come from [`Map`]), with its name in the report.
+trait Churnable: Map {
+    const LABEL: &'static str;
     /// Extra diagnostics for the report.
     fn detail(&self) -> String {
         String::new()
@@ -67,38 +67,14 @@ trait Churnable: Sync {
 }
 
 impl Churnable for ExtentCache {
-    const NAME: &'static str = "ExtentCache";
-    fn insert(&self, e: Extent) -> Result<(), Error> {
-        ExtentCache::insert(self, e)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error> {
-        ExtentCache::drop_range(self, start, end, false).map(drop)
-    }
-    fn replace_range(&self, e: Extent) -> Result<(), Error> {
-        ExtentCache::replace_range(self, e, false)
-    }
-    fn len(&self) -> usize {
-        ExtentCache::len(self)
-    }
+    const LABEL: &'static str = "ExtentCache";
     fn detail(&self) -> String {
         format!("  index nodes {:>8}", self.index_nodes())
     }
 }
 
 impl Churnable for LockedExtentMap {
-    const NAME: &'static str = "LockedExtentMap";
-    fn insert(&self, e: Extent) -> Result<(), Error> {
-        LockedExtentMap::insert(self, e)
-    }
-    fn drop_range(&self, start: u64, end: u64) -> Result<(), Error> {
-        LockedExtentMap::drop_range(self, start, end, false).map(drop)
-    }
-    fn replace_range(&self, e: Extent) -> Result<(), Error> {
-        LockedExtentMap::replace_range(self, e, false)
-    }
-    fn len(&self) -> usize {
-        LockedExtentMap::len(self)
-    }
+    const LABEL: &'static str = "LockedExtentMap";
 }
 
 /// Resident memory in bytes, from `/proc/self/statm` (second field, in pages of 4 KiB).
@@ -116,21 +92,9 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// Uniform in `[0, n)`, by modulo (the churn's own draw, kept so its runs repeat).
+fn pick(rng: &mut Rng, n: usize) -> usize {
+    (rng.next() % n as u64) as usize
 }
 
 /// Slot `i` is the block `[2i, 2i + 1)`: slots never touch, so extents never merge and the
@@ -153,19 +117,19 @@ impl Share {
         for _ in 0..ops {
             match *step % 3 {
                 0 => {
-                    let i = self.used[self.rng.below(self.used.len())];
+                    let i = self.used[pick(&mut self.rng, self.used.len())];
                     let e = slot_extent(i, &mut self.rng);
-                    map.replace_range(e).expect("replace_range");
+                    map.replace_range(e, false).expect("replace_range");
                 }
                 1 => {
-                    let k = self.rng.below(self.used.len());
+                    let k = pick(&mut self.rng, self.used.len());
                     let i = self.used.swap_remove(k);
                     map.drop_range(2 * i * BLOCK, (2 * i + 1) * BLOCK)
                         .expect("drop_range");
                     self.free.push(i);
                 }
                 _ => {
-                    let k = self.rng.below(self.free.len());
+                    let k = pick(&mut self.rng, self.free.len());
                     let i = self.free.swap_remove(k);
                     map.insert(slot_extent(i, &mut self.rng)).expect("insert");
                     self.used.push(i);
@@ -200,7 +164,7 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
     let filled = rss_bytes();
     println!(
         "{:<16} threads {threads}  extents {}  rss before {:.1} MiB, after fill {:.1} MiB",
-        C::NAME,
+        C::LABEL,
         map.len(),
         mib(base),
         mib(filled)
@@ -222,7 +186,7 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
         let rss = rss_bytes();
         println!(
             "{:<16} ops {:>10}  extents {:>7}  rss {:>7.1} MiB{}",
-            C::NAME,
+            C::LABEL,
             done.load(Ordering::Relaxed),
             map.len(),
             mib(rss),
@@ -236,7 +200,7 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
     let per_extent = end.saturating_sub(base) as f64 / map.len().max(1) as f64;
     println!(
         "{:<16} final: rss {:.1} MiB (+{:.1} MiB over the fill), {:.0} bytes per cached extent",
-        C::NAME,
+        C::LABEL,
         mib(end),
         mib(end.saturating_sub(filled)),
         per_extent

@@ -2,7 +2,8 @@
 //! both implementations behind one [`Map`] trait, a small PRNG, the file of extents itself
 //! and the names of the workloads.
 //!
-//! Included by path from `benches/scaling.rs`, `benches/ops.rs` and `examples/workload.rs`;
+//! Included by path from `benches/scaling.rs`, `benches/ops.rs`, `examples/workload.rs` and
+//! `examples/churn.rs`;
 //! it lives in a subdirectory so that cargo does not take it for a bench target.
 
 // Each includer uses a different subset of what is here.
@@ -33,6 +34,7 @@ pub trait Map: Sync + Sized {
     fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error>;
     /// Every extent, in start order, at one instant.
     fn extents(&self) -> Vec<Extent>;
+    fn len(&self) -> usize;
 }
 
 macro_rules! impl_map {
@@ -65,6 +67,9 @@ macro_rules! impl_map {
             }
             fn extents(&self) -> Vec<Extent> {
                 self.snapshot().iter().collect()
+            }
+            fn len(&self) -> usize {
+                <$t>::len(self)
             }
         }
     };
