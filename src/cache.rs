@@ -382,7 +382,7 @@ impl<M: Mapping> ExtentCache<M> {
         candidate.validate().map_err(Error::invalid)?;
         // A hit needs no window. A miss is not confirmed here: the plan below decides on an
         // exact window anyway.
-        if let Some(hit) = self.hit(offset, None, &pin()) {
+        if let Some(hit) = self.hit(offset, &pin()) {
             return Ok(hit);
         }
         let (a, b) = around(
@@ -403,10 +403,15 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
         let guard = &pin();
-        // Fast path: a hit through the shortcut or the index (see `hit`). The index walk records
-        // what it passes, on the stack, in case it is a miss.
+        // Fastest path: the node the read shortcut names, if it is visible and covers `offset`.
+        // It comes before anything else, the miss's record included.
+        if let Some(hit) = self.shortcut_hit(offset, guard) {
+            return Some(hit);
+        }
+        // Fast path: the last visible node at or before `offset` in the index (see `hit`). The
+        // walk records what it passes, on the stack, in case it is a miss.
         let mut first = BackTrace::default();
-        if let Some(hit) = self.hit(offset, Some(&mut first), guard) {
+        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
             return Some(hit);
         }
         // A deliberately broken read for the model checker to catch (never built normally):
@@ -447,10 +452,9 @@ impl<M: Mapping> ExtentCache<M> {
     /// A hit at `offset`, if one is found without confirming a miss: through the shortcut,
     /// else through the index (the last visible node at or before `offset`: if it covers
     /// `offset`, it was visible when its stage was read, so it was the answer at that instant).
-    /// `trace` records the index walk, for a caller that confirms a miss.
-    fn hit(&self, offset: u64, trace: Option<&mut BackTrace>, guard: &Guard) -> Option<Extent<M>> {
+    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
         self.shortcut_hit(offset, guard)
-            .or_else(|| self.scan_back(offset, trace, guard))
+            .or_else(|| self.scan_back(offset, None, guard))
     }
 
     /// Walks back from `offset` to the first visible node, recording what it passes when asked.
@@ -520,7 +524,7 @@ impl<M: Mapping> ExtentCache<M> {
             return None;
         }
         let guard = &pin();
-        if let Some(hit) = self.hit(start, None, guard) {
+        if let Some(hit) = self.hit(start, guard) {
             return Some(hit);
         }
         self.query(start, start, guard, |w| plan::lookup(w, start, len))
@@ -537,7 +541,7 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
         let guard = &pin();
-        if let Some(hit) = self.hit(start, None, guard) {
+        if let Some(hit) = self.hit(start, guard) {
             return Some(hit);
         }
         self.query(start, start, guard, |w| plan::search(w, start))
@@ -585,7 +589,7 @@ impl<M: Mapping> ExtentCache<M> {
         // needs no confirming: an extent visible for the whole call and covering `start` is the
         // last visible one at or before `start` (visible extents never overlap), so the
         // unconfirmed walk finds it, and that is all weak consistency promises.
-        let first = self.hit(start, None, &pin()).map_or(start, |e| e.start());
+        let first = self.hit(start, &pin()).map_or(start, |e| e.start());
         let from = match first.checked_sub(1) {
             Some(f) => (f, u64::MAX),
             None => HEAD,
