@@ -252,6 +252,7 @@ impl Workload {
 /// roles on it); `new(s, e, rng)` makes the extent a write puts at `[s, e)`, at a place nobody
 /// else writes.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn steady_op<T: Map>(
     w: Workload,
     map: &T,
