@@ -69,7 +69,7 @@ trait Churnable: Map {
 impl Churnable for ExtentCache {
     const LABEL: &'static str = "ExtentCache";
     fn detail(&self) -> String {
-        format!("  index nodes {:>8}", self.index_nodes())
+        format!("  pages {:>8}", self.pages())
     }
 }
 

@@ -1,15 +1,25 @@
-//! [`ExtentCache`]: the lock-free extent map.
+//! [`ExtentCache`]: the lock-free extent map, on the page store.
+//!
+//! This file holds the public operations. How a window of pages is read is in
+//! [`window`]; iteration in [`iter`]; the store and its commit protocol in `store.rs`; the
+//! meaning of every operation in `plan.rs`.
 
-use std::collections::VecDeque;
+mod iter;
+mod window;
+
 use std::fmt;
+
+pub use iter::Iter;
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
-use crate::index::{Cursor, Guard, HEAD, Key, NodeRef, TAIL, pin};
-use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
-use crate::protocol::{Claim, Node, Outcome, Shared, Stage};
+use crate::page::{self, Shape};
+use crate::plan::{self, Dropped, Plan, PlanError, Probe, View};
 use crate::reference::ExtentMap;
-use crate::shortcut::Shortcut;
+use crate::store::{Outcome, Publish, Store};
+use crate::sync::epoch::{Guard, pin};
+use crate::sync::retry_hint;
+use window::{Margin, OnePage, Window};
 
 /// A lock-free, concurrent cache of extent maps with btrfs semantics.
 ///
@@ -19,12 +29,17 @@ use crate::shortcut::Shortcut;
 /// happened alone at one instant between its call and its return.
 ///
 /// * Readers ([`get`](Self::get), [`lookup`](Self::lookup), [`search`](Self::search)) take no
-///   lock, wait for nobody and write no shared memory.
-/// * Writers never wait for each other: a multi-extent change (a split, a merge, a
-///   `drop_range`, a `replace_range`) is published with one compare-and-swap, and a thread
-///   stopped halfway through a change cannot stop the others.
+///   lock and wait for nobody; they write no part of the map (see the crate documentation for
+///   the epoch bookkeeping every operation does).
+/// * Writers never wait for each other: a change inside one page is published with one
+///   compare-and-swap; a change over several pages (a merge or split across pages, a
+///   `drop_range`) with one compare-and-swap of its descriptor's status, and a thread stopped
+///   halfway through a change cannot stop the others.
 /// * Nobody ever sees two overlapping extents or half a change.
 /// * [`get_or_insert`](Self::get_or_insert) never returns [`Error::Exists`].
+///
+/// The extents live in immutable sorted *pages* of up to 32 extents, one per slot of a
+/// directory keyed by start offset (`docs/design.md`).
 ///
 /// ```
 /// use extent_cache::{ExtentCache, Extent};
@@ -43,9 +58,7 @@ use crate::shortcut::Shortcut;
 /// assert!(cache.get(4096).is_some());
 /// ```
 pub struct ExtentCache<M: Mapping = BlockMapping> {
-    shared: Shared<M>,
-    /// The read shortcut: a sorted array of visible nodes that `get` tries before the index.
-    shortcut: Shortcut<M>,
+    pub(crate) store: Store<M>,
 }
 
 impl<M: Mapping> Default for ExtentCache<M> {
@@ -62,196 +75,88 @@ impl<M: Mapping> fmt::Debug for ExtentCache<M> {
     }
 }
 
-/// The part of the map a plan reads: every visible extent whose start lies in a contiguous
-/// stretch of the index, with the nodes that hold them.
-struct Window<'g, M> {
-    items: Vec<Item<M>>,
-    /// The nodes of `items`, then the sentinels when the window reaches them.
-    nodes: Vec<NodeRef<'g, M>>,
-    head: Option<NodeRef<'g, M>>,
-    tail: Option<NodeRef<'g, M>>,
-    /// What each node looked like when read, in reading order (for the double collect).
-    trace: Vec<(usize, Stage)>,
-    /// A cursor on the window's first node (the head, or the first item), so that validation
-    /// need not search for it.
-    first: Option<Cursor<'g, M>>,
-}
+/// Past this many retries an operation is surely looping on a broken map (two overlapping
+/// extents, say): test builds fail loudly instead of spinning.
+const RETRY_ALARM: u64 = if cfg!(loom) { 200 } else { 10_000_000 };
 
-impl<M: Mapping> View<M> for Window<'_, M> {
-    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
-        let i = self.items.partition_point(|it| it.ext.start() <= off);
-        if i == 0 {
-            return if self.head.is_some() {
-                Ok(None)
-            } else {
-                Err(plan::Edge)
-            };
-        }
-        if i == self.items.len() && self.tail.is_none() {
-            return Err(plan::Edge);
-        }
-        Ok(Some(self.items[i - 1].clone()))
-    }
-
-    fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
-        let j = self.items.partition_point(|it| it.ext.start() <= off);
-        if j == self.items.len() {
-            return if self.tail.is_some() {
-                Ok(None)
-            } else {
-                Err(plan::Edge)
-            };
-        }
-        if j == 0 && self.head.is_none() {
-            return Err(plan::Edge);
-        }
-        Ok(Some(self.items[j].clone()))
+fn retried(tries: &mut u64) {
+    *tries += 1;
+    if cfg!(any(debug_assertions, loom)) {
+        assert!(
+            *tries < RETRY_ALARM,
+            "an operation retried {RETRY_ALARM} times: the map is broken"
+        );
     }
 }
-
-/// What a backward walk of `get` passed: up to eight nodes and their stages, on the stack (a
-/// miss must not allocate).
-#[derive(Default, PartialEq, Eq)]
-struct BackTrace {
-    seen: [(usize, Option<Stage>); 8],
-    len: usize,
-    overflow: bool,
-}
-
-impl BackTrace {
-    fn push(&mut self, node: usize, stage: Stage) {
-        match self.seen.get_mut(self.len) {
-            Some(slot) => {
-                *slot = (node, Some(stage));
-                self.len += 1;
-            }
-            None => self.overflow = true,
-        }
-    }
-}
-
-/// The index reached an inconsistent picture mid-read (a change committed under us); read again.
-struct Torn;
 
 impl<M: Mapping> ExtentCache<M> {
-    /// An empty cache.
+    /// An empty cache. It allocates nothing until the first extent goes in.
     ///
     /// ```
     /// let cache = extent_cache::ExtentCache::<extent_cache::BlockMapping>::new();
     /// assert!(cache.is_empty());
     /// ```
     pub fn new() -> Self {
+        Self::with_page_capacity(page::DEFAULT_CAP)
+    }
+
+    /// An empty cache whose pages hold at most `cap` extents (at least 2). Tests use tiny
+    /// pages so that changes cross pages all the time; everyone else wants [`new`](Self::new).
+    ///
+    /// ```
+    /// let cache = extent_cache::ExtentCache::<extent_cache::BlockMapping>::with_page_capacity(2);
+    /// assert!(cache.is_empty());
+    /// ```
+    #[doc(hidden)]
+    pub fn with_page_capacity(cap: usize) -> Self {
         ExtentCache {
-            shared: Shared::new(),
-            shortcut: Shortcut::new(),
+            store: Store::new(Shape::new(cap)),
         }
     }
 
     // ----------------------------------------------------------------------------------------
-    // Reading a window.
+    // The two engines: read-only queries and changes.
 
-    /// Reads the window around `[a, b]`: from the `extra + 1`-th visible node at or before `a`
-    /// to the `extra + 1`-th visible node after `b` (or the sentinels).
-    fn collect<'g>(
-        &'g self,
-        a: u64,
-        b: u64,
-        extra: usize,
-        guard: &'g Guard,
-    ) -> Result<Window<'g, M>, Torn> {
-        let shared = &self.shared;
-        let a = a.min(u64::MAX - 1);
-        let b = b.clamp(a, u64::MAX - 1);
-        let mut trace = Vec::with_capacity(8);
-
-        // Backward: find where the window starts.
-        let mut cur = self.walk_back(a, extra + 1, guard, |node, st| trace.push((node, st)));
-
-        // Forward: collect the visible nodes.
-        let mut w = Window {
-            items: Vec::with_capacity(8),
-            nodes: Vec::with_capacity(8),
-            head: None,
-            tail: None,
-            trace,
-            first: None,
-        };
-        if cur.key() == HEAD {
-            w.head = Some(cur.node_ref());
-            w.first = Some(cur.clone());
-            cur = cur
-                .next()
-                .expect("the tail sentinel is always in the index");
-        }
-        let mut beyond = extra + 1;
-        loop {
-            let node = cur.node();
-            if cur.key() == TAIL {
-                w.tail = Some(cur.node_ref());
-                break;
+    /// Runs a read-only query: first on the one page that owns `a` (one slot word: an instant
+    /// by itself), then, when the answer lies beyond that page, on a window of several pages
+    /// confirmed by a second read.
+    fn query<R>(&self, a: u64, b: u64, f: impl Fn(&dyn View<M>) -> Probe<R>) -> Option<R> {
+        let guard = &pin();
+        let dir = self.store.dir(guard)?;
+        if let Some(one) = OnePage::read(&self.store, dir, a, guard) {
+            if let Ok(r) = f(&one) {
+                return Some(r);
             }
-            let st = shared.stage(node, guard);
-            w.trace.push((node as *const Node<M> as usize, st));
-            if st == Stage::Live {
-                let item = node.item.as_ref().expect("only sentinels have no item");
-                if let Some(last) = w.items.last() {
-                    if last.ext.end() > item.ext.start() {
-                        return Err(Torn);
-                    }
-                }
-                let past = item.ext.start() > b;
-                if w.first.is_none() {
-                    w.first = Some(cur.clone());
-                }
-                w.items.push(item.clone());
-                w.nodes.push(cur.node_ref());
-                if past {
-                    beyond -= 1;
-                    if beyond == 0 {
-                        break;
-                    }
-                }
-            }
-            cur = cur
-                .next()
-                .expect("the tail sentinel is always in the index");
         }
-        Ok(w)
+        Some(self.query_window(a, b, f))
     }
 
-    /// A window that is a consistent snapshot: read twice, accepted when both reads saw every
-    /// node in the same stage. Then at an instant between the two reads, the visible extents in
-    /// the window's stretch were exactly its items (see `docs/design.md`, "double collect").
-    fn snapshot_window<'g>(
-        &'g self,
-        a: u64,
-        b: u64,
-        extra: usize,
-        guard: &'g Guard,
-    ) -> Window<'g, M> {
+    /// The several-page half of [`query`](Self::query). Re-pins on each retry, so that a
+    /// reader that keeps losing does not hold back reclamation.
+    fn query_window<R>(&self, a: u64, b: u64, f: impl Fn(&dyn View<M>) -> Probe<R>) -> R {
+        let mut m = Margin::default();
+        let mut tries = 0;
         loop {
-            if let Ok(w) = self.collect(a, b, extra, guard) {
-                if self.confirm(&w, a, b, extra, guard) {
-                    return w;
-                }
-            }
-        }
-    }
-
-    /// Runs a read-only query on a consistent window, widening it until the query fits.
-    fn query<R>(&self, a: u64, b: u64, guard: &Guard, f: impl Fn(&Window<'_, M>) -> Probe<R>) -> R {
-        let mut extra = 0;
-        loop {
-            let w = self.snapshot_window(a, b, extra, guard);
+            retried(&mut tries);
+            let guard = &pin();
+            let dir = self.store.dir(guard);
+            let w = match dir {
+                Some(dir) => match Window::for_read(&self.store, dir, a, b, m, guard) {
+                    Some(w) => w,
+                    None => {
+                        retry_hint();
+                        continue;
+                    }
+                },
+                None => Window::empty(),
+            };
             match f(&w) {
-                Ok(r) => return r,
-                Err(plan::Edge) => extra += 1,
+                Ok(r) if w.confirm(&self.store, dir, guard) => return r,
+                Ok(_) => retry_hint(),
+                Err(plan::Edge) => m.widen(&w),
             }
         }
     }
-
-    // ----------------------------------------------------------------------------------------
-    // Changing the map.
 
     /// Plans an operation on the window around `[a, b]` and publishes its change; retries on a
     /// stale window. Answers that change nothing (errors included) are confirmed by a second
@@ -262,77 +167,75 @@ impl<M: Mapping> ExtentCache<M> {
         b: u64,
         f: impl Fn(&Window<'_, M>) -> Plan<M, R>,
     ) -> Result<R, Error<M>> {
-        let ticket = self.shared.next_seq(1);
-        let mut extra = 0;
+        let mut ticket = None;
+        let mut m = Margin::default();
+        let mut tries = 0;
         loop {
+            retried(&mut tries);
             let guard = &pin();
-            let Ok(w) = self.collect(a, b, extra, guard) else {
-                continue;
+            let dir = self.store.dir(guard);
+            let w = match dir {
+                Some(dir) => match Window::for_write(&self.store, dir, a, b, m, guard) {
+                    Ok(w) => w,
+                    Err(busy) => {
+                        // A change in flight in the window: finish it, then read again.
+                        self.store.help_other(busy.0, busy.1, guard);
+                        continue;
+                    }
+                },
+                None => Window::empty(),
             };
             let planned = match f(&w) {
                 Err(PlanError::Edge) => {
-                    extra += 1;
+                    m.widen(&w);
                     continue;
                 }
                 Err(PlanError::Api(e)) => Err(e),
                 Ok(p) => Ok(p),
             };
-            // An answer that changes nothing (an error included) must hold at one instant:
-            // confirm the window it was read from.
             let planned = match planned {
                 Ok(p) if !p.change.is_empty() => p,
                 answer => {
-                    if self.confirm(&w, a, b, extra, guard) {
+                    if w.confirm(&self.store, dir, guard) {
                         return answer.map(|p| p.answer);
                     }
+                    retry_hint();
                     continue;
                 }
             };
-            let claims = self.claims_for(&w, &planned.change);
-            match self.shared.publish(
-                ticket,
-                claims,
-                planned.change.add,
-                w.first.clone(),
-                guard,
-                |added, claims| self.shortcut.note(added, claims, &self.shared, guard),
+            let rebuilt = match page::rebuild(
+                &w.parts(),
+                w.bound(),
+                w.whole(dir),
+                &planned.change,
+                self.store.shape,
             ) {
+                Ok(r) => r,
+                Err(widen) => {
+                    m.widen_both(widen);
+                    continue;
+                }
+            };
+            let publish = Publish {
+                read: w.read(),
+                rebuilt,
+                bound: w.bound(),
+                delta: planned.change.add.len() as isize - planned.change.remove.len() as isize,
+            };
+            match self.store.publish(dir, publish, &mut ticket, guard) {
                 Outcome::Committed => return Ok(planned.answer),
-                Outcome::Aborted => continue,
+                Outcome::Stale => retry_hint(),
             }
         }
     }
 
-    fn confirm(&self, w: &Window<'_, M>, a: u64, b: u64, extra: usize, guard: &Guard) -> bool {
-        matches!(self.collect(a, b, extra, guard), Ok(again) if again.trace == w.trace)
-    }
-
-    /// Every node of the window, in key order, the removed ones marked.
-    fn claims_for(&self, w: &Window<'_, M>, change: &Change<M>) -> Vec<Claim<M>> {
-        let mut claims = Vec::with_capacity(w.nodes.len() + 2);
-        if let Some(head) = &w.head {
-            claims.push(Claim {
-                node: head.share(),
-                remove: false,
-            });
-        }
-        for (item, node) in w.items.iter().zip(&w.nodes) {
-            let remove = change
-                .remove
-                .iter()
-                .any(|r| r.ext.start() == item.ext.start());
-            claims.push(Claim {
-                node: node.share(),
-                remove,
-            });
-        }
-        if let Some(tail) = &w.tail {
-            claims.push(Claim {
-                node: tail.share(),
-                remove: false,
-            });
-        }
-        claims
+    /// The extent containing `offset`, from its page alone when that page holds an extent at
+    /// or before `offset`.
+    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
+        let dir = self.store.dir(guard)?;
+        let one = OnePage::read(&self.store, dir, offset, guard)?;
+        let item = one.at_or_before(offset).ok()??;
+        item.ext.contains(offset).then_some(item.ext)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -392,7 +295,7 @@ impl<M: Mapping> ExtentCache<M> {
         self.execute(a, b, |w| plan::get_or_insert(w, candidate.clone(), offset))
     }
 
-    /// The extent containing `offset`. Never waits, never writes shared memory.
+    /// The extent containing `offset`. Never waits.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -402,112 +305,26 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.get(5000).unwrap().start(), 4096);
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
-        let guard = &pin();
-        // Fastest path: the node the read shortcut names, if it is visible and covers `offset`.
-        // It comes before anything else, the miss's record included.
-        if let Some(hit) = self.shortcut_hit(offset, guard) {
-            return Some(hit);
-        }
-        // Fast path: the last visible node at or before `offset` in the index (see `hit`). The
-        // walk records what it passes, on the stack, in case it is a miss.
-        let mut first = BackTrace::default();
-        if let Some(hit) = self.scan_back(offset, Some(&mut first), guard) {
-            return Some(hit);
-        }
-        // A deliberately broken read for the model checker to catch (never built normally):
-        // trust the single backward pass, misses included.
-        if cfg!(extent_cache_broken = "single_collect") {
-            return None;
-        }
-        // A miss must hold at one instant too: walk back again and accept the miss when both
-        // walks saw the same nodes in the same stages (the double collect of `docs/design.md`,
-        // over the stretch from `offset` back to the first visible node). A hit on the way is an
-        // answer at its own instant.
-        while !first.overflow {
-            let mut again = BackTrace::default();
-            if let Some(hit) = self.scan_back(offset, Some(&mut again), guard) {
-                return Some(hit);
-            }
-            if again == first {
-                return None;
-            }
-            first = again;
-        }
-        // A long stretch of dead or pending nodes: use the general snapshot.
-        self.query(offset, offset, guard, |w| {
-            Ok(w.containing(offset)?.map(|i| i.ext))
-        })
-    }
-
-    /// A hit found through the read shortcut (see `shortcut.rs`): the table's node at or
-    /// before `offset`, accepted only if it covers `offset` and is visible when its stage is
-    /// read. Visible extents never overlap, so it is then the answer at that instant.
-    fn shortcut_hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
-        let node = self.shortcut.at_or_before(offset, guard)?;
-        let item = node.item.as_ref()?;
-        (item.ext.contains(offset) && self.shared.stage(node, guard) == Stage::Live)
-            .then(|| item.ext.clone())
-    }
-
-    /// A hit at `offset`, if one is found without confirming a miss: through the shortcut,
-    /// else through the index (the last visible node at or before `offset`: if it covers
-    /// `offset`, it was visible when its stage was read, so it was the answer at that instant).
-    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
-        self.shortcut_hit(offset, guard)
-            .or_else(|| self.scan_back(offset, None, guard))
-    }
-
-    /// Walks back from `offset` to the first visible node, recording what it passes when asked.
-    /// Returns that node's extent if it covers `offset`.
-    fn scan_back(
-        &self,
-        offset: u64,
-        mut trace: Option<&mut BackTrace>,
-        guard: &Guard,
-    ) -> Option<Extent<M>> {
-        let c = self.walk_back(offset, 1, guard, |node, st| {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(node, st);
-            }
-        });
-        // The head (nothing before), or the first visible node at or before `offset`.
-        let item = c.node().item.as_ref()?;
-        item.ext.contains(offset).then(|| item.ext.clone())
-    }
-
-    /// Walks back from the last node at or before `x` (clamped below `u64::MAX`) to the
-    /// `need`-th visible node, or to the head, recording each real node it passes (the one it
-    /// stops on included) with its stage. Returns the cursor it stopped on.
-    fn walk_back<'g>(
-        &'g self,
-        x: u64,
-        need: usize,
-        guard: &'g Guard,
-        mut record: impl FnMut(usize, Stage),
-    ) -> Cursor<'g, M> {
-        let mut cur = self
-            .shared
-            .index
-            .at_or_before(&(x.min(u64::MAX - 1), u64::MAX), guard)
-            .expect("the head sentinel is always in the index");
-        let mut need = need;
-        loop {
-            let node = cur.node();
-            if node.item.is_none() {
-                return cur; // the head
-            }
-            let st = self.shared.stage(node, guard);
-            record(node as *const Node<M> as usize, st);
-            if st == Stage::Live {
-                need -= 1;
-                if need == 0 {
-                    return cur;
+        {
+            let guard = &pin();
+            let dir = self.store.dir(guard)?;
+            // Fast path: the page of the slot owning `offset`. One word read is one instant: if
+            // the page holds an extent at or before `offset`, that extent decides hit or miss.
+            if let Some(one) = OnePage::read(&self.store, dir, offset, guard) {
+                let page = one.leaf.page;
+                match page.upto(offset) {
+                    0 if one.leaf.key == 0 => return None,
+                    0 => {}
+                    n => {
+                        let ext = &page.items()[n - 1].ext;
+                        return ext.contains(offset).then(|| ext.clone());
+                    }
                 }
             }
-            cur = cur
-                .prev()
-                .expect("the head sentinel is always in the index");
         }
+        // The extent at or before `offset` lies in an earlier page (or the slot is busy): a
+        // window of several pages, read twice.
+        self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
     }
 
     /// Strict lookup (spec §2); see [`ExtentMap::lookup`].
@@ -523,11 +340,8 @@ impl<M: Mapping> ExtentCache<M> {
         if len == 0 {
             return None;
         }
-        let guard = &pin();
-        if let Some(hit) = self.hit(start, guard) {
-            return Some(hit);
-        }
-        self.query(start, start, guard, |w| plan::lookup(w, start, len))
+        self.query(start, start, |w| plan::lookup(w, start, len))
+            .flatten()
     }
 
     /// Non-strict search (spec §2); see [`ExtentMap::search`].
@@ -540,11 +354,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn search(&self, start: u64, len: u64) -> Option<Extent<M>> {
         let _ = len;
-        let guard = &pin();
-        if let Some(hit) = self.hit(start, guard) {
-            return Some(hit);
-        }
-        self.query(start, start, guard, |w| plan::search(w, start))
+        self.query(start, start, |w| plan::search(w, start))
+            .flatten()
     }
 
     /// All extents in start order.
@@ -563,15 +374,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(starts, [0, 4096]);
     /// ```
     pub fn iter(&self) -> Iter<'_, M> {
-        Iter {
-            cache: self,
-            from: HEAD,
-            end: u64::MAX,
-            lower: 0,
-            floor: 0,
-            buf: VecDeque::new(),
-            done: false,
-        }
+        Iter::new(self, 0, u64::MAX, 0, false)
     }
 
     /// The extents intersecting `[start, end)`, in start order, weakly consistent like
@@ -586,23 +389,14 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn overlapping(&self, start: u64, end: u64) -> Iter<'_, M> {
         // Start from the extent containing `start`, if any: it overlaps the range too. A miss
-        // needs no confirming: an extent visible for the whole call and covering `start` is the
-        // last visible one at or before `start` (visible extents never overlap), so the
-        // unconfirmed walk finds it, and that is all weak consistency promises.
-        let first = self.hit(start, &pin()).map_or(start, |e| e.start());
-        let from = match first.checked_sub(1) {
-            Some(f) => (f, u64::MAX),
-            None => HEAD,
-        };
-        Iter {
-            cache: self,
-            from,
-            end,
-            lower: start,
-            floor: 0,
-            buf: VecDeque::new(),
-            done: start >= end,
+        // needs no confirming: an extent present for the whole call and covering `start` is
+        // found by any read of its page, and that is all weak consistency promises.
+        let first = self.get(start).map_or(start, |e| e.start());
+        let mut it = Iter::new(self, first, end, start, false);
+        if start >= end {
+            it.finish();
         }
+        it
     }
 
     /// Takes this exact extent out; see [`ExtentMap::remove`].
@@ -698,10 +492,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.modified().len(), 1);
     /// ```
     pub fn modified(&self) -> Vec<Extent<M>> {
-        self.iter_items()
-            .filter(|i| i.modified)
-            .map(|i| i.ext)
-            .collect()
+        Iter::new(self, 0, u64::MAX, 0, true).collect()
     }
 
     /// Takes the modified set for an fsync log; see [`ExtentMap::take_modified`]. Each extent
@@ -749,7 +540,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.len(), 1);
     /// ```
     pub fn len(&self) -> usize {
-        self.shared.len()
+        self.store.len()
     }
 
     /// Whether the cache holds no extent (see [`len`](Self::len)).
@@ -786,22 +577,34 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(snap.entries(), vec![(Extent::hole(0, 4096), true)]);
     /// ```
     pub fn snapshot(&self) -> ExtentMap<M> {
-        let guard = &pin();
-        let w = self.snapshot_window(0, u64::MAX - 1, usize::MAX / 2, guard);
-        ExtentMap::from_items(w.items)
+        let m = Margin::default();
+        let mut tries = 0;
+        loop {
+            retried(&mut tries);
+            let guard = &pin();
+            let Some(dir) = self.store.dir(guard) else {
+                return ExtentMap::new();
+            };
+            let Some(w) = Window::for_read(&self.store, dir, 0, u64::MAX, m, guard) else {
+                retry_hint();
+                continue;
+            };
+            if w.confirm(&self.store, Some(dir), guard) {
+                let items = w
+                    .leaves
+                    .iter()
+                    .flat_map(|l| l.page.items().iter().cloned())
+                    .collect();
+                return ExtentMap::from_items(items);
+            }
+            retry_hint();
+        }
     }
 
-    /// Every visible item, weakly consistent (see [`iter`](Self::iter)).
-    fn iter_items(&self) -> impl Iterator<Item = Item<M>> + '_ {
-        let mut it = self.iter();
-        std::iter::from_fn(move || it.next_item())
-    }
-
-    /// Number of nodes in the index, sentinels and not-yet-unlinked dead nodes included
-    /// (diagnostics for memory tests).
+    /// Number of pages in the directory (diagnostics for memory tests).
     #[doc(hidden)]
-    pub fn index_nodes(&self) -> usize {
-        self.shared.index.raw_len()
+    pub fn pages(&self) -> usize {
+        self.store.pages(&pin())
     }
 }
 
@@ -824,122 +627,78 @@ impl ExtentCache<BlockMapping> {
 
 #[cfg(all(test, loom))]
 impl ExtentCache<BlockMapping> {
-    /// Starts a `replace_range` and stops it after `claims` claims, as if its thread were
-    /// descheduled forever. Returns the stalled descriptor, or `None` when the plan changed
-    /// nothing.
+    /// Starts a `replace_range` whose window spans several pages and stops it after `claims`
+    /// claims, as if its thread were descheduled forever. Returns the stalled descriptor, or
+    /// `None` when the change needs no descriptor.
     pub(crate) fn stall_replace_range(&self, new: Extent, claims: usize) -> Option<usize> {
         let (a, b) = around(new.start().saturating_sub(1), new.end());
-        let ticket = self.shared.next_seq(1);
         let guard = &pin();
-        let mut extra = 0;
+        let mut m = Margin::default();
         loop {
-            let Ok(w) = self.collect(a, b, extra, guard) else {
-                continue;
+            let dir = self.store.dir(guard)?;
+            let Ok(w) = Window::for_write(&self.store, dir, a, b, m, guard) else {
+                return None;
             };
-            match plan::replace_range(&w, new, false) {
-                Err(PlanError::Edge) => extra += 1,
-                Err(PlanError::Api(_)) => return None,
-                Ok(p) => {
-                    let c = self.claims_for(&w, &p.change);
-                    return Some(self.shared.publish_stalled(
-                        ticket,
-                        c,
-                        p.change.add,
-                        claims,
-                        guard,
-                    ));
+            let planned = match plan::replace_range(&w, new, false) {
+                Err(PlanError::Edge) => {
+                    m.widen(&w);
+                    continue;
                 }
+                Err(PlanError::Api(_)) => return None,
+                Ok(p) => p,
+            };
+            let rebuilt = page::rebuild(
+                &w.parts(),
+                w.bound(),
+                w.whole(Some(dir)),
+                &planned.change,
+                self.store.shape,
+            )
+            .ok()?;
+            if w.leaves.len() < 2 {
+                return None;
             }
+            let publish = Publish {
+                read: w.read(),
+                rebuilt,
+                bound: w.bound(),
+                delta: planned.change.add.len() as isize - planned.change.remove.len() as isize,
+            };
+            return Some(self.store.publish_stalled(publish, claims, guard));
         }
     }
 
-    /// Lets a stalled change run to its end and frees it.
+    /// The directory as text (for model failures).
+    pub(crate) fn dump(&self) -> String {
+        let guard = &pin();
+        let Some(dir) = self.store.dir(guard) else {
+            return "no dir".into();
+        };
+        let mut out = String::new();
+        for i in 0..dir.len() {
+            let slot = dir.slot(i);
+            let w = match self.store.word(slot, guard) {
+                crate::store::Word::Page(p) => format!(
+                    "page {:?}",
+                    p.items()
+                        .iter()
+                        .map(|i| (i.ext.start(), i.ext.end()))
+                        .collect::<Vec<_>>()
+                ),
+                crate::store::Word::Desc(d) => format!("desc {:?}", d.status()),
+            };
+            out += &format!("[{} key {}: {}] ", i, dir.keys[i], w);
+        }
+        out
+    }
+
+    /// Lets a stalled change run to its end.
     pub(crate) fn resume(&self, stalled: usize) {
-        self.shared.resume(stalled, &pin());
+        self.store.resume(stalled, &pin());
     }
 }
 
 /// The inclusive offsets `[a, b]` a window must cover for an operation on `[lo, hi)`.
 fn around(lo: u64, hi: u64) -> (u64, u64) {
     (lo, hi.saturating_sub(1).max(lo))
-}
-
-/// Iterator over the extents of an [`ExtentCache`], in start order; see
-/// [`ExtentCache::iter`].
-///
-/// ```
-/// let cache = extent_cache::ExtentCache::new();
-/// cache.insert(extent_cache::Extent::hole(0, 1)).unwrap();
-/// let mut it = cache.iter();
-/// assert!(it.next().is_some());
-/// assert!(it.next().is_none());
-/// ```
-pub struct Iter<'c, M: Mapping> {
-    cache: &'c ExtentCache<M>,
-    /// The last key read: reading resumes after it.
-    from: Key,
-    /// Stop at extents starting at or after this offset.
-    end: u64,
-    /// Skip extents ending at or before this offset (`overlapping` skips what ends before its
-    /// start).
-    lower: u64,
-    /// The end of the last extent yielded: an extent starting before it would overlap it (a
-    /// newer node that replaced the one already yielded), so it is skipped.
-    floor: u64,
-    buf: VecDeque<Item<M>>,
-    done: bool,
-}
-
-impl<M: Mapping> Iter<'_, M> {
-    const BATCH: usize = 64;
-
-    fn refill(&mut self) {
-        let guard = &pin();
-        let shared = &self.cache.shared;
-        let mut cur = shared.index.after(&self.from, guard);
-        let mut n = 0;
-        while let Some(c) = cur {
-            let node = c.node();
-            let Some(item) = &node.item else {
-                break; // the tail
-            };
-            if item.ext.start() >= self.end {
-                break;
-            }
-            if item.ext.end() > self.lower
-                && item.ext.start() >= self.floor
-                && shared.stage(node, guard) == Stage::Live
-            {
-                self.floor = item.ext.end();
-                self.buf.push_back(item.clone());
-                n += 1;
-            }
-            self.from = c.key();
-            if n == Self::BATCH {
-                return;
-            }
-            cur = c.next();
-        }
-        self.done = true;
-    }
-
-    fn next_item(&mut self) -> Option<Item<M>> {
-        loop {
-            if let Some(i) = self.buf.pop_front() {
-                return Some(i);
-            }
-            if self.done {
-                return None;
-            }
-            self.refill();
-        }
-    }
-}
-
-impl<M: Mapping> Iterator for Iter<'_, M> {
-    type Item = Extent<M>;
-
-    fn next(&mut self) -> Option<Extent<M>> {
-        self.next_item().map(|i| i.ext)
-    }
 }

@@ -8,13 +8,12 @@
 mod cache;
 pub mod error;
 pub mod extent;
-mod index;
 #[cfg(all(test, loom))]
 mod loom_models;
+mod page;
 mod plan;
-mod protocol;
 pub mod reference;
-mod shortcut;
+mod store;
 mod sync;
 
 pub use cache::{ExtentCache, Iter};

@@ -6,14 +6,15 @@
 //! [`reference::ExtentMap`](crate::reference::ExtentMap) produces.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --lib loom_`.
-//! The index is the loom stand-in (`index.rs`); descriptors, status words, claims, helping and
-//! the reclamation hand-off are the real code.
+//! Everything is the real code — directory, slot words, descriptors, claims, helping, the
+//! directory swap — except the epoch, whose stand-in frees nothing before the cache is dropped.
+//! Most models use pages of two extents, so that a change spans pages, splits or merges them.
 
 use loom::thread;
 
 use crate::reference::ExtentMap;
-use crate::sync::Arc;
 use crate::{Extent, ExtentCache};
+use loom::sync::Arc;
 
 fn model<F: Fn() + Sync + Send + 'static>(f: F) {
     let mut builder = loom::model::Builder::new();
@@ -266,25 +267,29 @@ fn loom_remove_races_get_or_insert() {
     });
 }
 
-//   before:  [0 ........ 16K) X
-//   T1:      replace_range([0 .. 8K) S) claims one node, then its thread stops for good
-//   T2:      replace_range(    [4K .. 12K) W), then get(14K)   must finish, never a miss
+//   before:  [0 ........ 16K) X  [20K .. 24K) Y   [28K .. 32K) Z      (pages of two: X Y | Z)
+//   T1:      replace_range([8K ............... 30K) S) claims one page, then its thread stops
+//   T2:      replace_range(    [12K .. 16K) W), then get(22K)   must finish, never a miss
 #[test]
 fn loom_stalled_change_does_not_block_others() {
     model(|| {
         let x = ext(0, 4 * K, 1);
-        let s = ext(0, 2 * K, 2);
-        let w = ext(K, 2 * K, 3);
-        let cache = Arc::new(ExtentCache::new());
+        let y = ext(5 * K, K, 4);
+        let z = ext(7 * K, K, 5);
+        let s = ext(2 * K, 5 * K + K / 2, 2);
+        let w = ext(3 * K, K, 3);
+        let cache = Arc::new(tiny());
         cache.insert(x).unwrap();
+        cache.insert(y).unwrap();
+        cache.insert(z).unwrap();
         let c1 = cache.clone();
         let t1 = thread::spawn(move || c1.stall_replace_range(s, 1));
         let c2 = cache.clone();
         let t2 = thread::spawn(move || {
             c2.replace_range(w, false).unwrap();
-            c2.get(3 * K + 100)
+            c2.get(5 * K + 100)
         });
-        assert!(t2.join().unwrap().is_some(), "offset 14K is always covered");
+        assert!(t2.join().unwrap().is_some(), "offset 20K is always covered");
         // T2 finished while T1 was stopped. Now let T1 come back, so memory is freed and the
         // final state can be checked against the sequential orders.
         if let Some(d) = t1.join().unwrap() {
@@ -293,6 +298,8 @@ fn loom_stalled_change_does_not_block_others() {
         assert_no_overlap(&cache);
         let mut init = ExtentMap::new();
         init.insert(x).unwrap();
+        init.insert(y).unwrap();
+        init.insert(z).unwrap();
         let mut finals = sequential_finals(
             &init,
             &[
@@ -305,5 +312,101 @@ fn loom_stalled_change_does_not_block_others() {
         only_w.replace_range(w, false).unwrap();
         finals.push(only_w.entries());
         assert!(finals.contains(&entries(&cache)), "{:?}", entries(&cache));
+    });
+}
+
+/// A cache whose pages hold at most two extents.
+fn tiny() -> ExtentCache {
+    ExtentCache::with_page_capacity(2)
+}
+
+//   pages of three:  | A [0 .. 4K)  B [8K .. 12K) | E [44K .. 48K) |   (C and D were removed:
+//            the second page covers [36K, ..) and its first extent starts at 44K)
+//   T1:      insert(X [30K ...... 38K))     X goes in the first page; its plan reads the second
+//   T2:      insert(      Y [37K .. 39K))   Y goes in the second page; its plan reads the first
+//   after:   exactly one of them is in (they overlap); the other got Exists.
+#[test]
+fn loom_inserts_that_read_each_others_page() {
+    model(|| {
+        let [a, b, c, d, e] = [0, 2, 5, 9, 11].map(|at| ext(at * K, K, at + 1));
+        let x = ext(7 * K + K / 2, 2 * K, 20);
+        let y = ext(9 * K + K / 4, K / 2, 21);
+        let cache = Arc::new(ExtentCache::with_page_capacity(3));
+        for ext in [a, b, c, d, e] {
+            cache.insert(ext).unwrap();
+        }
+        assert!(cache.remove(&d));
+        assert!(cache.remove(&c));
+        assert_eq!(cache.pages(), 2);
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.insert(x).is_ok());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.insert(y).is_ok());
+        let (ok1, ok2) = (t1.join().unwrap(), t2.join().unwrap());
+        assert_no_overlap(&cache);
+        assert!(
+            ok1 != ok2,
+            "two overlapping inserts: exactly one must win ({ok1}, {ok2})"
+        );
+    });
+}
+
+//   pages:   | A [0 .. 4K) | C [20K .. 24K) |
+//   T1:      replace_range(N [2K ........ 21K))   one change over both pages
+//   T2:      insert(Z [30K .. 31K))               a one-page change to the second page
+//   T3:      get(3K), then get(20.5K)             once N is seen, it stays seen
+#[test]
+fn loom_reader_never_sees_a_pending_change() {
+    model(|| {
+        let a = ext(0, K, 1);
+        let b = ext(2 * K, K, 9);
+        let c = ext(5 * K, K, 2);
+        // [2K, 21K): the start of A's page to just inside C.
+        let n = ext(K / 2, 5 * K + K / 4 - K / 2, 3);
+        let z = ext(7 * K + K / 2, K / 4, 4);
+        let cache = Arc::new(tiny());
+        for e in [a, b, c] {
+            cache.insert(e).unwrap();
+        }
+        assert!(cache.remove(&b));
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.replace_range(n, false).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.insert(z).unwrap());
+        let c3 = cache.clone();
+        let t3 = thread::spawn(move || (c3.get(3 * K / 4), c3.get(5 * K + K / 8)));
+        t1.join().unwrap();
+        t2.join().unwrap();
+        let (g1, g2) = t3.join().unwrap();
+        if g1 == Some(n) {
+            assert_eq!(g2, Some(n), "a reader saw the new extent, then the old one");
+        }
+        assert_no_overlap(&cache);
+    });
+}
+
+//   page:    | A [0 .. 4K)  B [8K .. 12K) |    full
+//   T1:      insert(C [16K .. 20K))           splits the page
+//   T2:      get_or_insert(F [4K .. 8K), 5K)  fills the gap between A and B
+//   after:   A B C F all in, in two or three pages, whatever the order.
+#[test]
+fn loom_page_split_races_fill() {
+    model(|| {
+        let a = ext(0, K, 1);
+        let b = ext(2 * K, K, 2);
+        let c = ext(4 * K, K, 3);
+        let f = ext(K, K, 4);
+        let cache = Arc::new(tiny());
+        cache.insert(a).unwrap();
+        cache.insert(b).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.insert(c).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(f, K + K / 4).unwrap());
+        t1.join().unwrap();
+        assert_eq!(t2.join().unwrap(), f);
+        let mut all: Vec<Extent> = entries(&cache).into_iter().map(|(e, _)| e).collect();
+        all.sort_by_key(|e| e.start());
+        assert_eq!(all, vec![a, f, b, c], "a change was lost: {}", cache.dump());
     });
 }

@@ -334,9 +334,16 @@ fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     );
 }
 
-/// Runs `ops` on a fresh cache and a fresh reference, comparing after every step.
+/// Runs `ops` on a fresh cache and a fresh reference, comparing after every step: with the
+/// default pages, and with pages of 2 and 3 extents, where most changes span, split or merge
+/// pages.
 fn run(ops: &[Op]) {
-    let cache = ExtentCache::new();
+    run_on(ExtentCache::new(), ops);
+    run_on(ExtentCache::with_page_capacity(2), ops);
+    run_on(ExtentCache::with_page_capacity(3), ops);
+}
+
+fn run_on(cache: ExtentCache, ops: &[Op]) {
     let mut reference = ExtentMap::new();
     let mut logged = Vec::new();
     for op in ops {

@@ -13,7 +13,7 @@ use extent_cache::reference::ExtentMap;
 use extent_cache::{Extent, ExtentCache};
 use lincheck::{
     BLOCK, Concurrent, Event, Gen, History, Op, Ret, Rng, Verdict, check, check_invariants,
-    prepare, record,
+    prepare, prepare_tiny, record,
 };
 
 /// Seeds come from `LINCHECK_SEED` when set (to replay a failure), else from a fixed base.
@@ -24,11 +24,15 @@ fn base_seed() -> u64 {
         .unwrap_or(0x5eed_0000)
 }
 
-/// Records one random history of the real cache from `seed` and checks it.
+/// Records one random history of the real cache from `seed` and checks it. Two seeds in three
+/// run on tiny pages (2 or 3 extents), where most changes span, split or merge pages.
 fn one_history(seed: u64) -> (History, Verdict) {
     let mut g = Gen::new(seed, 8);
     let setup = g.setup();
-    let (initial, cache) = prepare(&setup);
+    let (initial, cache) = match seed % 3 {
+        0 => prepare(&setup),
+        r => prepare_tiny(&setup, r as usize + 1),
+    };
     let threads = 2 + g.rng.below(3) as usize;
     let total = 8 + g.rng.below(20) as usize;
     let plan = g.plan(threads, total);

@@ -553,7 +553,16 @@ impl Gen {
 /// Runs `setup` in sequence on a new [`ExtentCache`] and a new reference map, checking that
 /// both answer alike, and returns the reference map (the history's initial state) and the cache.
 pub fn prepare(setup: &[Op]) -> (ExtentMap, ExtentCache) {
-    let cache = ExtentCache::new();
+    prepare_with(setup, ExtentCache::new())
+}
+
+/// [`prepare`] on a cache whose pages hold at most `cap` extents: with tiny pages almost every
+/// change spans several pages, splits or merges them.
+pub fn prepare_tiny(setup: &[Op], cap: usize) -> (ExtentMap, ExtentCache) {
+    prepare_with(setup, ExtentCache::with_page_capacity(cap))
+}
+
+fn prepare_with(setup: &[Op], cache: ExtentCache) -> (ExtentMap, ExtentCache) {
     let mut map = ExtentMap::new();
     for op in setup {
         let want = apply(&mut map, op);

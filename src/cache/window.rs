@@ -1,0 +1,319 @@
+//! Windows: the part of the map a plan reads, as pages of consecutive slots.
+//!
+//! A *writer's* window holds the pages of the slots `[lo, hi]` of one directory, read one word
+//! each; a slot claimed by a change in flight makes the writer help that change and read again
+//! (a writer never plans on a claimed slot). A *reader's* window follows claimed and forwarded
+//! slots to the pages they stand for ([`Store::leaves`]) and writes nothing. Either is a
+//! consistent picture of its range only when confirmed: a single slot word is one instant by
+//! itself; several are confirmed by reading them again (the double collect of
+//! `docs/design.md`).
+
+use core::cell::Cell;
+
+use crate::extent::Mapping;
+use crate::page::{Part, Widen};
+use crate::plan::{self, Item, Probe, View};
+use crate::store::{Busy, Dir, Leaf, Seen, Slot, Store, Word};
+use crate::sync::epoch::Guard;
+
+/// Consecutive pages covering `[leaves[0].key, leaves.last().bound)`, with what was seen in
+/// each slot word.
+pub(crate) struct Window<'g, M> {
+    pub(crate) leaves: Vec<Leaf<'g, M>>,
+    seen: Vec<Seen>,
+    /// The directory slots read, `lo..=hi` (unused for an empty map).
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    /// Whether a query ran past the window's left or right end.
+    edge_left: Cell<bool>,
+    edge_right: Cell<bool>,
+}
+
+/// How much wider than its operation's own range a window is read, in slots on each side.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Margin {
+    pub(crate) left: usize,
+    pub(crate) right: usize,
+}
+
+impl Margin {
+    /// One more slot on each side the last window ran out of (both when unknown).
+    pub(crate) fn widen<M>(&mut self, w: &Window<'_, M>) {
+        let (l, r) = (w.edge_left.get(), w.edge_right.get());
+        self.left += usize::from(l || !r);
+        self.right += usize::from(r || !l);
+    }
+
+    pub(crate) fn widen_both(&mut self, _: Widen) {
+        self.left += 1;
+        self.right += 1;
+    }
+}
+
+impl<'g, M: Mapping> Window<'g, M> {
+    /// The window of an empty map (no directory yet).
+    pub(crate) fn empty() -> Self {
+        Window {
+            leaves: Vec::new(),
+            seen: Vec::new(),
+            lo: 0,
+            hi: 0,
+            edge_left: Cell::new(false),
+            edge_right: Cell::new(false),
+        }
+    }
+
+    /// The slot range of `dir` covering `[a, b]` widened by `m`.
+    fn range(dir: &Dir<M>, a: u64, b: u64, m: Margin) -> (usize, usize) {
+        let lo = dir.slot_of(a).saturating_sub(m.left);
+        let hi = (dir.slot_of(b) + m.right).min(dir.len() - 1);
+        (lo, hi)
+    }
+
+    /// A writer's window: the pages of the slots around `[a, b]`, or the change in flight in
+    /// one of them.
+    pub(crate) fn for_write(
+        store: &Store<M>,
+        dir: &'g Dir<M>,
+        a: u64,
+        b: u64,
+        m: Margin,
+        guard: &'g Guard,
+    ) -> Result<Self, Busy<'g, M>> {
+        let (lo, hi) = Self::range(dir, a, b, m);
+        let mut w = Window {
+            leaves: Vec::with_capacity(hi - lo + 1),
+            seen: Vec::new(),
+            lo,
+            hi,
+            edge_left: Cell::new(false),
+            edge_right: Cell::new(false),
+        };
+        for i in lo..=hi {
+            let slot = dir.slot(i);
+            match store.word(slot, guard) {
+                Word::Page(page) => w.leaves.push(Leaf {
+                    slot,
+                    key: slot.key,
+                    bound: dir.bound(i),
+                    page,
+                }),
+                Word::Desc(d) => return Err(Busy(d, slot)),
+            }
+        }
+        Ok(w)
+    }
+
+    /// A reader's window over the slots around `[a, b]`: never waits, writes nothing. `None`
+    /// when the directory moved on while the window was read (read again).
+    pub(crate) fn for_read(
+        store: &Store<M>,
+        dir: &'g Dir<M>,
+        a: u64,
+        b: u64,
+        m: Margin,
+        guard: &'g Guard,
+    ) -> Option<Self> {
+        let (lo, hi) = Self::range(dir, a, b, m);
+        let mut w = Window {
+            leaves: Vec::with_capacity(hi - lo + 1),
+            seen: Vec::with_capacity(hi - lo + 1),
+            lo,
+            hi,
+            edge_left: Cell::new(false),
+            edge_right: Cell::new(false),
+        };
+        for i in lo..=hi {
+            let leaves = (&mut w.leaves, &mut w.seen);
+            store
+                .leaves(dir.slot(i), dir.bound(i), dir, guard, leaves.0, leaves.1)
+                .ok()?;
+        }
+        Some(w)
+    }
+
+    /// Whether the slots of `dir` read into this window say the same now as when it was read.
+    /// `writer` windows compare page words, readers' also what they followed.
+    pub(crate) fn confirm(
+        &self,
+        store: &Store<M>,
+        dir: Option<&'g Dir<M>>,
+        guard: &'g Guard,
+    ) -> bool {
+        let Some(dir) = dir else {
+            return store.dir(guard).is_none();
+        };
+        let mut leaves = Vec::with_capacity(self.leaves.len());
+        let mut seen = Vec::with_capacity(self.seen.len().max(self.leaves.len()));
+        for i in self.lo..=self.hi {
+            if store
+                .leaves(
+                    dir.slot(i),
+                    dir.bound(i),
+                    dir,
+                    guard,
+                    &mut leaves,
+                    &mut seen,
+                )
+                .is_err()
+            {
+                return false;
+            }
+        }
+        if self.seen.is_empty() {
+            // A writer's window: every slot held a page.
+            return leaves.len() == self.leaves.len()
+                && leaves
+                    .iter()
+                    .zip(&self.leaves)
+                    .all(|(a, b)| core::ptr::eq(a.page, b.page) && core::ptr::eq(a.slot, b.slot));
+        }
+        seen == self.seen
+    }
+
+    /// The window as the page rebuild sees it.
+    pub(crate) fn parts(&self) -> Vec<Part<'_, M>> {
+        Store::parts(&self.leaves)
+    }
+
+    /// Every slot read with the page read there (a writer's window).
+    pub(crate) fn read(&self) -> Vec<(*const Slot<M>, *const crate::page::Page<M>)> {
+        self.leaves
+            .iter()
+            .map(|l| (l.slot, l.page as *const _))
+            .collect()
+    }
+
+    /// The end of the window's range.
+    pub(crate) fn bound(&self) -> Option<u64> {
+        self.leaves.last().and_then(|l| l.bound)
+    }
+
+    /// Whether the window holds every slot of `dir`.
+    pub(crate) fn whole(&self, dir: Option<&Dir<M>>) -> bool {
+        dir.is_none_or(|d| self.lo == 0 && self.hi + 1 == d.len())
+    }
+
+    fn left_edge<T>(&self) -> Probe<T> {
+        self.edge_left.set(true);
+        Err(plan::Edge)
+    }
+
+    fn right_edge<T>(&self) -> Probe<T> {
+        self.edge_right.set(true);
+        Err(plan::Edge)
+    }
+}
+
+impl<M: Mapping> View<M> for Window<'_, M> {
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let (Some(first), Some(last)) = (self.leaves.first(), self.leaves.last()) else {
+            return Ok(None);
+        };
+        if off < first.key {
+            return self.left_edge();
+        }
+        if last.bound.is_some_and(|b| off >= b) {
+            return self.right_edge();
+        }
+        let p = self.leaves.partition_point(|l| l.key <= off) - 1;
+        for (q, leaf) in self.leaves[..=p].iter().enumerate().rev() {
+            let items = leaf.page.items();
+            let n = if q == p {
+                leaf.page.upto(off)
+            } else {
+                items.len()
+            };
+            if n > 0 {
+                return Ok(Some(items[n - 1].clone()));
+            }
+        }
+        if first.key == 0 {
+            Ok(None)
+        } else {
+            self.left_edge()
+        }
+    }
+
+    fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let (Some(first), Some(last)) = (self.leaves.first(), self.leaves.last()) else {
+            return Ok(None);
+        };
+        if off < first.key {
+            return self.left_edge();
+        }
+        if last.bound.is_some_and(|b| off >= b) {
+            return self.right_edge();
+        }
+        let p = self.leaves.partition_point(|l| l.key <= off) - 1;
+        for (q, leaf) in self.leaves.iter().enumerate().skip(p) {
+            let items = leaf.page.items();
+            let n = if q == p { leaf.page.upto(off) } else { 0 };
+            if n < items.len() {
+                return Ok(Some(items[n].clone()));
+            }
+        }
+        if last.bound.is_none() {
+            Ok(None)
+        } else {
+            self.right_edge()
+        }
+    }
+}
+
+/// A window of one page read from one slot word: a consistent picture by itself (one load is
+/// one instant), and it needs no allocation. Queries that run past it answer [`plan::Edge`].
+pub(crate) struct OnePage<'g, M> {
+    pub(crate) leaf: Leaf<'g, M>,
+}
+
+impl<'g, M: Mapping> OnePage<'g, M> {
+    /// The page of the slot owning `off`, if that slot holds a page.
+    pub(crate) fn read(
+        store: &Store<M>,
+        dir: &'g Dir<M>,
+        off: u64,
+        guard: &'g Guard,
+    ) -> Option<Self> {
+        let i = dir.slot_of(off);
+        let slot = dir.slot(i);
+        match store.word(slot, guard) {
+            Word::Page(page) => Some(OnePage {
+                leaf: Leaf {
+                    slot,
+                    key: slot.key,
+                    bound: dir.bound(i),
+                    page,
+                },
+            }),
+            Word::Desc(_) => None,
+        }
+    }
+}
+
+impl<M: Mapping> View<M> for OnePage<'_, M> {
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let l = &self.leaf;
+        if off < l.key || l.bound.is_some_and(|b| off >= b) {
+            return Err(plan::Edge);
+        }
+        match l.page.upto(off) {
+            0 if l.key == 0 => Ok(None),
+            0 => Err(plan::Edge),
+            n => Ok(Some(l.page.items()[n - 1].clone())),
+        }
+    }
+
+    fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let l = &self.leaf;
+        if off < l.key || l.bound.is_some_and(|b| off >= b) {
+            return Err(plan::Edge);
+        }
+        let n = l.page.upto(off);
+        match l.page.items().get(n) {
+            Some(i) => Ok(Some(i.clone())),
+            None if l.bound.is_none() => Ok(None),
+            None => Err(plan::Edge),
+        }
+    }
+}

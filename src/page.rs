@@ -1,0 +1,384 @@
+//! Pages: immutable, sorted runs of extents, and the pure arithmetic of rebuilding them after a
+//! change.
+//!
+//! A [`Page`] never changes once built: a change to the map builds new pages and publishes
+//! them (see `store.rs`). Everything in this file is sequential and pure, so it is unit-tested
+//! here, next to the code.
+
+use crate::plan::{Change, Item};
+
+/// An immutable, sorted run of items (start order, no overlap), with how many of them are in
+/// the modified set.
+pub(crate) struct Page<M> {
+    items: Box<[Item<M>]>,
+    /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
+    /// set's walks.
+    modified: usize,
+}
+
+impl<M> Page<M> {
+    /// A page holding `items` (already sorted and non-overlapping).
+    pub(crate) fn new(items: Vec<Item<M>>) -> Self {
+        let modified = items.iter().filter(|i| i.modified).count();
+        Page {
+            items: items.into_boxed_slice(),
+            modified,
+        }
+    }
+
+    /// The items, in start order.
+    pub(crate) fn items(&self) -> &[Item<M>] {
+        &self.items
+    }
+
+    /// How many items are in the modified set.
+    pub(crate) fn modified(&self) -> usize {
+        self.modified
+    }
+
+    /// The number of items whose start is `<= off` (the index of the first item after `off`).
+    pub(crate) fn upto(&self, off: u64) -> usize
+    where
+        M: crate::extent::Mapping,
+    {
+        self.items.partition_point(|i| i.ext.start() <= off)
+    }
+}
+
+/// How full pages are kept. Tests use tiny pages so that changes cross pages all the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// The most items a page holds.
+    pub(crate) cap: usize,
+    /// How many items a rebuilt page gets when a run of pages is repacked.
+    pub(crate) fill: usize,
+    /// A changed page with fewer items than this is merged with its neighbours.
+    pub(crate) min: usize,
+}
+
+impl Shape {
+    /// The page shape for pages of at most `cap` items (`cap >= 2`).
+    pub(crate) const fn new(cap: usize) -> Shape {
+        let cap = if cap < 2 { 2 } else { cap };
+        let fill = cap - cap / 8;
+        let min = if cap / 4 == 0 { 1 } else { cap / 4 };
+        Shape { cap, fill, min }
+    }
+}
+
+/// The page size the cache uses unless told otherwise: measured in `docs/performance.md`.
+pub(crate) const DEFAULT_CAP: usize = 32;
+
+/// One page of a window, as the rebuild sees it: its slot's key and its items.
+#[derive(Clone, Copy)]
+pub(crate) struct Part<'a, M> {
+    pub(crate) key: u64,
+    pub(crate) items: &'a [Item<M>],
+}
+
+/// The new contents of a window's slots after a change.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Rebuilt<M> {
+    /// Slot by slot: the new items of each slot, `None` where the slot does not change.
+    InPlace(Vec<Option<Vec<Item<M>>>>),
+    /// The window's slots are replaced by new ones: `(key, items)` in key order. The first key
+    /// is the window's first key, so the slots around the window keep their ranges.
+    Repacked(Vec<(u64, Vec<Item<M>>)>),
+}
+
+/// The window is too narrow for the change: an added item falls outside it, or a page that
+/// became too small has no neighbour in the window to merge with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Widen;
+
+/// Applies `change` to the window `parts` (consecutive slots in key order; `bound` is the key
+/// of the slot after the window, `None` when the window reaches the end of the map;
+/// `whole` says the window holds every slot of the map).
+///
+/// Removed items are found by their start (starts are unique in a map). Pages that overflow
+/// `shape.cap`, or changed pages that fall below `shape.min` when a neighbour is in the window,
+/// make the whole window repacked.
+pub(crate) fn rebuild<M: crate::extent::Mapping>(
+    parts: &[Part<'_, M>],
+    bound: Option<u64>,
+    whole: bool,
+    change: &Change<M>,
+    shape: Shape,
+) -> Result<Rebuilt<M>, Widen> {
+    let Some(first) = parts.first() else {
+        // No slot at all (an empty map): everything goes into new slots.
+        return Ok(Rebuilt::Repacked(repack(
+            change.add.clone(),
+            0,
+            shape,
+            true,
+        )));
+    };
+    if change
+        .add
+        .iter()
+        .any(|a| a.ext.start() < first.key || bound.is_some_and(|b| a.ext.start() >= b))
+    {
+        return Err(Widen);
+    }
+    let (mut ri, mut ai) = (0, 0);
+    let mut slots = Vec::with_capacity(parts.len());
+    let (mut overflow, mut underflow) = (false, false);
+    for (k, part) in parts.iter().enumerate() {
+        let hi = parts.get(k + 1).map(|p| p.key).or(bound);
+        let below = |i: &Item<M>| hi.is_none_or(|h| i.ext.start() < h);
+        let r_end = ri + change.remove[ri..].partition_point(below);
+        let a_end = ai + change.add[ai..].partition_point(below);
+        if ri == r_end && ai == a_end {
+            slots.push(None);
+            continue;
+        }
+        let items = apply(
+            part.items,
+            &change.remove[ri..r_end],
+            &change.add[ai..a_end],
+        );
+        overflow |= items.len() > shape.cap;
+        underflow |= items.len() < shape.min;
+        slots.push(Some(items));
+        (ri, ai) = (r_end, a_end);
+    }
+    debug_assert_eq!(
+        ri,
+        change.remove.len(),
+        "every removed item lies in the window"
+    );
+    if !overflow && !underflow {
+        return Ok(Rebuilt::InPlace(slots));
+    }
+    if !overflow && parts.len() == 1 {
+        // A small page with no neighbour in the window: keep it if it is the only page,
+        // else ask for the neighbours to merge with.
+        return if whole {
+            Ok(Rebuilt::InPlace(slots))
+        } else {
+            Err(Widen)
+        };
+    }
+    let mut all = Vec::new();
+    for (part, new) in parts.iter().zip(slots) {
+        match new {
+            Some(items) => all.extend(items),
+            None => all.extend(part.items.iter().cloned()),
+        }
+    }
+    Ok(Rebuilt::Repacked(repack(
+        all,
+        first.key,
+        shape,
+        bound.is_none(),
+    )))
+}
+
+/// `items` without `remove` and with `add` (all three sorted by start).
+fn apply<M: crate::extent::Mapping>(
+    items: &[Item<M>],
+    remove: &[Item<M>],
+    add: &[Item<M>],
+) -> Vec<Item<M>> {
+    let mut out = Vec::with_capacity(items.len() + add.len() - remove.len().min(items.len()));
+    let mut r = remove.iter().peekable();
+    let mut a = add.iter().peekable();
+    for item in items {
+        let start = item.ext.start();
+        while let Some(x) = a.next_if(|x| x.ext.start() < start) {
+            out.push(x.clone());
+        }
+        if r.next_if(|x| x.ext.start() == start).is_some() {
+            continue;
+        }
+        out.push(item.clone());
+    }
+    out.extend(a.cloned());
+    debug_assert!(r.next().is_none(), "a removed item is not in its page");
+    out
+}
+
+/// Cuts `items` into pages of about `shape.fill` items. At the end of the map (`tail`) pages
+/// are filled in order, so that appending leaves full pages behind; elsewhere the items are
+/// spread evenly. The first page gets `first_key`, the others the start of their first item.
+fn repack<M: crate::extent::Mapping>(
+    items: Vec<Item<M>>,
+    first_key: u64,
+    shape: Shape,
+    tail: bool,
+) -> Vec<(u64, Vec<Item<M>>)> {
+    let n = items.len();
+    let pages = n.div_ceil(shape.fill).max(1);
+    let mut sizes: Vec<usize> = if tail {
+        let mut s = vec![shape.fill; pages];
+        s[pages - 1] = n - shape.fill * (pages - 1);
+        // Never leave a last page below the minimum when it can borrow from the one before.
+        if pages > 1 && s[pages - 1] < shape.min {
+            let both = s[pages - 2] + s[pages - 1];
+            s[pages - 2] = both - both / 2;
+            s[pages - 1] = both / 2;
+        }
+        s
+    } else {
+        (0..pages)
+            .map(|i| n / pages + usize::from(i < n % pages))
+            .collect()
+    };
+    if n == 0 {
+        sizes = vec![0];
+    }
+    let mut out = Vec::with_capacity(pages);
+    let mut rest = items.into_iter();
+    for (i, size) in sizes.into_iter().enumerate() {
+        let page: Vec<Item<M>> = rest.by_ref().take(size).collect();
+        let key = if i == 0 {
+            first_key
+        } else {
+            page[0].ext.start()
+        };
+        out.push((key, page));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Extent;
+
+    fn item(start: u64, len: u64) -> Item<crate::BlockMapping> {
+        Item {
+            ext: Extent::hole(start, len),
+            modified: false,
+        }
+    }
+
+    fn starts(items: &[Item<crate::BlockMapping>]) -> Vec<u64> {
+        items.iter().map(|i| i.ext.start()).collect()
+    }
+
+    //   page at 0:   [0,1) [10,11) [20,21)
+    //   change:      - [10,11)  + [5,6) + [30,31)
+    //   result:      [0,1) [5,6) [20,21) [30,31)
+    #[test]
+    fn a_change_inside_one_page_rebuilds_that_page_only() {
+        let a = [item(0, 1), item(10, 1), item(20, 1)];
+        let b = [item(100, 1)];
+        let parts = [
+            Part { key: 0, items: &a },
+            Part {
+                key: 100,
+                items: &b,
+            },
+        ];
+        let change = Change {
+            remove: vec![item(10, 1)],
+            add: vec![item(5, 1), item(30, 1)],
+        };
+        let Ok(Rebuilt::InPlace(slots)) = rebuild(&parts, None, true, &change, Shape::new(8))
+        else {
+            panic!("expected an in-place rebuild")
+        };
+        assert_eq!(starts(slots[0].as_ref().unwrap()), [0, 5, 20, 30]);
+        assert!(slots[1].is_none());
+    }
+
+    #[test]
+    fn an_added_item_outside_the_window_asks_for_a_wider_one() {
+        let a = [item(10, 1)];
+        let parts = [Part { key: 10, items: &a }];
+        let before = Change {
+            remove: vec![],
+            add: vec![item(5, 1)],
+        };
+        let after = Change {
+            remove: vec![],
+            add: vec![item(50, 1)],
+        };
+        assert_eq!(
+            rebuild(&parts, Some(50), false, &before, Shape::new(8)),
+            Err(Widen)
+        );
+        assert_eq!(
+            rebuild(&parts, Some(50), false, &after, Shape::new(8)),
+            Err(Widen)
+        );
+    }
+
+    #[test]
+    fn an_overflowing_page_is_split_and_the_first_key_is_kept() {
+        let a: Vec<_> = (0..4).map(|i| item(10 + i * 10, 1)).collect();
+        let parts = [Part { key: 0, items: &a }];
+        let change = Change {
+            remove: vec![],
+            add: vec![item(45, 1)],
+        };
+        let shape = Shape::new(4);
+        let Ok(Rebuilt::Repacked(pages)) = rebuild(&parts, Some(1000), false, &change, shape)
+        else {
+            panic!("expected a split")
+        };
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[0].0, 0);
+        assert_eq!(pages[1].0, pages[1].1[0].ext.start());
+        let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(p)).collect();
+        assert_eq!(all, [10, 20, 30, 40, 45]);
+        assert!(pages.iter().all(|(_, p)| p.len() <= shape.cap));
+    }
+
+    #[test]
+    fn appending_at_the_end_leaves_full_pages_behind() {
+        let shape = Shape::new(8);
+        let items: Vec<_> = (0..30).map(|i| item(i * 10, 1)).collect();
+        let pages = repack(items, 0, shape, true);
+        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.len()).collect();
+        assert_eq!(sizes, [7, 7, 7, 7, 2]);
+        let even = repack((0..30).map(|i| item(i * 10, 1)).collect(), 0, shape, false);
+        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.len()).collect();
+        assert_eq!(sizes, [6, 6, 6, 6, 6]);
+    }
+
+    #[test]
+    fn an_emptied_page_merges_with_its_neighbour_or_asks_for_one() {
+        let a = [item(0, 1)];
+        let b = [item(100, 1), item(110, 1)];
+        let change = Change {
+            remove: vec![item(0, 1)],
+            add: vec![],
+        };
+        let shape = Shape::new(8);
+        let lone = [Part { key: 0, items: &a }];
+        assert_eq!(rebuild(&lone, Some(100), false, &change, shape), Err(Widen));
+        assert_eq!(
+            rebuild(&lone, None, true, &change, shape),
+            Ok(Rebuilt::InPlace(vec![Some(vec![])]))
+        );
+        let two = [
+            Part { key: 0, items: &a },
+            Part {
+                key: 100,
+                items: &b,
+            },
+        ];
+        let Ok(Rebuilt::Repacked(pages)) = rebuild(&two, None, true, &change, shape) else {
+            panic!("expected a merge")
+        };
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].0, 0);
+        assert_eq!(starts(&pages[0].1), [100, 110]);
+    }
+
+    #[test]
+    fn an_empty_map_gets_its_first_page_at_key_zero() {
+        let change = Change {
+            remove: vec![],
+            add: vec![item(4096, 1)],
+        };
+        let Ok(Rebuilt::Repacked(pages)) = rebuild(&[], None, true, &change, Shape::new(8)) else {
+            panic!("expected new pages")
+        };
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].0, 0);
+    }
+}

@@ -1,0 +1,1160 @@
+//! The page store: a directory of slots, each holding one [`Page`], and the protocol that
+//! changes them without a lock.
+//!
+//! # Shape
+//!
+//! * A [`Dir`] is an immutable, sorted array of slot keys and slot pointers. Slot `i` owns the
+//!   items whose start lies in `[keys[i], keys[i + 1])` (the last slot: to the end of the map).
+//!   `keys[0]` is always 0. The cache holds one pointer to the current directory; it is
+//!   replaced, never changed, and only when the set of slots changes (a page split or merge).
+//! * A [`Slot`] is one atomic word: the page it holds, or a [`Desc`] that claimed it.
+//!
+//! # Changes
+//!
+//! * **One page, one CAS.** A change whose plan read one slot and changes only that slot
+//!   builds the new page and swings the slot word from the old page to the new one.
+//! * **Several slots.** A change that read several slots, or that splits or merges pages,
+//!   builds a descriptor: the slots it read (in key order, each with the page it expects and
+//!   the page it puts there), a ticket (older wins), and a status word. It *claims* each slot
+//!   by swinging its word from the expected page to the descriptor, then swings the status
+//!   from pending to committed: that one CAS is the instant the whole change happens. Any
+//!   thread that meets a pending descriptor in a slot it needs finishes it or, if it is older,
+//!   aborts it ([`Store::help`]); nobody waits.
+//! * **Reading a claimed slot** never waits either: a pending or aborted descriptor means the
+//!   old page, a committed one the new page ([`Store::leaves`]).
+//! * **Split and merge** are several-slot changes whose descriptor also carries the new slots
+//!   (*successors*). Once it commits, its old slots point at it for good (they are
+//!   *forwarded*); then the directory is swapped for one with the successors in their place
+//!   ([`Store::swap_in`]). A reader on an old directory follows the forwarding to the
+//!   successors, so it sees the current pages whichever directory it loaded.
+//!
+//! # Memory
+//!
+//! Pages, slots, directories and descriptors are freed through epoch reclamation. Each is
+//! retired exactly once, by the thread whose compare-and-swap made it unreachable (a page
+//! replaced by a single CAS, a directory and the slots it dropped by the swap), or, for what a
+//! descriptor alone knows about, by the last thread to let go of the descriptor.
+
+use core::marker::PhantomData;
+
+use crossbeam_utils::CachePadded;
+
+use crate::extent::Mapping;
+use crate::page::{Page, Part, Rebuilt, Shape};
+use crate::plan::Item;
+use crate::sync::epoch::{Deferred, Graveyard, Guard};
+use crate::sync::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+/// Every protocol atomic (slot words, status words, the directory pointer) uses `SeqCst`. This
+/// is deliberate: the argument in `docs/design.md` is phrased over one total order of claims,
+/// status changes and reads; a claim on one side against a commit-then-read on the other is a
+/// store-load pattern that weaker orderings do not order. On x86-64 a `SeqCst` load is a plain
+/// load and every write here is already a locked read-modify-write.
+const ORD: Ordering = Ordering::SeqCst;
+
+// ---------------------------------------------------------------------------------------------
+// Slot words.
+
+/// The tag layout of a slot word, in one place: a page pointer has its low bit clear, a
+/// descriptor pointer has it set (both types are at least 8-byte aligned).
+mod tag {
+    use super::{Desc, Page};
+
+    const DESC: usize = 1;
+
+    /// A raw slot word (a tagged pointer with the provenance of its object).
+    pub(super) type Raw = *mut u8;
+
+    pub(super) fn page<M>(p: *const Page<M>) -> Raw {
+        p.cast_mut().cast()
+    }
+
+    pub(super) fn desc<M>(d: *const Desc<M>) -> Raw {
+        d.cast_mut().cast::<u8>().map_addr(|a| a | DESC)
+    }
+
+    /// What a raw word points to.
+    pub(super) enum Decoded<M> {
+        Page(*const Page<M>),
+        Desc(*const Desc<M>),
+    }
+
+    pub(super) fn decode<M>(w: Raw) -> Decoded<M> {
+        if w.addr() & DESC == 0 {
+            Decoded::Page(w.cast_const().cast())
+        } else {
+            Decoded::Desc(w.map_addr(|a| a & !DESC).cast_const().cast())
+        }
+    }
+}
+
+/// One slot of the directory: an atomic word holding a page, or the descriptor of a change
+/// that claimed it.
+pub(crate) struct Slot<M> {
+    /// The start of the slot's range. Fixed for the slot's life.
+    pub(crate) key: u64,
+    /// A [`tag`]ged pointer: never null.
+    word: AtomicPtr<u8>,
+    _holds: PhantomData<*const Page<M>>,
+}
+
+impl<M> Slot<M> {
+    fn new(key: u64, page: *const Page<M>) -> *const Slot<M> {
+        Box::into_raw(Box::new(Slot {
+            key,
+            word: AtomicPtr::new(tag::page(page)),
+            _holds: PhantomData,
+        }))
+    }
+}
+
+/// A slot word as read under a guard.
+pub(crate) enum Word<'g, M> {
+    /// The slot holds this page.
+    Page(&'g Page<M>),
+    /// A change claimed the slot.
+    Desc(&'g Desc<M>),
+}
+
+/// The state of a descriptor. It moves once, from `Pending` to `Committed` or `Aborted`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Status {
+    Pending = 0,
+    Committed = 1,
+    Aborted = 2,
+}
+
+impl Status {
+    fn from_word(w: usize) -> Status {
+        match w {
+            0 => Status::Pending,
+            1 => Status::Committed,
+            _ => Status::Aborted,
+        }
+    }
+}
+
+/// One slot a change claims: the page it expects there and the page it leaves there.
+pub(crate) struct Entry<M> {
+    slot: *const Slot<M>,
+    old: *const Page<M>,
+    /// The page left in the slot when the change commits (`old` when the change only read the
+    /// slot). Unused when the change has successors: its slots are then forwarded.
+    new: *const Page<M>,
+}
+
+/// A change in flight over several slots: see the module documentation.
+#[repr(align(8))]
+pub(crate) struct Desc<M> {
+    status: AtomicUsize,
+    /// Threads working on this descriptor (its owner and its helpers; never readers).
+    refs: AtomicUsize,
+    /// Priority: smaller is older, and the older change wins a conflict.
+    ticket: u64,
+    /// The claimed slots, in key order (consecutive slots of one directory).
+    entries: Box<[Entry<M>]>,
+    /// For a change that replaces its slots: the new slots, in key order, covering the same
+    /// range as `entries`. Empty otherwise.
+    successors: Box<[*const Slot<M>]>,
+    /// The end of the claimed range (the key of the slot after the last claimed one), `None`
+    /// at the end of the map. Stable: no change moves the boundary between two slots it does
+    /// not both claim.
+    bound: Option<u64>,
+    /// Extents added minus extents removed, applied to the length by whoever commits.
+    delta: isize,
+}
+
+impl<M> Desc<M> {
+    pub(crate) fn status(&self) -> Status {
+        Status::from_word(self.status.load(ORD))
+    }
+
+    /// The status, read with a read-modify-write: it returns the last value written, which a
+    /// plain load need not (writers use it where they know a decision was made).
+    fn latest_status(&self) -> Status {
+        Status::from_word(self.status.fetch_add(0, ORD))
+    }
+
+    /// Decides the change if it is still pending; returns whether this call decided it.
+    fn decide(&self, outcome: Status) -> bool {
+        self.status
+            .compare_exchange(Status::Pending as usize, outcome as usize, ORD, ORD)
+            .is_ok()
+    }
+
+    fn entry(&self, slot: *const Slot<M>) -> &Entry<M> {
+        self.entries
+            .iter()
+            .find(|e| core::ptr::eq(e.slot, slot))
+            .expect("a descriptor found in a slot claims that slot")
+    }
+
+    fn replaces_slots(&self) -> bool {
+        !self.successors.is_empty()
+    }
+
+    /// Takes a working reference, unless the descriptor is on its way to being freed.
+    fn try_acquire(&self) -> bool {
+        // Relaxed: a first guess for the compare-exchange below, which orders.
+        let mut refs = self.refs.load(Ordering::Relaxed);
+        while refs != 0 {
+            // Acquire: pairs with the release in `Store::release` of the other holders, so a
+            // holder sees the descriptor as its owner built it.
+            // Strong: a weak CAS may fail spuriously, and the model checker would explore a
+            // thread that never gets through.
+            match self
+                .refs
+                .compare_exchange(refs, refs + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => refs = now,
+            }
+        }
+        false
+    }
+}
+
+/// The directory: slot keys and slots, in key order. Immutable once published.
+pub(crate) struct Dir<M> {
+    pub(crate) keys: Box<[u64]>,
+    slots: Box<[*const Slot<M>]>,
+}
+
+impl<M> Dir<M> {
+    /// The index of the slot owning offset `off`.
+    pub(crate) fn slot_of(&self, off: u64) -> usize {
+        self.keys.partition_point(|&k| k <= off).saturating_sub(1)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The slot at index `i`.
+    pub(crate) fn slot(&self, i: usize) -> &Slot<M> {
+        // SAFETY: a slot stays allocated while a directory that holds it is reachable: the
+        // swap that drops a slot retires it together with the old directory, so it outlives
+        // every guard under which that directory was loaded.
+        unsafe { &*self.slots[i] }
+    }
+
+    /// The end of slot `i`'s range (`None`: the end of the map).
+    pub(crate) fn bound(&self, i: usize) -> Option<u64> {
+        self.keys.get(i + 1).copied()
+    }
+}
+
+/// A page as a read sees it: the range it covers and its items.
+#[derive(Clone, Copy)]
+pub(crate) struct Leaf<'g, M> {
+    /// The slot the page was read from.
+    pub(crate) slot: *const Slot<M>,
+    pub(crate) key: u64,
+    /// The end of the range (`None`: the end of the map).
+    pub(crate) bound: Option<u64>,
+    pub(crate) page: &'g Page<M>,
+}
+
+/// What a reader saw in one slot word: the double collect compares these.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Seen {
+    word: usize,
+    status: Option<Status>,
+}
+
+/// The directory changed while a reader followed a forwarded slot: read again from the new one.
+#[derive(Debug)]
+pub(crate) struct Moved;
+
+/// A slot word a writer cannot plan on: a change is in flight there.
+pub(crate) struct Busy<'g, M>(pub(crate) &'g Desc<M>, pub(crate) &'g Slot<M>);
+
+/// The new contents of a window, ready to publish.
+pub(crate) struct Publish<M> {
+    /// `(slot, page read)`, for every slot of the window, in key order.
+    pub(crate) read: Vec<(*const Slot<M>, *const Page<M>)>,
+    pub(crate) rebuilt: Rebuilt<M>,
+    /// The end of the window's range.
+    pub(crate) bound: Option<u64>,
+    pub(crate) delta: isize,
+}
+
+/// Whether a change was published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Committed,
+    /// The window changed under the writer: plan again.
+    Stale,
+}
+
+/// Counters every writer bumps.
+struct Counters {
+    /// Number of visible extents (exact when no change is in flight).
+    len: AtomicIsize,
+    /// Source of tickets.
+    tickets: AtomicU64,
+}
+
+/// The shared state of one cache: the directory pointer and the counters.
+pub(crate) struct Store<M> {
+    /// The current directory; null until the first extent is inserted. Padded: every read
+    /// loads it, and it must not share a line with the counters every write bumps.
+    dir: CachePadded<AtomicPtr<Dir<M>>>,
+    counters: CachePadded<Counters>,
+    pub(crate) shape: Shape,
+    graveyard: Graveyard,
+    _owns: PhantomData<Box<Page<M>>>,
+}
+
+// SAFETY: the store owns its pages, slots, directories and descriptors through raw pointers;
+// their contents are `Send + Sync` (every mapping type is), and every shared access goes
+// through atomics and the protocol above.
+unsafe impl<M: Mapping> Send for Store<M> {}
+// SAFETY: as above.
+unsafe impl<M: Mapping> Sync for Store<M> {}
+
+impl<M: Mapping> Store<M> {
+    pub(crate) fn new(shape: Shape) -> Self {
+        Store {
+            dir: CachePadded::new(AtomicPtr::new(core::ptr::null_mut())),
+            counters: CachePadded::new(Counters {
+                len: AtomicIsize::new(0),
+                tickets: AtomicU64::new(1),
+            }),
+            shape,
+            graveyard: Graveyard::default(),
+            _owns: PhantomData,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: an approximate count (see `ExtentCache::len`); it orders nothing.
+        self.counters.len.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// A fresh ticket (relaxed: uniqueness and rough age are all that matter).
+    pub(crate) fn ticket(&self) -> u64 {
+        self.counters.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The current directory, `None` while the map has never held an extent.
+    pub(crate) fn dir<'g>(&self, _guard: &'g Guard) -> Option<&'g Dir<M>> {
+        let d = self.dir.load(ORD);
+        // SAFETY: a directory is retired only by the swap that replaces it, so one loaded
+        // under `guard` stays allocated while `guard` lives.
+        unsafe { d.as_ref() }
+    }
+
+    /// The word of `slot` right now.
+    pub(crate) fn word<'g>(&self, slot: &'g Slot<M>, _guard: &'g Guard) -> Word<'g, M> {
+        match tag::decode::<M>(slot.word.load(ORD)) {
+            // SAFETY: a page in a slot is retired only after it left the slot (replaced by a
+            // CAS, or released by a descriptor that no longer needs it), so it outlives the
+            // guard under which the word was loaded.
+            tag::Decoded::Page(p) => Word::Page(unsafe { &*p }),
+            // SAFETY: a slot holds a descriptor only while a thread holds a reference to it
+            // (claims are undone before their thread lets go), or, for a forwarded slot,
+            // while the slot is reachable; the descriptor is retired after that, through the
+            // epoch, so it outlives the guard under which the word was loaded.
+            tag::Decoded::Desc(d) => Word::Desc(unsafe { &*d }),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reading.
+
+    /// What `slot` (of the directory `dir`, with range end `bound`) holds for a reader,
+    /// appended to `out` as leaves (one page, or the pages of its successors if a committed
+    /// change replaced it), with what was seen for the double collect. Never waits and writes
+    /// no shared memory.
+    ///
+    /// A forwarded slot is followed only while `dir` is still the current directory: then its
+    /// successors are in no directory yet, so no change can have replaced them in turn, and
+    /// the walk is one level deep. Once the directory moved on, the reader must start again
+    /// from the new one ([`Moved`]); following history instead could take a walk through
+    /// every split and merge since `dir` was loaded.
+    pub(crate) fn leaves<'g>(
+        &self,
+        slot: &'g Slot<M>,
+        bound: Option<u64>,
+        dir: &Dir<M>,
+        guard: &'g Guard,
+        out: &mut Vec<Leaf<'g, M>>,
+        seen: &mut Vec<Seen>,
+    ) -> Result<(), Moved> {
+        let raw = slot.word.load(ORD);
+        let push = |out: &mut Vec<Leaf<'g, M>>, page: &'g Page<M>| {
+            out.push(Leaf {
+                slot,
+                key: slot.key,
+                bound,
+                page,
+            })
+        };
+        match self.decode(raw, guard) {
+            Word::Page(p) => {
+                seen.push(Seen {
+                    word: raw.addr(),
+                    status: None,
+                });
+                push(out, p);
+            }
+            Word::Desc(d) => {
+                let status = d.status();
+                seen.push(Seen {
+                    word: raw.addr(),
+                    status: Some(status),
+                });
+                let e = d.entry(slot);
+                // A deliberately broken read for the model checker to catch (never built
+                // normally): trust a pending change's new page before it commits.
+                let committed = status == Status::Committed
+                    || (cfg!(extent_cache_broken = "read_pending") && status == Status::Pending);
+                if !committed {
+                    // SAFETY: the old page of a claimed slot is retired only with the
+                    // descriptor (when it committed), which outlives this guard.
+                    push(out, unsafe { &*e.old });
+                } else if !d.replaces_slots() {
+                    // SAFETY: the new page of a committed change is retired only after it
+                    // left the slot, which happens after the descriptor left it.
+                    push(out, unsafe { &*e.new });
+                } else {
+                    // Forwarded: the successors covering this slot's range, each read as a
+                    // slot of its own. Two claimed slots may share a successor: skip it the
+                    // second time.
+                    if !core::ptr::eq(self.dir.load(ORD), dir) {
+                        return Err(Moved);
+                    }
+                    let hi = bound;
+                    for (i, &s) in d.successors.iter().enumerate() {
+                        // SAFETY: successors are retired only when a later swap drops them,
+                        // after this descriptor's own swap, so they outlive the descriptor.
+                        let succ = unsafe { &*s };
+                        let succ_bound = d
+                            .successors
+                            .get(i + 1)
+                            // SAFETY: as above.
+                            .map(|&n| unsafe { (*n).key })
+                            .or(d.bound);
+                        let starts_before_end = hi.is_none_or(|h| succ.key < h);
+                        let ends_after_start = succ_bound.is_none_or(|b| b > slot.key);
+                        if !(starts_before_end && ends_after_start) {
+                            continue;
+                        }
+                        if out.last().is_some_and(|l| core::ptr::eq(l.slot, s)) {
+                            continue;
+                        }
+                        self.leaves(succ, succ_bound, dir, guard, out, seen)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn decode<'g>(&self, raw: tag::Raw, _guard: &'g Guard) -> Word<'g, M> {
+        match tag::decode::<M>(raw) {
+            // SAFETY: see `word`.
+            tag::Decoded::Page(p) => Word::Page(unsafe { &*p }),
+            // SAFETY: see `word`.
+            tag::Decoded::Desc(d) => Word::Desc(unsafe { &*d }),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writing.
+
+    /// Publishes a rebuilt window. `dir` is the directory the window was read from (`None`:
+    /// the map had no directory yet); `ticket` the operation's priority, kept across retries.
+    pub(crate) fn publish(
+        &self,
+        dir: Option<&Dir<M>>,
+        p: Publish<M>,
+        ticket: &mut Option<u64>,
+        guard: &Guard,
+    ) -> Outcome {
+        let Some(_) = dir else {
+            return self.publish_first(p, guard);
+        };
+        let p = match p {
+            Publish {
+                read,
+                rebuilt: Rebuilt::InPlace(mut new),
+                delta,
+                ..
+            } if read.len() == 1 => {
+                // One page, one CAS.
+                let (slot, old) = read[0];
+                let Some(items) = new.pop().flatten() else {
+                    return Outcome::Committed;
+                };
+                return self.swap_page(slot, old, items, delta, guard);
+            }
+            p => p,
+        };
+        // A deliberately broken protocol for the model checker to catch (never built
+        // normally): claim only the slots that change, not those the plan merely read.
+        #[cfg(extent_cache_broken = "no_guard_claims")]
+        let p = match p {
+            Publish {
+                read,
+                rebuilt: Rebuilt::InPlace(new),
+                bound,
+                delta,
+            } => {
+                let (read, new): (Vec<_>, Vec<_>) = read
+                    .into_iter()
+                    .zip(new)
+                    .filter(|(_, n)| n.is_some())
+                    .unzip();
+                if let ([(slot, old)], [Some(items)]) = (read.as_slice(), new.as_slice()) {
+                    return self.swap_page(*slot, *old, items.clone(), delta, guard);
+                }
+                Publish {
+                    read,
+                    rebuilt: Rebuilt::InPlace(new),
+                    bound,
+                    delta,
+                }
+            }
+            p => p,
+        };
+        let ticket = *ticket.get_or_insert_with(|| self.ticket());
+        let d = self.build_desc(p, ticket);
+        // SAFETY: we hold the owner's reference, taken at allocation.
+        let desc = unsafe { &*d };
+        self.help(desc, guard);
+        self.cleanup(desc, guard);
+        let outcome = if desc.status() == Status::Committed {
+            Outcome::Committed
+        } else {
+            Outcome::Stale
+        };
+        // SAFETY: the owner's reference, and `cleanup` ran after the decision.
+        unsafe { self.release(d, guard) };
+        outcome
+    }
+
+    /// Replaces the page `old` of `slot` by a new page of `items`, with one CAS.
+    fn swap_page(
+        &self,
+        slot: *const Slot<M>,
+        old: *const Page<M>,
+        items: Vec<Item<M>>,
+        delta: isize,
+        guard: &Guard,
+    ) -> Outcome {
+        let page = Box::into_raw(Box::new(Page::new(items)));
+        // SAFETY: `slot` came from a directory loaded under `guard`.
+        let s = unsafe { &*slot };
+        match s
+            .word
+            .compare_exchange(tag::page(old), tag::page(page), ORD, ORD)
+        {
+            Ok(_) => {
+                self.add_len(delta);
+                // SAFETY: the CAS took `old` out of its slot: threads that pin from now on
+                // cannot reach it.
+                unsafe { self.retire_page(old, guard) };
+                Outcome::Committed
+            }
+            Err(_) => {
+                // SAFETY: never shared.
+                drop(unsafe { Box::from_raw(page) });
+                Outcome::Stale
+            }
+        }
+    }
+
+    /// The first directory: nothing to claim, one CAS from null.
+    fn publish_first(&self, p: Publish<M>, guard: &Guard) -> Outcome {
+        let Rebuilt::Repacked(pages) = p.rebuilt else {
+            unreachable!("an empty map is rebuilt into new slots");
+        };
+        let dir = Box::into_raw(Box::new(self.new_dir(pages)));
+        match self
+            .dir
+            .compare_exchange(core::ptr::null_mut(), dir, ORD, ORD)
+        {
+            Ok(_) => {
+                self.add_len(p.delta);
+                Outcome::Committed
+            }
+            Err(_) => {
+                // SAFETY: never shared.
+                unsafe { free_dir_and_slots(dir) };
+                let _ = guard;
+                Outcome::Stale
+            }
+        }
+    }
+
+    fn new_dir(&self, pages: Vec<(u64, Vec<Item<M>>)>) -> Dir<M> {
+        let mut keys = Vec::with_capacity(pages.len());
+        let mut slots = Vec::with_capacity(pages.len());
+        for (key, items) in pages {
+            keys.push(key);
+            slots.push(Slot::new(key, Box::into_raw(Box::new(Page::new(items)))));
+        }
+        Dir {
+            keys: keys.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
+        }
+    }
+
+    fn build_desc(&self, p: Publish<M>, ticket: u64) -> *mut Desc<M> {
+        let (entries, successors) = match p.rebuilt {
+            Rebuilt::InPlace(new) => {
+                let entries = p
+                    .read
+                    .iter()
+                    .zip(new)
+                    .map(|(&(slot, old), new)| Entry {
+                        slot,
+                        old,
+                        new: match new {
+                            Some(items) => Box::into_raw(Box::new(Page::new(items))),
+                            None => old,
+                        },
+                    })
+                    .collect();
+                (entries, Vec::new())
+            }
+            Rebuilt::Repacked(pages) => {
+                let entries = p
+                    .read
+                    .iter()
+                    .map(|&(slot, old)| Entry {
+                        slot,
+                        old,
+                        new: old,
+                    })
+                    .collect();
+                let successors = pages
+                    .into_iter()
+                    .map(|(key, items)| Slot::new(key, Box::into_raw(Box::new(Page::new(items)))))
+                    .collect();
+                (entries, successors)
+            }
+        };
+        Box::into_raw(Box::new(Desc {
+            status: AtomicUsize::new(Status::Pending as usize),
+            refs: AtomicUsize::new(1),
+            ticket,
+            entries,
+            successors: successors.into_boxed_slice(),
+            bound: p.bound,
+            delta: p.delta,
+        }))
+    }
+
+    fn add_len(&self, delta: isize) {
+        // Relaxed: the count is a statistic; it orders nothing.
+        self.counters.len.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Drives `d` to a decision: claims its slots in key order (finishing older changes and
+    /// aborting younger ones in the way), then commits. The caller holds a reference to `d`.
+    fn help(&self, d: &Desc<M>, guard: &Guard) {
+        for e in d.entries.iter() {
+            if !self.claim(d, e, guard) {
+                break;
+            }
+        }
+        if d.decide(Status::Committed) {
+            self.add_len(d.delta);
+        }
+        debug_assert_ne!(d.status(), Status::Pending);
+    }
+
+    /// Claims one slot for `d`. Returns `false` once `d` is decided (possibly by this call,
+    /// when the slot no longer holds the page `d` expects).
+    ///
+    /// Every turn of the loop follows a change to the slot word made by this thread or seen
+    /// through a failed compare-and-swap (which reads the latest word), so the loop never
+    /// rereads a word hoping that another thread changed it.
+    fn claim(&self, d: &Desc<M>, e: &Entry<M>, guard: &Guard) -> bool {
+        let me = tag::desc(d);
+        let want = tag::page(e.old);
+        // SAFETY: `e.slot` was read from a directory by the descriptor's owner, and a slot
+        // outlives every thread that can still reach it through a descriptor (see
+        // `retire_swapped`).
+        let slot = unsafe { &*e.slot };
+        let mut cur = slot.word.load(ORD);
+        loop {
+            if d.status() != Status::Pending {
+                return false;
+            }
+            if cur == me {
+                return true;
+            }
+            if cur == want {
+                match slot.word.compare_exchange(want, me, ORD, ORD) {
+                    // Decided while we claimed: either our claim was the last one a helper
+                    // saw before committing, or it landed after the decision. Either way the
+                    // slot must end up as the decision leaves it, not pointing at `d` (which
+                    // may be freed after we let go): release it as any thread would. The
+                    // latest status is needed here: a plain load could miss the decision.
+                    Ok(_) if d.latest_status() != Status::Pending => {
+                        self.release_slot(d, slot);
+                        return false;
+                    }
+                    Ok(_) => return true,
+                    Err(now) => {
+                        cur = now;
+                        continue;
+                    }
+                }
+            }
+            cur = match self.decode(cur, guard) {
+                Word::Page(_) => {
+                    // Another page: the window `d` was planned on is gone.
+                    d.decide(Status::Aborted);
+                    return false;
+                }
+                Word::Desc(other) => match other.status() {
+                    Status::Pending if other.ticket < d.ticket => {
+                        // The older change wins: finish it, then look again.
+                        self.help_other(other, slot, guard)
+                    }
+                    Status::Pending => {
+                        // We are older: the younger change gives way.
+                        other.decide(Status::Aborted);
+                        self.release_slot(other, slot)
+                    }
+                    Status::Committed if other.replaces_slots() => {
+                        // The slot is forwarded: it is not in the map any more.
+                        d.decide(Status::Aborted);
+                        return false;
+                    }
+                    // Decided: put the slot's page back so we can claim it (or see it changed).
+                    _ => self.release_slot(other, slot),
+                },
+            };
+        }
+    }
+
+    /// Deals with another thread's change met in `slot` (a slot the caller reached through a
+    /// directory): finishes it if it is pending, then puts back the page it leaves in `slot`,
+    /// or, if it replaced its slots, swaps the directory. Returns the slot word afterwards.
+    ///
+    /// Only the owner of a change releases all its slots ([`cleanup`](Self::cleanup)); any
+    /// other thread releases only the slot it stands on. That keeps helpers off slots they did
+    /// not reach themselves once the change is decided (see
+    /// [`retire_swapped`](Self::retire_swapped)).
+    pub(crate) fn help_other(&self, other: &Desc<M>, slot: &Slot<M>, guard: &Guard) -> tag::Raw {
+        if other.try_acquire() {
+            self.help(other, guard);
+            let now = self.settle(other, slot, guard);
+            // SAFETY: we took a reference just above. Every claim we made for `other` either
+            // landed while it was pending (the owner's cleanup releases it) or was undone.
+            unsafe { self.release(other, guard) };
+            return now;
+        }
+        // No reference to take: the owner let go, so `other` is decided.
+        self.settle(other, slot, guard)
+    }
+
+    /// After `d` was decided: the page it leaves in `slot`, or the directory swap. Returns the
+    /// slot word afterwards.
+    fn settle(&self, d: &Desc<M>, slot: &Slot<M>, guard: &Guard) -> tag::Raw {
+        // The latest status (a read-modify-write reads the last value written): the caller
+        // knows `d` is decided, and a plain load might still return `Pending`.
+        match d.latest_status() {
+            Status::Committed if d.replaces_slots() => {
+                self.swap_in(d, guard);
+                slot.word.load(ORD)
+            }
+            _ => self.release_slot(d, slot),
+        }
+    }
+
+    /// Puts the page a decided descriptor leaves in `slot`, if `slot` still points at it.
+    /// Returns the slot word afterwards.
+    fn release_slot(&self, d: &Desc<M>, slot: &Slot<M>) -> tag::Raw {
+        let e = d.entry(slot);
+        let page = match d.latest_status() {
+            Status::Pending => return slot.word.load(ORD),
+            Status::Committed if !d.replaces_slots() => e.new,
+            Status::Committed => return tag::desc(d), // forwarded for good
+            Status::Aborted => e.old,
+        };
+        match slot
+            .word
+            .compare_exchange(tag::desc(d), tag::page(page), ORD, ORD)
+        {
+            Ok(_) => tag::page(page),
+            Err(now) => now,
+        }
+    }
+
+    /// After the decision: releases every slot `d` claimed, or, for a committed change with
+    /// successors, swaps the directory. Idempotent: the owner and every helper run it.
+    fn cleanup(&self, d: &Desc<M>, guard: &Guard) {
+        match d.status() {
+            Status::Pending => {}
+            Status::Committed if d.replaces_slots() => self.swap_in(d, guard),
+            _ => {
+                for e in d.entries.iter() {
+                    // SAFETY: as in `claim`.
+                    self.release_slot(d, unsafe { &*e.slot });
+                }
+            }
+        }
+    }
+
+    /// Puts the successors of the committed change `d` into the directory in place of its
+    /// slots, unless that is done already. Lock-free: a failed CAS means another swap
+    /// succeeded.
+    fn swap_in(&self, d: &Desc<M>, guard: &Guard) {
+        debug_assert_eq!(d.status(), Status::Committed);
+        let first = d.entries[0].slot;
+        let mut cur = self.dir.load(ORD);
+        loop {
+            // SAFETY: loaded under `guard`; see `dir`.
+            let Some(dir) = (unsafe { cur.as_ref() }) else {
+                return;
+            };
+            // SAFETY: slots outlive their descriptors.
+            let key = unsafe { (*first).key };
+            let at = dir.keys.partition_point(|&k| k < key);
+            if dir.slots.get(at).is_none_or(|&s| !core::ptr::eq(s, first)) {
+                debug_assert!(
+                    !dir.slots
+                        .iter()
+                        .any(|&s| d.entries.iter().any(|e| core::ptr::eq(s, e.slot))),
+                    "a forwarded slot is in the directory, but its run's first slot is not: {:x?} in {:x?}",
+                    d.entries
+                        .iter()
+                        .map(|e| unsafe { (*e.slot).key })
+                        .collect::<Vec<_>>(),
+                    dir.keys
+                );
+                return; // swapped already
+            }
+            let n = d.entries.len();
+            debug_assert!(
+                d.entries
+                    .iter()
+                    .zip(&dir.slots[at..at + n])
+                    .all(|(e, &s)| core::ptr::eq(e.slot, s)),
+                "a change's slots stay consecutive in the directory"
+            );
+            let mut keys = Vec::with_capacity(dir.keys.len() - n + d.successors.len());
+            keys.extend_from_slice(&dir.keys[..at]);
+            // SAFETY: successors are owned by `d` until the swap, then by the directory.
+            keys.extend(d.successors.iter().map(|&s| unsafe { (*s).key }));
+            keys.extend_from_slice(&dir.keys[at + n..]);
+            debug_assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "swap: keys out of order: {keys:x?} at {at} n {n} succ {:x?} bound {:x?} old {:x?}",
+                d.successors
+                    .iter()
+                    .map(|&s| unsafe { (*s).key })
+                    .collect::<Vec<_>>(),
+                d.bound,
+                dir.keys
+            );
+            let mut slots = Vec::with_capacity(keys.len());
+            slots.extend_from_slice(&dir.slots[..at]);
+            slots.extend_from_slice(&d.successors);
+            slots.extend_from_slice(&dir.slots[at + n..]);
+            let new = Box::into_raw(Box::new(Dir {
+                keys: keys.into_boxed_slice(),
+                slots: slots.into_boxed_slice(),
+            }));
+            match self.dir.compare_exchange(cur, new, ORD, ORD) {
+                Ok(_) => {
+                    // SAFETY: the swap made the old directory, `d`'s old slots, their pages
+                    // and `d` itself unreachable for threads that pin from now on (a
+                    // forwarded slot is reachable only through a directory holding it).
+                    unsafe { self.retire_swapped(cur, d, guard) };
+                    return;
+                }
+                // Another swap came first: build again on the directory it installed.
+                Err(now) => cur = now,
+            }
+            // SAFETY: never shared.
+            drop(unsafe { Box::from_raw(new) });
+        }
+    }
+
+    /// Starts publishing `p` as a descriptor and stops after `claims` claims, as if the thread
+    /// were descheduled for good. Returns the descriptor (holding the owner's reference).
+    #[cfg(all(test, loom))]
+    pub(crate) fn publish_stalled(&self, p: Publish<M>, claims: usize, guard: &Guard) -> usize {
+        let ticket = self.ticket();
+        let d = self.build_desc(p, ticket);
+        // SAFETY: the owner's reference.
+        let desc = unsafe { &*d };
+        for e in desc.entries.iter().take(claims) {
+            if !self.claim(desc, e, guard) {
+                break;
+            }
+        }
+        d as usize
+    }
+
+    /// Lets a stalled change run to its end and lets go of it.
+    #[cfg(all(test, loom))]
+    pub(crate) fn resume(&self, stalled: usize, guard: &Guard) {
+        let d = stalled as *const Desc<M>;
+        // SAFETY: the owner's reference, kept by `publish_stalled`.
+        let desc = unsafe { &*d };
+        self.help(desc, guard);
+        self.cleanup(desc, guard);
+        // SAFETY: the owner's reference, cleanup done.
+        unsafe { self.release(d, guard) };
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reclamation.
+
+    /// # Safety
+    ///
+    /// `page` left its slot: no thread that pins from now on can reach it.
+    unsafe fn retire_page(&self, page: *const Page<M>, guard: &Guard) {
+        let page = page.cast_mut();
+        // SAFETY: `Page<M>` is `Send` (mappings are `Send + Sync`); per the caller it is
+        // unreachable for new guards.
+        unsafe {
+            self.graveyard
+                .retire(guard, Deferred::new(move || drop(Box::from_raw(page))))
+        };
+    }
+
+    /// Retires what a directory swap made unreachable: the old directory, the slots the
+    /// committed change `d` replaced, the pages they held, and `d`.
+    ///
+    /// # Safety
+    ///
+    /// `old` was just replaced by a CAS that removed `d`'s slots.
+    unsafe fn retire_swapped(&self, old: *mut Dir<M>, d: &Desc<M>, guard: &Guard) {
+        let d = (d as *const Desc<M>).cast_mut();
+        // The slots wait one grace period longer than the rest. A pending change that read
+        // one of them before it was forwarded may be helped by a thread that pinned after the
+        // swap; it touches the slot only after seeing the change pending, that is, while the
+        // change's owner (pinned since before the swap) is still pinned. So every such thread
+        // is pinned at the end of the first grace period, and gone after the second.
+        // SAFETY: `d` is alive: we are pinned and it is retired below, not freed.
+        let slot_ptrs: Vec<*mut Slot<M>> =
+            unsafe { (*d).entries.iter().map(|e| e.slot.cast_mut()).collect() };
+        let free_slots = move || {
+            for s in slot_ptrs {
+                // SAFETY: after two grace periods nothing reaches a forwarded slot (see
+                // above); each is freed once, by the one successful swap. Its word points at
+                // `d`, which is not freed through it.
+                drop(unsafe { Box::from_raw(s) });
+            }
+        };
+        let free = move || {
+            // SAFETY: nothing can reach these any more (the grace period is over), and each
+            // is freed exactly once: by the one successful swap.
+            unsafe {
+                drop(Box::from_raw(old));
+                let d = Box::from_raw(d);
+                for e in d.entries.iter() {
+                    drop(Box::from_raw(e.old.cast_mut()));
+                }
+            }
+        };
+        // SAFETY: per the caller; the contents are `Send`.
+        unsafe {
+            self.graveyard.retire(guard, Deferred::new(free));
+            self.graveyard
+                .retire_after_two(guard, Deferred::new(free_slots));
+        }
+    }
+
+    /// Drops a working reference to `d`; the last one retires it with what only it owns.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds a reference to `d`, and no claim it made for `d` is left except those
+    /// made while `d` was pending (late claims are undone at once). The owner runs
+    /// [`cleanup`](Self::cleanup) before dropping its own reference, so when the last
+    /// reference goes no slot points at `d` (unless `d` committed with successors: those slots
+    /// are forwarded for good and retired by the swap).
+    unsafe fn release(&self, d: *const Desc<M>, guard: &Guard) {
+        // SAFETY: we hold a reference.
+        let desc = unsafe { &*d };
+        // AcqRel: the last holder must see every other holder's work before the free (release
+        // on each decrement, acquire on the last).
+        if desc.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let status = desc.status();
+        if status == Status::Committed && desc.replaces_slots() {
+            return; // the swap retires it
+        }
+        let d = d.cast_mut();
+        let free = move || {
+            // SAFETY: unreachable after the grace period; freed once (the last reference).
+            let d = unsafe { Box::from_raw(d) };
+            for e in d.entries.iter() {
+                let gone = match status {
+                    Status::Committed => e.old,
+                    _ => e.new,
+                };
+                if !core::ptr::eq(e.old, e.new) {
+                    // SAFETY: a committed change's old pages and an aborted change's new pages
+                    // belong to nobody else.
+                    drop(unsafe { Box::from_raw(gone.cast_mut()) });
+                }
+            }
+            for &s in d.successors.iter() {
+                // SAFETY: an aborted change's successors were never reachable.
+                unsafe { free_slot_and_page(s) };
+            }
+        };
+        // SAFETY: no slot points at `d` any more (per the caller) and no new reference can be
+        // taken (the count is zero); the contents are `Send`.
+        unsafe { self.graveyard.retire(guard, Deferred::new(free)) };
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Whole-store reads for tests and diagnostics.
+
+    /// Number of slots (pages) in the current directory.
+    pub(crate) fn pages(&self, guard: &Guard) -> usize {
+        self.dir(guard).map_or(0, |d| d.len())
+    }
+
+    /// Converts a writer's view of a window into parts for [`crate::page::rebuild`].
+    pub(crate) fn parts<'a>(leaves: &'a [Leaf<'a, M>]) -> Vec<Part<'a, M>> {
+        leaves
+            .iter()
+            .map(|l| Part {
+                key: l.key,
+                items: l.page.items(),
+            })
+            .collect()
+    }
+}
+
+/// Frees a slot and the page it holds.
+///
+/// # Safety
+///
+/// Nobody else can reach the slot or its page, and the slot holds a page.
+unsafe fn free_slot_and_page<M>(s: *const Slot<M>) {
+    // SAFETY: per the caller.
+    let slot = unsafe { Box::from_raw(s.cast_mut()) };
+    if let tag::Decoded::Page(p) = tag::decode::<M>(slot.word.load(ORD)) {
+        // SAFETY: per the caller.
+        drop(unsafe { Box::from_raw(p.cast_mut()) });
+    }
+}
+
+/// Frees a directory, its slots and their pages.
+///
+/// # Safety
+///
+/// Nobody else can reach any of them, and every slot holds a page.
+unsafe fn free_dir_and_slots<M>(dir: *mut Dir<M>) {
+    // SAFETY: per the caller.
+    let dir = unsafe { Box::from_raw(dir) };
+    for &s in dir.slots.iter() {
+        // SAFETY: per the caller.
+        unsafe { free_slot_and_page(s) };
+    }
+}
+
+impl<M> Drop for Store<M> {
+    fn drop(&mut self) {
+        let dir = self.dir.load(ORD);
+        if !dir.is_null() {
+            // SAFETY: `&mut self`: no operation is running, so no slot is claimed (an
+            // operation finishes its descriptors before it returns) and nothing else can reach
+            // the directory. Retired objects are freed by the epoch, not here.
+            unsafe { free_dir_and_slots(dir) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExtentCache;
+    use crate::extent::Extent;
+
+    /// Two threads on tiny pages; afterwards no slot is forwarded.
+    #[test]
+    fn concurrent_splits_and_merges_are_all_swapped_in() {
+        let cache = ExtentCache::with_page_capacity(2);
+        std::thread::scope(|s| {
+            for t in 0..2u64 {
+                let cache = &cache;
+                s.spawn(move || {
+                    let mut x: u64 = 12345 + t;
+                    for _ in 0..20000 {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let a = (x >> 33) % 64;
+                        let n = 1 + (x >> 20) % 4;
+                        let e = Extent::hole(a * 4096, n * 4096);
+                        match (x >> 40) % 3 {
+                            0 => {
+                                let _ = cache.replace_range(e, (x >> 50) % 2 == 0);
+                            }
+                            1 => {
+                                let _ = cache.drop_range(e.start(), e.end(), false);
+                            }
+                            _ => {
+                                let _ = cache.insert_modified(e);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let guard = &crate::sync::epoch::pin();
+        let dir = cache.store.dir(guard).unwrap();
+        for i in 0..dir.len() {
+            assert!(
+                matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
+                "slot {i} of {} is not a page",
+                dir.len()
+            );
+        }
+    }
+
+    /// After every operation of a single thread, no slot of the directory is forwarded: the
+    /// swap that follows each split or merge happened.
+    #[test]
+    fn every_committed_split_or_merge_is_swapped_in() {
+        let cache = ExtentCache::with_page_capacity(2);
+        let mut x: u64 = 12345;
+        for step in 0..2000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let a = (x >> 33) % 64;
+            let n = 1 + (x >> 20) % 4;
+            let e = Extent::hole(a * 4096, n * 4096);
+            match (x >> 40) % 3 {
+                0 => {
+                    let _ = cache.replace_range(e, (x >> 50) % 2 == 0);
+                }
+                1 => {
+                    let _ = cache.drop_range(e.start(), e.end(), false);
+                }
+                _ => {
+                    let _ = cache.insert_modified(e);
+                }
+            }
+            let guard = &crate::sync::epoch::pin();
+            let dir = cache.store.dir(guard).unwrap();
+            for i in 0..dir.len() {
+                assert!(
+                    matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
+                    "step {step}: slot {i} of {} is not a page",
+                    dir.len()
+                );
+                assert_eq!(dir.slot(i).key, dir.keys[i]);
+            }
+        }
+    }
+}
