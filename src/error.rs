@@ -1,6 +1,7 @@
 //! The errors every map in this crate returns.
 
 use core::fmt;
+use core::ops::Range;
 
 use crate::extent::{BlockMapping, Extent, Mapping};
 
@@ -49,6 +50,27 @@ pub enum Error<M = BlockMapping> {
         /// The extent found there.
         found: Extent<M>,
     },
+    /// `get_or_insert`: no extent covers the offset, and the candidate cannot be cut to the gap
+    /// around it, because its mapping refuses a cut at an edge of the gap (an inline extent
+    /// cannot lose its start; a custom [`Mapping`] may refuse cuts off its grid, see
+    /// [Cutting](Mapping#cutting)). Nothing was inserted. Read the gap from the backing store
+    /// again and retry with a candidate that fits it.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Error, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// // A stale inline extent for offset 6000 would have to start at 4096.
+    /// assert_eq!(
+    ///     map.get_or_insert(Extent::inline(8192), 6000),
+    ///     Err(Error::CannotFit { gap: 4096..u64::MAX })
+    /// );
+    /// ```
+    CannotFit {
+        /// The gap around the offset: from the end of the extent before it (or 0) to the start
+        /// of the extent after it (or `u64::MAX`).
+        gap: Range<u64>,
+    },
 }
 
 impl<M> Error<M> {
@@ -78,6 +100,11 @@ impl<M: Mapping> fmt::Display for Error<M> {
                 "expected an extent starting at {expected_start}, found [{}, {})",
                 found.start(),
                 found.end()
+            ),
+            Error::CannotFit { gap } => write!(
+                f,
+                "the candidate cannot be cut to fit the gap [{}, {}) around the offset",
+                gap.start, gap.end
             ),
         }
     }

@@ -353,17 +353,22 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     }
     // Steps 1 and 4: fit the candidate into the gap around the offset. When nothing overlaps
     // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
-    let s = match ov.at_or_before(offset)? {
-        Some(prev) => candidate.start().max(prev.ext.end()),
-        None => candidate.start(),
+    // No extent covers the offset, so the one before it ends at or before it, and the gap
+    // holds the offset.
+    let gap_start = ov.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
+    let gap_end = ov.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    let (s, e) = (
+        candidate.start().max(gap_start),
+        candidate.end().min(gap_end),
+    );
+    // `s <= offset < e`: the only way not to fit is a cut the mapping refuses (an inline
+    // candidate cut off its start, a custom mapping cut off its grid).
+    let Some(fitted) = candidate.trimmed(s, e) else {
+        return Err(Error::CannotFit {
+            gap: gap_start..gap_end,
+        }
+        .into());
     };
-    let e = match ov.after(offset)? {
-        Some(next) => candidate.end().min(next.ext.start()),
-        None => candidate.end(),
-    };
-    let fitted = candidate
-        .trimmed(s, e)
-        .ok_or(PlanError::Api(Error::invalid("get_or_insert: empty gap")))?;
     let answer = insert_into(&mut ov, fitted, false)?;
     done(ov, answer)
 }
@@ -459,16 +464,17 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
                     .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
             );
         }
+        // A piece the mapping cannot cut off (the back piece of an inline extent would be
+        // inline data away from offset 0, spec §1; a custom mapping cut off its grid) does not
+        // exist: the map forgets it (it is read again from the backing store when needed), and
+        // the report counts the extent as dropped, as it counts every extent it cuts.
         if let Some(front) = item.ext.front_piece(start) {
             ov.add(Item {
                 ext: front,
                 modified: item.modified,
             });
         }
-        // The back piece of an inline extent would be inline data away from offset 0, which is
-        // ill-formed (spec §1): the cache forgets it instead (it is re-read from disk when
-        // needed), and the report counts it as dropped.
-        if let Some(back) = item.ext.back_piece(end).filter(|b| b.validate().is_ok()) {
+        if let Some(back) = item.ext.back_piece(end) {
             ov.add(Item {
                 ext: back,
                 modified: item.modified,
