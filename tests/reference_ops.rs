@@ -661,6 +661,34 @@ fn get_or_insert_never_returns_exists() {
     );
 }
 
+// before:  [0 .. 4K)                    [16K .. 20K)
+// cand:    [0 ...... inline ...... 12K)   (stale), offset 6K
+// gap:              [4K ................. 16K)
+// result:  CannotFit { gap: 4K..16K }: an inline extent cannot lose its start; nothing changed
+#[test]
+fn get_or_insert_inline_candidate_cannot_fit_a_gap_after_0() {
+    let mut map = map_of(&[
+        (Extent::hole(0, 4 * K), false),
+        (Extent::hole(16 * K, 4 * K), true),
+    ]);
+    let r = unchanged(&mut map, |m| m.get_or_insert(Extent::inline(12 * K), 6 * K));
+    assert_eq!(r, Err(Error::CannotFit { gap: 4 * K..16 * K }));
+    // An extent covering the offset is still the answer.
+    let r = unchanged(&mut map, |m| m.get_or_insert(Extent::inline(12 * K), 2 * K));
+    assert_eq!(r, Ok(Extent::hole(0, 4 * K)));
+}
+
+// before:                     [8K .. 12K)
+// cand:    [0 ...... inline ...... 12K), offset 0
+// after:   [0 .. 8K) inline   [8K .. 12K): cutting the back off is fine
+#[test]
+fn get_or_insert_inline_candidate_loses_its_back() {
+    let mut map = map_of(&[(Extent::hole(8 * K, 4 * K), false)]);
+    let got = map.get_or_insert(Extent::inline(12 * K), 4 * K).unwrap();
+    assert_eq!(got, Extent::inline(8 * K));
+    assert_eq!(spans(&map), [(0, 8 * K), (8 * K, 12 * K)]);
+}
+
 // before:  [MAX-8K .. MAX-4K)
 // cand:    [MAX-16K ........... MAX), len = u64::MAX, offset MAX-1
 // after:   [MAX-8K .. MAX-4K)[MAX-4K .. MAX)
