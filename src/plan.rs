@@ -308,11 +308,7 @@ fn insert_into<M: Mapping, V: View<M> + ?Sized>(
 ) -> Result<Extent<M>, PlanError<M>> {
     check(&ext)?;
     if let Some(x) = ov.overlapping(ext.start(), ext.end())?.into_iter().next() {
-        return Err(Error::Exists {
-            rejected: ext,
-            existing: x.ext,
-        }
-        .into());
+        return Err(Error::exists(ext, x.ext).into());
     }
     let item = Item { ext, modified };
     ov.add(item.clone());
@@ -531,11 +527,7 @@ pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
         return Err(Error::NotFound.into());
     };
     if found.start() != start {
-        return Err(Error::Unclean {
-            expected_start: start,
-            found,
-        }
-        .into());
+        return Err(Error::unclean(start, found).into());
     }
     let item = find_exact(&ov, &found)?.ok_or(PlanError::Edge)?;
     ov.remove(&item);

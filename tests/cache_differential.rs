@@ -8,8 +8,6 @@
 //! a small share of the operations use bad inputs (empty and inverted ranges, ill-formed
 //! extents, offsets outside the candidate) and offsets next to `u64::MAX`.
 
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::ExtentMap;
 use extent_cache::{
     BlockMapping, Compression, Error, Extent, ExtentCache, Flags, Location, Mapping,

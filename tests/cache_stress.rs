@@ -6,8 +6,6 @@
 //! memory stays proportional to the number of extents. Sizes shrink under Miri; the
 //! assertions do not.
 
-#![allow(clippy::result_large_err)]
-
 use std::collections::BTreeSet;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, Ordering};

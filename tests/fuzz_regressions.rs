@@ -1,8 +1,6 @@
 //! Regression tests for bugs found by the fuzz targets (`fuzz/`) and the linearizability
 //! checker (`tests/linearizability.rs`), named after the bug. A test stays `#[ignore]`d until
 //! the fix lands; then the `ignore` goes and the test guards the fix.
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Error, Extent, ExtentCache, Location};
 

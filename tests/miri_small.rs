@@ -3,8 +3,6 @@
 //! seeds) to check the crate's `unsafe` code and the memory safety of the commit protocol and
 //! its reclamation: use-after-free, data races, invalid pointers. The same tests also run in the
 //! normal suite.
-#![allow(clippy::result_large_err)]
-
 use std::thread;
 
 use extent_cache::reference::ExtentMap;

@@ -5,9 +5,6 @@
 //! unless something forbids it. `M` marks a member of the modified set, `P` a pinned extent,
 //! `L` a logging one.
 
-// `Error::Exists` hands both extents back by design (as in the crate root).
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::{ExtentMap, LockedExtentMap};
 use extent_cache::{Compression, Dropped, Error, Extent, Flags};
 
@@ -55,6 +52,20 @@ fn invalid(reason: &'static str) -> Error {
     Error::InvalidArgument { reason }
 }
 
+fn exists(rejected: Extent, existing: Extent) -> Error {
+    Error::Exists {
+        rejected: Box::new(rejected),
+        existing: Box::new(existing),
+    }
+}
+
+fn unclean(expected_start: u64, found: Extent) -> Error {
+    Error::Unclean {
+        expected_start,
+        found: Box::new(found),
+    }
+}
+
 // =============================================================================================
 // Strict insert (spec §3)
 // =============================================================================================
@@ -82,13 +93,7 @@ fn insert_into_empty_map() {
 fn insert_overlapping_fails_with_exists() {
     let mut map = map_of(&[(Extent::hole(0, 8 * K), false)]);
     let err = unchanged(&mut map, |m| m.insert(reg(4 * K, 8 * K)));
-    assert_eq!(
-        err,
-        Err(Error::Exists {
-            rejected: reg(4 * K, 8 * K),
-            existing: Extent::hole(0, 8 * K),
-        })
-    );
+    assert_eq!(err, Err(exists(reg(4 * K, 8 * K), Extent::hole(0, 8 * K))));
     let err = unchanged(&mut map, |m| m.insert_modified(reg(4 * K, 8 * K)));
     assert!(matches!(err, Err(Error::Exists { .. })));
 }
@@ -100,13 +105,7 @@ fn insert_overlapping_fails_with_exists() {
 fn insert_exists_names_the_first_overlapping_extent() {
     let mut map = map_of(&[(reg(0, 4 * K), true), (reg(8 * K, 4 * K), true)]);
     let err = unchanged(&mut map, |m| m.insert(Extent::hole(2 * K, 8 * K)));
-    assert_eq!(
-        err,
-        Err(Error::Exists {
-            rejected: Extent::hole(2 * K, 8 * K),
-            existing: reg(0, 4 * K),
-        })
-    );
+    assert_eq!(err, Err(exists(Extent::hole(2 * K, 8 * K), reg(0, 4 * K))));
     // Inside the gap, touching neither: accepted.
     map.insert_modified(Extent::hole(4 * K, 4 * K)).unwrap();
     assert_eq!(spans(&map), [(0, 4 * K), (4 * K, 8 * K), (8 * K, 12 * K)]);
@@ -125,13 +124,7 @@ fn insert_exact_duplicate_and_one_byte_fail() {
         Extent::hole(0, MAX),
     ] {
         let r = unchanged(&mut map, |m| m.insert(bad));
-        assert_eq!(
-            r,
-            Err(Error::Exists {
-                rejected: bad,
-                existing: Extent::hole(4 * K, 4 * K)
-            })
-        );
+        assert_eq!(r, Err(exists(bad, Extent::hole(4 * K, 4 * K))));
     }
 }
 
@@ -905,13 +898,7 @@ fn replace_errors_change_nothing() {
     let b = Extent::hole(4 * K, 4 * K);
     let mut map = map_of(&[(a, false), (b, false)]);
     let r = unchanged(&mut map, |m| m.replace(&a, reg(0, 6 * K), false));
-    assert_eq!(
-        r,
-        Err(Error::Exists {
-            rejected: reg(0, 6 * K),
-            existing: b
-        })
-    );
+    assert_eq!(r, Err(exists(reg(0, 6 * K), b)));
     let r = unchanged(&mut map, |m| {
         m.replace(&a.with_generation(1), reg(0, 4 * K), false)
     });
@@ -1550,21 +1537,9 @@ fn unpin_unclean() {
     let p = reg(8 * K, 8 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[(p, false)]);
     let r = unchanged(&mut map, |m| m.unpin(12 * K, 4 * K, 1));
-    assert_eq!(
-        r,
-        Err(Error::Unclean {
-            expected_start: 12 * K,
-            found: p
-        })
-    );
+    assert_eq!(r, Err(unclean(12 * K, p)));
     let r = unchanged(&mut map, |m| m.unpin(4 * K, 8 * K, 1));
-    assert_eq!(
-        r,
-        Err(Error::Unclean {
-            expected_start: 4 * K,
-            found: p
-        })
-    );
+    assert_eq!(r, Err(unclean(4 * K, p)));
 }
 
 // before:  [0 .. 4K)[4K .. 8K)P[8K .. 12K)
@@ -1732,14 +1707,50 @@ fn len_clear_is_empty() {
     assert_eq!(map.entries(), []);
 }
 
+/// A mapping far larger than the error may be.
+#[derive(Clone, Debug, PartialEq)]
+struct Wide([u64; 16]);
+
+impl extent_cache::Mapping for Wide {
+    fn validate(&self, _start: u64, _len: u64) -> Result<(), &'static str> {
+        Ok(())
+    }
+    fn skip(&self, _by: u64) -> Option<Self> {
+        Some(self.clone())
+    }
+    fn merge(&self, _len: u64, _next: &Self, _next_len: u64) -> Option<Self> {
+        None
+    }
+}
+
+// An error is small enough to forward with `?` from any function (clippy's `result_large_err`
+// stays quiet): the extents it carries are boxed, whatever the mapping.
+#[test]
+fn errors_are_three_words_whatever_the_mapping() {
+    use std::mem::size_of;
+    assert!(size_of::<Error>() <= 24, "{}", size_of::<Error>());
+    assert!(size_of::<Result<(), Error>>() <= 24);
+    assert!(size_of::<Error<Wide>>() <= 24);
+    assert!(size_of::<Result<Extent<Wide>, Error<Wide>>>() <= size_of::<Extent<Wide>>() + 8);
+    // Ownership comes back out of the box.
+    let mut map = ExtentMap::new();
+    map.insert(Extent::with_mapping(0, 8, Wide([7; 16])))
+        .unwrap();
+    let Err(Error::Exists { rejected, existing }) =
+        map.insert(Extent::with_mapping(4, 8, Wide([9; 16])))
+    else {
+        panic!("no conflict");
+    };
+    let (rejected, existing): (Extent<Wide>, Extent<Wide>) = (*rejected, *existing);
+    assert_eq!((rejected.mapping().0[0], existing.mapping().0[0]), (9, 7));
+}
+
 // Exists:  [4K ...... 8K) over [0 ........ 8K)
 // Unclean: expected 5, found [0, 8)
+// CannotFit: the gap [4K, 8K)
 #[test]
 fn errors_display_what_happened() {
-    let e: Error = Error::Exists {
-        rejected: Extent::hole(4096, 4096),
-        existing: Extent::hole(0, 8192),
-    };
+    let e: Error = exists(Extent::hole(4096, 4096), Extent::hole(0, 8192));
     assert_eq!(
         e.to_string(),
         "extent [4096, 8192) overlaps extent [0, 8192) already in the map"
@@ -1752,13 +1763,15 @@ fn errors_display_what_happened() {
         Error::<extent_cache::BlockMapping>::NotFound.to_string(),
         "no matching extent in the map"
     );
-    let u: Error = Error::Unclean {
-        expected_start: 5,
-        found: Extent::hole(0, 8),
-    };
+    let u: Error = unclean(5, Extent::hole(0, 8));
     assert_eq!(
         u.to_string(),
         "expected an extent starting at 5, found [0, 8)"
+    );
+    let c: Error = Error::CannotFit { gap: 4096..8192 };
+    assert_eq!(
+        c.to_string(),
+        "the candidate cannot be cut to fit the gap [4096, 8192) around the offset"
     );
 }
 

@@ -14,9 +14,6 @@
 //! the offset that the candidate covers. After every step the map must be sorted, without
 //! overlap, made of well-formed extents, and say exactly what the model says about every slot.
 
-// `Error::Exists` hands both extents back by design (as in the crate root).
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Compression, Dropped, Error, Extent, Flags, Location};
 use proptest::prelude::*;
@@ -569,8 +566,8 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 prop_assert_eq!(
                     &r,
                     &Err(Error::Exists {
-                        rejected: e,
-                        existing
+                        rejected: Box::new(e),
+                        existing: Box::new(existing)
                     })
                 );
             } else {
@@ -767,7 +764,7 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                     &r,
                     &Err(Error::Unclean {
                         expected_start: start,
-                        found
+                        found: Box::new(found)
                     })
                 ),
                 Some((found, _)) => {

@@ -3,8 +3,6 @@
 //! almost always stale, and every hit it offers is checked. These tests drive the cache through
 //! many merges (a merge happens every 64 changed nodes on a small cache) and compare every
 //! answer with the reference map, alone and under a concurrent writer.
-#![allow(clippy::result_large_err)]
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
