@@ -10,7 +10,7 @@
 use core::fmt;
 use core::ops::{BitAnd, BitOr, BitOrAssign, Not};
 
-/// The flags an extent map carries (spec §1).
+/// The flags an extent map carries (docs/semantics.md §1.1).
 ///
 /// ```
 /// use extent_cache::Flags;
@@ -285,7 +285,7 @@ pub enum Compression {
     Zstd,
 }
 
-/// The location of a btrfs extent map (spec §1).
+/// The location of a btrfs extent map (docs/semantics.md §1.2).
 ///
 /// ```
 /// use extent_cache::{Extent, Location};
@@ -335,8 +335,8 @@ impl BlockMapping {
         self.compression != Compression::None
     }
 
-    /// `block_start` (spec §1): `disk_bytenr` when compressed, else `disk_bytenr + offset`;
-    /// `None` for holes and inline extents.
+    /// `block_start` (docs/semantics.md §1.2): `disk_bytenr` when compressed, else `disk_bytenr +
+    /// offset`; `None` for holes and inline extents.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -357,8 +357,8 @@ impl BlockMapping {
         }
     }
 
-    /// `block_len` (spec §1) of this mapping for an extent of `len` bytes: `disk_num_bytes`
-    /// when compressed, else `len`.
+    /// `block_len` (docs/semantics.md §1.2) of this mapping for an extent of `len` bytes:
+    /// `disk_num_bytes` when compressed, else `len`.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -632,7 +632,7 @@ impl Extent<BlockMapping> {
         self.mapping.is_compressed()
     }
 
-    /// `block_start` (spec §1); `None` for holes and inline extents.
+    /// `block_start` (docs/semantics.md §1.2); `None` for holes and inline extents.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -643,7 +643,7 @@ impl Extent<BlockMapping> {
         self.mapping.block_start()
     }
 
-    /// `block_len` (spec §1): `disk_num_bytes` when compressed, else `len`.
+    /// `block_len` (docs/semantics.md §1.2): `disk_num_bytes` when compressed, else `len`.
     ///
     /// ```
     /// use extent_cache::{Compression, Extent};
@@ -793,8 +793,8 @@ impl<M> Extent<M> {
 }
 
 impl<M: Mapping> Extent<M> {
-    /// Checks that the extent is well formed (spec §1): `len > 0`, a non-empty range, and a
-    /// mapping that fits it. Returns the reason when it is not.
+    /// Checks that the extent is well formed (docs/semantics.md §1.3): `len > 0`, a non-empty
+    /// range, and a mapping that fits it. Returns the reason when it is not.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -852,10 +852,10 @@ impl<M: Mapping> Extent<M> {
         self.trimmed(at, self.end())
     }
 
-    /// This extent trimmed to `[s, e)` (spec §5 step 4): same flags and generation, the
-    /// mapping cut at both ends. `None` unless `start <= s < e <= end`, the mapping can be cut
-    /// at each end that moves ([`Mapping::skip`], [`Mapping::front`]) and the piece is well
-    /// formed. Trimming to `[start, end)` gives the extent back as it is.
+    /// This extent trimmed to `[s, e)` (docs/semantics.md §1.4, §5 step 4): same flags and
+    /// generation, the mapping cut at both ends. `None` unless `start <= s < e <= end`, the mapping
+    /// can be cut at each end that moves ([`Mapping::skip`], [`Mapping::front`]) and the piece is
+    /// well formed. Trimming to `[start, end)` gives the extent back as it is.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -893,8 +893,8 @@ impl<M: Mapping> Extent<M> {
         piece.validate().ok().map(|()| piece)
     }
 
-    /// Whether this extent may take part in a merge at all (spec §4): not pinned, not logging,
-    /// a mapping that merges (btrfs: not compressed). Membership of the modified set, the
+    /// Whether this extent may take part in a merge at all (docs/semantics.md §4): not pinned, not
+    /// logging, a mapping that merges (btrfs: not compressed). Membership of the modified set, the
     /// fourth condition, is a property of the map holding the extent, not of the value.
     ///
     /// ```
@@ -906,9 +906,9 @@ impl<M: Mapping> Extent<M> {
         !self.flags.intersects(Flags::PINNED | Flags::LOGGING) && self.mapping.may_merge()
     }
 
-    /// `self` merged with `next`, the extent that starts where `self` ends (spec §4), or `None`
-    /// when the two are not mergeable. The result covers both ranges, has the larger generation
-    /// and carries [`Flags::MERGED`].
+    /// `self` merged with `next`, the extent that starts where `self` ends (docs/semantics.md §4),
+    /// or `None` when the two are not mergeable. The result covers both ranges, has the larger
+    /// generation and carries [`Flags::MERGED`].
     ///
     /// ```
     /// use extent_cache::{Extent, Flags};

@@ -395,7 +395,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The seed's four cases, spelled out (spec §5), on both maps.
+// The seed's four cases, spelled out (docs/semantics.md §5), on both maps.
 // ---------------------------------------------------------------------------------------------
 
 /// The candidate the stale reader brings back: `[0, 32K)` at `DISK`.
@@ -476,8 +476,8 @@ fn extents_reaching_u64_max() {
     run(&ops);
 }
 
-/// An ill-formed candidate is a caller error (spec §1, §5), even when an extent already
-/// covers the offset:
+/// An ill-formed candidate is a caller error (docs/semantics.md §1.3, §5), even when an extent
+/// already covers the offset:
 ///
 /// ```text
 ///   map:        [16K .. 20K)            a hole

@@ -1,4 +1,4 @@
-//! `ExtentCache` under real threads (spec §5 and §8).
+//! `ExtentCache` under real threads (docs/semantics.md §5 and §8).
 //!
 //! Every test runs a fixed number of operations (nothing is timed) and checks behaviour, not
 //! just the absence of a crash: answers cover the offsets asked for, the map never holds two
@@ -121,7 +121,7 @@ fn assert_covers(snap: &ExtentMap, start: u64, end: u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The seed race (spec §5)
+// The seed race (docs/semantics.md §5)
 // ---------------------------------------------------------------------------------------------
 
 /// The 2018 btrfs EEXIST race, many times over.
@@ -374,7 +374,7 @@ fn get_or_insert_different_candidates_in_one_gap() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Readers never see a partial change (spec §8)
+// Readers never see a partial change (docs/semantics.md §8)
 // ---------------------------------------------------------------------------------------------
 
 /// Writers keep replacing sub-ranges of a fully covered file (with holes, contiguous extents

@@ -1,5 +1,5 @@
-//! Extent values and their arithmetic (spec §1 and §4): validation, the derived block values,
-//! cutting pieces, trimming and merging, including everything near `u64::MAX`.
+//! Extent values and their arithmetic (docs/semantics.md §1 and §4): validation, the derived block
+//! values, cutting pieces, trimming and merging, including everything near `u64::MAX`.
 
 use extent_cache::{BlockMapping, Compression, Extent, Flags, Location, Mapping};
 
@@ -27,7 +27,7 @@ fn loc(disk_bytenr: u64, disk_num_bytes: u64, offset: u64, ram_bytes: u64) -> Lo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Validation (spec §1)
+// Validation (docs/semantics.md §1.3)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -202,7 +202,7 @@ fn validate_mapping_directly() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Accessors and derived values (spec §1)
+// Accessors and derived values (docs/semantics.md §1.1, §1.2)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -316,7 +316,7 @@ fn end_saturates_at_u64_max() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pieces and trimming (spec §6 drop_range, §5 step 4)
+// Pieces and trimming (docs/semantics.md §1.4)
 // ---------------------------------------------------------------------------------------------
 
 // extent:  [0 ............... 32K)   disk 1M, offset 4K
@@ -514,7 +514,7 @@ fn trimmed_edges() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Merging (spec §4)
+// Merging (docs/semantics.md §4)
 // ---------------------------------------------------------------------------------------------
 
 // prev:  [0 .. 4K)           disk [1M, 1M+4K)
@@ -539,7 +539,7 @@ fn merge_adjacent_regular_extents() {
     assert_eq!(b.merged_with(&a), None);
 }
 
-// Both maps are windows into larger on-disk extents; the formula of spec §4:
+// Both maps are windows into larger on-disk extents; the formula of docs/semantics.md §4:
 // d = min(disk_bytenr), disk_num_bytes = max(disk ends) - d, offset = prev.disk_bytenr + prev.offset - d.
 #[test]
 fn merge_on_disk_field_formula() {

@@ -1,4 +1,5 @@
-//! One test per operation and per case of spec §2–§7, against the sequential reference map.
+//! One test per operation and per case of docs/semantics.md §2–§7, against the sequential reference
+//! map.
 //!
 //! Every test draws its extents above it. `reg(s, l)` is an uncompressed regular extent whose
 //! data sits at disk byte `D + s`, so neighbours built with it are contiguous on disk and merge
@@ -67,7 +68,7 @@ fn unclean(expected_start: u64, found: Extent) -> Error {
 }
 
 // =============================================================================================
-// Strict insert (spec §3)
+// Strict insert (docs/semantics.md §3)
 // =============================================================================================
 
 // before:  (empty)
@@ -186,7 +187,7 @@ fn modified_neighbour_blocks_merge() {
 }
 
 // =============================================================================================
-// Merging (spec §4)
+// Merging (docs/semantics.md §4)
 // =============================================================================================
 
 // before:  [0 .. 4K)
@@ -400,7 +401,7 @@ fn merge_blocked_by_modified_set_membership() {
 }
 
 // =============================================================================================
-// get_or_insert (spec §5, the seed)
+// get_or_insert (docs/semantics.md §5, the seed)
 // =============================================================================================
 
 // before:  (empty)
@@ -709,7 +710,7 @@ fn get_or_insert_near_u64_max() {
 }
 
 // =============================================================================================
-// Reading (spec §2)
+// Reading (docs/semantics.md §2)
 // =============================================================================================
 
 // map:   [4K .. 8K)      [16K .. 20K)
@@ -820,7 +821,7 @@ fn iter_and_overlapping_are_in_order() {
 }
 
 // =============================================================================================
-// remove, replace (spec §6)
+// remove, replace (docs/semantics.md §6.1, §6.2)
 // =============================================================================================
 
 // before:  [0 .. 4K)M[4K .. 8K)
@@ -908,7 +909,7 @@ fn replace_errors_change_nothing() {
 }
 
 // =============================================================================================
-// drop_range (spec §6)
+// drop_range (docs/semantics.md §6.3)
 // =============================================================================================
 
 // before:  [0 ........ 32K)
@@ -1169,7 +1170,7 @@ fn drop_range_pieces_are_not_merged() {
 }
 
 // =============================================================================================
-// replace_range (spec §6)
+// replace_range (docs/semantics.md §6.4)
 // =============================================================================================
 
 // before:  [0 ................ 32K) hole
@@ -1271,7 +1272,7 @@ fn replace_range_into_empty_and_invalid() {
 }
 
 // =============================================================================================
-// split (spec §6, zoned devices)
+// split (docs/semantics.md §6.5, zoned devices)
 // =============================================================================================
 
 fn pinned_modified(start: u64, len: u64) -> Extent {
@@ -1508,7 +1509,7 @@ fn split_near_u64_max_does_not_overflow() {
 }
 
 // =============================================================================================
-// unpin (spec §7)
+// unpin (docs/semantics.md §7.1)
 // =============================================================================================
 
 // map:     (empty), then          [8K .. 12K)P
@@ -1598,7 +1599,7 @@ fn unpin_unpinned_extent_sets_generation() {
 }
 
 // =============================================================================================
-// The modified set and logging (spec §7)
+// The modified set and logging (docs/semantics.md §7.2, §7.3)
 // =============================================================================================
 
 // before:  [0 .. 4K)M[4K .. 8K)[8K .. 12K)M

@@ -437,7 +437,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 type Entries = Vec<(Extent, bool)>;
 
-/// Strict lookup over a plain list (spec §2), for the operations that use it.
+/// Strict lookup over a plain list (docs/semantics.md §2), for the operations that use it.
 fn lookup_in(entries: &Entries, start: u64, len: u64) -> Option<(Extent, bool)> {
     if len == 0 {
         return None;

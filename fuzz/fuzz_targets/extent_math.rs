@@ -85,7 +85,7 @@ fn inside(piece: &Extent, of: &Extent) {
 }
 
 /// Every piece is well formed: a cut that would make an ill-formed piece (the back piece of an
-/// inline extent, which would start away from 0, spec §1) makes no piece at all.
+/// inline extent, which would start away from 0, docs/semantics.md §1.4) makes no piece at all.
 fn valid_piece(piece: &Extent) {
     if let Err(why) = piece.validate() {
         panic!("ill-formed piece {piece:?}: {why}");

@@ -1,5 +1,5 @@
-//! A linearizability checker for [`ExtentCache`] (spec §8), against the sequential oracle
-//! [`reference::ExtentMap`].
+//! A linearizability checker for [`ExtentCache`] (docs/semantics.md §8), against the sequential
+//! oracle [`reference::ExtentMap`].
 //!
 //! A plain module, included by path where it is needed:
 //!
