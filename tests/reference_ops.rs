@@ -9,6 +9,10 @@
 use extent_cache::reference::{ExtentMap, LockedExtentMap};
 use extent_cache::{Compression, Dropped, Error, Extent, Flags};
 
+#[path = "support/common.rs"]
+mod common;
+use common::{contiguous, on_disk_at};
+
 const K: u64 = 1024;
 const MAX: u64 = u64::MAX;
 /// Disk base of the extents built by `reg`.
@@ -16,12 +20,7 @@ const D: u64 = 1 << 30;
 
 /// Uncompressed regular `[start, start + len)` at disk byte `D + start`.
 fn reg(start: u64, len: u64) -> Extent {
-    Extent::regular(start, len, D + start, len, 0, len)
-}
-
-/// Uncompressed regular `[start, start + len)` at `disk`.
-fn reg_at(start: u64, len: u64, disk: u64) -> Extent {
-    Extent::regular(start, len, disk, len, 0, len)
+    contiguous(start, len, D)
 }
 
 fn spans(map: &ExtentMap) -> Vec<(u64, u64)> {
@@ -301,7 +300,7 @@ fn assert_no_merge(left: Extent, left_modified: bool, right: Extent) {
 fn merge_blocked_by_gap() {
     let mut map = map_of(&[(reg(0, 4 * K), false)]);
     // Contiguous on disk, but not in the file.
-    map.insert(reg_at(5 * K, 4 * K, D + 4 * K)).unwrap();
+    map.insert(on_disk_at(5 * K, 4 * K, D + 4 * K)).unwrap();
     assert_eq!(spans(&map), [(0, 4 * K), (5 * K, 9 * K)]);
 }
 
@@ -373,7 +372,7 @@ fn merge_blocked_by_compression() {
     map.insert(b).unwrap();
     assert_eq!(map.entries(), [(a, false), (b, false)]);
     // Compressed on one side only.
-    let c = reg_at(16 * K, 4 * K, D + 8 * K);
+    let c = on_disk_at(16 * K, 4 * K, D + 8 * K);
     assert_eq!(b.block_end(), c.block_start());
     map.insert(c).unwrap();
     assert_eq!(map.len(), 3);
@@ -382,8 +381,12 @@ fn merge_blocked_by_compression() {
 // [0 .. 4K) at D | [4K .. 8K) at D + 1M: adjacent in the file, not on disk
 #[test]
 fn merge_blocked_by_discontiguous_disk() {
-    assert_no_merge(reg(0, 4 * K), false, reg_at(4 * K, 4 * K, D + (1 << 20)));
-    assert_no_merge(reg(0, 4 * K), false, reg_at(4 * K, 4 * K, D));
+    assert_no_merge(
+        reg(0, 4 * K),
+        false,
+        on_disk_at(4 * K, 4 * K, D + (1 << 20)),
+    );
+    assert_no_merge(reg(0, 4 * K), false, on_disk_at(4 * K, 4 * K, D));
 }
 
 // [0 .. 4K) regular | [4K .. 8K) hole;  [0 .. 4K) inline | [4K .. 8K) hole
@@ -431,7 +434,7 @@ fn get_or_insert_without_conflict_merges_and_answers_the_merged_map() {
 fn seed_map() -> ExtentMap {
     map_of(&[
         (reg(0, 8 * K), false),
-        (reg_at(8 * K, 24 * K, D + (1 << 20)), false),
+        (on_disk_at(8 * K, 24 * K, D + (1 << 20)), false),
     ])
 }
 
@@ -446,7 +449,7 @@ fn get_or_insert_seed_case_2_start_at_existing_start() {
     assert_eq!(got, Ok(reg(0, 8 * K)));
     // The same at the start of the second extent.
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 8 * K));
-    assert_eq!(got, Ok(reg_at(8 * K, 24 * K, D + (1 << 20))));
+    assert_eq!(got, Ok(on_disk_at(8 * K, 24 * K, D + (1 << 20))));
 }
 
 // Seed case 3: existing.start < start < existing.end
@@ -459,7 +462,7 @@ fn get_or_insert_seed_case_3_start_inside_existing() {
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 4 * K));
     assert_eq!(got, Ok(reg(0, 8 * K)));
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 32 * K - 1));
-    assert_eq!(got, Ok(reg_at(8 * K, 24 * K, D + (1 << 20))));
+    assert_eq!(got, Ok(on_disk_at(8 * K, 24 * K, D + (1 << 20))));
 }
 
 // Seed case 1: start < existing.start -> fill the gap between existing's predecessor and existing
@@ -468,8 +471,8 @@ fn get_or_insert_seed_case_3_start_inside_existing() {
 // after:   [0 .. 4K)[4K ...... 16K)[16K .. 24K)    (offset of the fitted map: 4K)
 #[test]
 fn get_or_insert_seed_case_1_fills_gap_before_existing() {
-    let prev = reg_at(0, 4 * K, 1 << 40);
-    let existing = reg_at(16 * K, 8 * K, 1 << 41);
+    let prev = on_disk_at(0, 4 * K, 1 << 40);
+    let existing = on_disk_at(16 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(prev, false), (existing, false)]);
     let cand = Extent::regular(0, 32 * K, D, 32 * K, 0, 32 * K).with_generation(4);
     let got = map.get_or_insert(cand, 8 * K).unwrap();
@@ -488,7 +491,7 @@ fn get_or_insert_seed_case_1_fills_gap_before_existing() {
 // after:   [0 ...... 16K)[16K .. 24K)
 #[test]
 fn get_or_insert_fills_gap_before_first_extent() {
-    let existing = reg_at(16 * K, 8 * K, 1 << 41);
+    let existing = on_disk_at(16 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(existing, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 0).unwrap();
     let fitted = Extent::regular(0, 16 * K, D, 32 * K, 0, 32 * K);
@@ -502,8 +505,8 @@ fn get_or_insert_fills_gap_before_first_extent() {
 // after:   [0 .. 8K)[8K ........ 24K)[24K .. 32K)   (offset of the fitted map: 8K)
 #[test]
 fn get_or_insert_seed_case_4_fills_gap_after_existing() {
-    let existing = reg_at(0, 8 * K, 1 << 40);
-    let next = reg_at(24 * K, 8 * K, 1 << 41);
+    let existing = on_disk_at(0, 8 * K, 1 << 40);
+    let next = on_disk_at(24 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(existing, false), (next, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 12 * K).unwrap();
     let fitted = Extent::regular(8 * K, 16 * K, D, 32 * K, 8 * K, 32 * K);
@@ -520,7 +523,7 @@ fn get_or_insert_seed_case_4_fills_gap_after_existing() {
 // after:   [0 .. 8K)[8K ... 32K)
 #[test]
 fn get_or_insert_fills_gap_after_last_extent() {
-    let existing = reg_at(0, 8 * K, 1 << 40);
+    let existing = on_disk_at(0, 8 * K, 1 << 40);
     let mut map = map_of(&[(existing, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 8 * K).unwrap();
     let fitted = Extent::regular(8 * K, 24 * K, D, 32 * K, 8 * K, 32 * K);
@@ -688,7 +691,7 @@ fn get_or_insert_inline_candidate_loses_its_back() {
 // after:   [MAX-8K .. MAX-4K)[MAX-4K .. MAX)
 #[test]
 fn get_or_insert_near_u64_max() {
-    let mut map = map_of(&[(reg_at(MAX - 8 * K, 4 * K, 0), false)]);
+    let mut map = map_of(&[(on_disk_at(MAX - 8 * K, 4 * K, 0), false)]);
     let got = map
         .get_or_insert(Extent::hole(MAX - 16 * K, MAX), MAX - 1)
         .unwrap();
@@ -895,7 +898,7 @@ fn replace_merges_unless_modified() {
 // replace: [0 .. 4K) by [0 ...... 6K): overlaps [4K, 8K) -> Exists, nothing changed
 #[test]
 fn replace_errors_change_nothing() {
-    let a = reg_at(0, 4 * K, 1 << 40);
+    let a = on_disk_at(0, 4 * K, 1 << 40);
     let b = Extent::hole(4 * K, 4 * K);
     let mut map = map_of(&[(a, false), (b, false)]);
     let r = unchanged(&mut map, |m| m.replace(&a, reg(0, 6 * K), false));
@@ -985,7 +988,7 @@ fn drop_range_back_piece_of_compressed_shifts_offset() {
 #[test]
 fn drop_range_across_several_extents() {
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (Extent::hole(8 * K, 8 * K).with_generation(3), true),
         (reg(16 * K, 8 * K), false),
     ]);
@@ -1015,7 +1018,7 @@ fn drop_range_across_several_extents() {
 // after:   [0 .. 4K)
 #[test]
 fn drop_range_on_boundaries_cuts_nothing() {
-    let a = reg_at(0, 4 * K, 1 << 40);
+    let a = on_disk_at(0, 4 * K, 1 << 40);
     let b = reg(4 * K, 4 * K);
     let mut map = map_of(&[(a, false), (b, false)]);
     let d = map.drop_range(4 * K, 8 * K, false).unwrap();
@@ -1028,7 +1031,10 @@ fn drop_range_on_boundaries_cuts_nothing() {
 // after:   unchanged, nothing reported
 #[test]
 fn drop_range_in_a_gap_changes_nothing() {
-    let mut map = map_of(&[(reg(0, 4 * K), false), (reg_at(12 * K, 4 * K, 1), false)]);
+    let mut map = map_of(&[
+        (reg(0, 4 * K), false),
+        (on_disk_at(12 * K, 4 * K, 1), false),
+    ]);
     let d = unchanged(&mut map, |m| m.drop_range(4 * K, 12 * K, false));
     assert_eq!(d, Ok(Dropped::default()));
     let mut empty = ExtentMap::<extent_cache::BlockMapping>::new();
@@ -1042,7 +1048,7 @@ fn drop_range_in_a_gap_changes_nothing() {
 fn drop_range_skip_pinned_steps_over_pinned_whole() {
     let p = Extent::hole(8 * K, 8 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (p, true),
         (reg(16 * K, 8 * K), false),
     ]);
@@ -1233,9 +1239,9 @@ fn replace_range_modified_pieces_do_not_merge() {
 #[test]
 fn replace_range_across_several_extents() {
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (reg(8 * K, 8 * K).with_flags(Flags::PINNED), false),
-        (reg_at(16 * K, 8 * K, 1 << 41), false),
+        (on_disk_at(16 * K, 8 * K, 1 << 41), false),
     ]);
     let new = Extent::hole(4 * K, 16 * K).with_generation(8);
     map.replace_range(new, true).unwrap();
@@ -1607,7 +1613,7 @@ fn unpin_unpinned_extent_sets_generation() {
 #[test]
 fn take_modified_marks_logging_in_start_order() {
     let a = reg(0, 4 * K);
-    let b = reg_at(4 * K, 4 * K, 1 << 40);
+    let b = on_disk_at(4 * K, 4 * K, 1 << 40);
     let c = Extent::hole(8 * K, 4 * K);
     let mut map = ExtentMap::new();
     map.insert_modified(c).unwrap();
@@ -1813,7 +1819,7 @@ fn locked_map_from_several_threads() {
     // covering its offset, and the map ends up with one extent per gap.
     map.clear();
     assert!(map.is_empty());
-    map.insert(reg_at(8 * K, 8 * K, 1 << 40)).unwrap();
+    map.insert(on_disk_at(8 * K, 8 * K, 1 << 40)).unwrap();
     std::thread::scope(|s| {
         for t in 0..THREADS {
             let map = &map;

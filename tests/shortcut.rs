@@ -6,14 +6,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
+use extent_cache::ExtentCache;
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Extent, ExtentCache};
+
+#[path = "support/common.rs"]
+mod common;
+use common::tagged;
 
 const K: u64 = 4096;
-
-fn ext(start: u64, len: u64, tag: u64) -> Extent {
-    Extent::regular(start, len, tag << 32, len, 0, len)
-}
 
 /// Every 4 KiB offset of `[0, end)` and a few around each extent edge: same answer as the
 /// reference.
@@ -31,7 +31,7 @@ fn every_answer_matches_the_reference_through_many_merges() {
     let mut reference = ExtentMap::new();
     let n = 512;
     for i in 0..n {
-        let e = ext(i * 4 * K, 4 * K, i + 1);
+        let e = tagged(i * 4 * K, 4 * K, i + 1);
         cache.insert(e).unwrap();
         reference.insert(e).unwrap();
     }
@@ -42,7 +42,7 @@ fn every_answer_matches_the_reference_through_many_merges() {
     for round in 0..6u64 {
         for i in (round % 3..n).step_by(3) {
             tag += 1;
-            let e = ext(i * 4 * K + K, K, tag);
+            let e = tagged(i * 4 * K + K, K, tag);
             cache.replace_range(e, false).unwrap();
             reference.replace_range(e, false).unwrap();
         }
@@ -57,7 +57,7 @@ fn every_answer_matches_the_reference_through_many_merges() {
         same_gets(&cache, &reference, n * 4 * K);
         for i in (round % 5..n).step_by(5) {
             tag += 1;
-            let e = ext(i * 4 * K, 2 * K, tag);
+            let e = tagged(i * 4 * K, 2 * K, tag);
             assert_eq!(
                 cache.get_or_insert(e, i * 4 * K),
                 reference.get_or_insert(e, i * 4 * K)
@@ -78,7 +78,7 @@ fn a_reader_never_misses_a_covered_offset_while_a_writer_splits_through_merges()
     let cache = ExtentCache::new();
     let n = 256;
     for i in 0..n {
-        cache.insert(ext(i * 8 * K, 8 * K, i + 1)).unwrap();
+        cache.insert(tagged(i * 8 * K, 8 * K, i + 1)).unwrap();
     }
     let done = AtomicBool::new(false);
     thread::scope(|s| {
@@ -88,7 +88,7 @@ fn a_reader_never_misses_a_covered_offset_while_a_writer_splits_through_merges()
                 for i in 0..n {
                     tag += 1;
                     let off = i * 8 * K + (round % 4) * 2 * K;
-                    cache.replace_range(ext(off, 2 * K, tag), false).unwrap();
+                    cache.replace_range(tagged(off, 2 * K, tag), false).unwrap();
                 }
             }
             done.store(true, Ordering::Relaxed);
