@@ -28,8 +28,6 @@
 //! The operations that change the map run in batches; the map is put back between batches,
 //! outside the measured time, so every batch starts from the same map.
 
-#![allow(clippy::result_large_err)]
-
 #[path = "support/mod.rs"]
 mod support;
 

@@ -34,8 +34,6 @@
 //! (`upper_bound`) holding the extent starts, `btree-floor` a plain `BTreeMap<u64, Extent>`
 //! read through `&` with no lock at all (shared read-only across threads).
 
-#![allow(clippy::result_large_err)]
-
 #[path = "support/mod.rs"]
 mod support;
 

@@ -12,8 +12,6 @@
 //! `--map locked`), so that one map's freed memory never shows up in the other's numbers.
 //! Resident memory is read from `/proc/self/statm` (Linux).
 
-#![allow(clippy::result_large_err)]
-
 #[path = "../benches/support/mod.rs"]
 mod support;
 

@@ -31,8 +31,6 @@
 //! (a `snapshot()` of either implementation; full coverage of the file is checked for read, hot,
 //! mixed and every completed fill round). It must be 0.
 
-#![allow(clippy::result_large_err)]
-
 #[path = "../benches/support/mod.rs"]
 mod support;
 

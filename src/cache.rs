@@ -241,7 +241,7 @@ impl<M: Mapping> ExtentCache<M> {
     // ----------------------------------------------------------------------------------------
     // The API.
 
-    /// Strict insert (spec §3); see [`ExtentMap::insert`].
+    /// Strict insert (§3 of `docs/semantics.md`); see [`ExtentMap::insert`].
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Error, Extent};
@@ -269,9 +269,11 @@ impl<M: Mapping> ExtentCache<M> {
             .map(drop)
     }
 
-    /// Insert with conflict resolution, the seed's rule (spec §5); see
+    /// Insert with conflict resolution, the seed's rule (§5 of `docs/semantics.md`); see
     /// [`ExtentMap::get_or_insert`]. Never returns [`Error::Exists`], whatever other threads
     /// do: the answer covers `offset` and was in the cache at some instant during the call.
+    /// [`Error::CannotFit`] when no extent covers `offset` and the candidate cannot be cut to
+    /// the gap around it (an inline extent that would lose its start).
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -327,7 +329,7 @@ impl<M: Mapping> ExtentCache<M> {
         self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
     }
 
-    /// Strict lookup (spec §2); see [`ExtentMap::lookup`].
+    /// Strict lookup (§2 of `docs/semantics.md`); see [`ExtentMap::lookup`].
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -344,7 +346,7 @@ impl<M: Mapping> ExtentCache<M> {
             .flatten()
     }
 
-    /// Non-strict search (spec §2); see [`ExtentMap::search`].
+    /// Non-strict search (§2 of `docs/semantics.md`); see [`ExtentMap::search`].
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};

@@ -1,13 +1,16 @@
 //! The errors every map in this crate returns.
 
 use core::fmt;
+use core::ops::Range;
 
 use crate::extent::{BlockMapping, Extent, Mapping};
 
 /// Why an operation on an extent map failed. A failed operation changed nothing.
 ///
 /// Errors give ownership back: [`Error::Exists`] returns the rejected extent together with the
-/// one that is in the way.
+/// one that is in the way. The extents an error carries are boxed (conflicts are the rare path),
+/// so an `Error` is three words whatever the [`Mapping`], and a `Result<(), Error>` stays
+/// small enough to forward with `?` anywhere; `*rejected` moves the extent out of its box.
 ///
 /// ```
 /// use extent_cache::{reference::ExtentMap, Error, Extent};
@@ -17,9 +20,12 @@ use crate::extent::{BlockMapping, Extent, Mapping};
 ///     Err(Error::Exists { rejected, existing }) => {
 ///         assert_eq!(rejected.start(), 4096);
 ///         assert_eq!(existing.start(), 0);
+///         let mine: Extent = *rejected;
+///         assert_eq!(mine, Extent::hole(4096, 8192));
 ///     }
 ///     other => panic!("{other:?}"),
 /// }
+/// assert!(size_of::<Error>() <= 3 * size_of::<usize>());
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -29,9 +35,9 @@ pub enum Error<M = BlockMapping> {
     /// overwrite.
     Exists {
         /// The extent that was not inserted.
-        rejected: Extent<M>,
+        rejected: Box<Extent<M>>,
         /// The first extent in the map that overlaps it.
-        existing: Extent<M>,
+        existing: Box<Extent<M>>,
     },
     /// The arguments are malformed: an ill-formed extent, an empty or inverted range, an offset
     /// the candidate does not cover, a split that is not allowed. The reason says which.
@@ -47,13 +53,48 @@ pub enum Error<M = BlockMapping> {
         /// The offset the caller named.
         expected_start: u64,
         /// The extent found there.
-        found: Extent<M>,
+        found: Box<Extent<M>>,
+    },
+    /// `get_or_insert`: no extent covers the offset, and the candidate cannot be cut to the gap
+    /// around it, because its mapping refuses a cut at an edge of the gap (an inline extent
+    /// cannot lose its start; a custom [`Mapping`] may refuse cuts off its grid, see
+    /// [Cutting](Mapping#cutting)). Nothing was inserted. Read the gap from the backing store
+    /// again and retry with a candidate that fits it.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Error, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// // A stale inline extent for offset 6000 would have to start at 4096.
+    /// assert_eq!(
+    ///     map.get_or_insert(Extent::inline(8192), 6000),
+    ///     Err(Error::CannotFit { gap: 4096..u64::MAX })
+    /// );
+    /// ```
+    CannotFit {
+        /// The gap around the offset: from the end of the extent before it (or 0) to the start
+        /// of the extent after it (or `u64::MAX`).
+        gap: Range<u64>,
     },
 }
 
 impl<M> Error<M> {
     pub(crate) fn invalid(reason: &'static str) -> Self {
         Error::InvalidArgument { reason }
+    }
+
+    pub(crate) fn exists(rejected: Extent<M>, existing: Extent<M>) -> Self {
+        Error::Exists {
+            rejected: Box::new(rejected),
+            existing: Box::new(existing),
+        }
+    }
+
+    pub(crate) fn unclean(expected_start: u64, found: Extent<M>) -> Self {
+        Error::Unclean {
+            expected_start,
+            found: Box::new(found),
+        }
     }
 }
 
@@ -78,6 +119,11 @@ impl<M: Mapping> fmt::Display for Error<M> {
                 "expected an extent starting at {expected_start}, found [{}, {})",
                 found.start(),
                 found.end()
+            ),
+            Error::CannotFit { gap } => write!(
+                f,
+                "the candidate cannot be cut to fit the gap [{}, {}) around the offset",
+                gap.start, gap.end
             ),
         }
     }

@@ -10,7 +10,7 @@
 use core::fmt;
 use core::ops::{BitAnd, BitOr, BitOrAssign, Not};
 
-/// The flags an extent map carries (spec §1).
+/// The flags an extent map carries (docs/semantics.md §1.1).
 ///
 /// ```
 /// use extent_cache::Flags;
@@ -178,43 +178,81 @@ impl fmt::Debug for Flags {
 /// Where an extent's data lives, for the payload an embedding application chooses.
 ///
 /// The cache only needs to know three things about a mapping: whether it is well formed for a
-/// given range, how it shifts when the front of its extent is cut off, and whether (and how) it
-/// joins a mapping that directly follows it. [`BlockMapping`], the btrfs description, is the
-/// default; a database can map ranges to its own page or segment ids.
+/// given range, how it changes when its extent is cut (and whether it can be cut there at all),
+/// and whether (and how) it joins a mapping that directly follows it. [`BlockMapping`], the
+/// btrfs description, is the default; a database can map ranges to its own page or segment ids.
+///
+/// # Cutting
+///
+/// Maps cut extents in two places: `drop_range` (and `replace_range`) keep the parts of an
+/// extent that stick out of the dropped range, and `get_or_insert` trims its candidate to the
+/// gap around the offset. A piece exists only when [`skip`](Self::skip) or
+/// [`front`](Self::front) agrees to the cut *and* the piece is well formed
+/// ([`validate`](Self::validate)). Otherwise:
+///
+/// * `drop_range` forgets the piece (it is read again from the backing store when needed); its
+///   [`Dropped`](crate::Dropped) report counts the extent as dropped, as it counts every extent
+///   it cuts;
+/// * `get_or_insert` inserts nothing and answers [`Error::CannotFit`](crate::Error::CannotFit)
+///   with the gap it could not fill, unless an extent already covers the offset.
+///
+/// A mapping that can only be cut on a grid (pages, sectors, compressed frames) and whose
+/// `validate` rejects extents off that grid therefore never sees a fill fail: every extent in
+/// the map starts and ends on the grid, so every gap does too.
 ///
 /// ```
-/// use extent_cache::{Extent, Mapping};
+/// use extent_cache::{reference::ExtentMap, Extent, Mapping};
 ///
-/// /// Ranges of a log mapped to segment files: a segment id and a byte offset in it.
+/// /// Ranges of a log mapped to segment files, in 512-byte sectors.
 /// #[derive(Clone, Copy, Debug, PartialEq)]
-/// struct Segment { id: u32, offset: u64 }
+/// struct Segment { id: u32, sector: u64 }
 ///
 /// impl Mapping for Segment {
-///     fn validate(&self, _start: u64, _len: u64) -> Result<(), &'static str> { Ok(()) }
-///     fn skip(&self, by: u64) -> Self { Segment { id: self.id, offset: self.offset.saturating_add(by) } }
+///     fn validate(&self, start: u64, len: u64) -> Result<(), &'static str> {
+///         if start % 512 != 0 || len % 512 != 0 {
+///             return Err("a segment extent covers whole sectors");
+///         }
+///         Ok(())
+///     }
+///     fn skip(&self, by: u64) -> Option<Self> {
+///         // Only whole sectors can be cut off the front.
+///         (by % 512 == 0).then(|| Segment { id: self.id, sector: self.sector + by / 512 })
+///     }
 ///     fn merge(&self, len: u64, next: &Self, _next_len: u64) -> Option<Self> {
-///         (self.id == next.id && self.offset.checked_add(len) == Some(next.offset)).then_some(*self)
+///         (self.id == next.id && self.sector.checked_add(len / 512) == Some(next.sector))
+///             .then_some(*self)
 ///     }
 /// }
 ///
-/// let e = Extent::with_mapping(0, 8192, Segment { id: 7, offset: 0 });
-/// let back = e.back_piece(4096).unwrap();
-/// assert_eq!(back.mapping().offset, 4096);
+/// let e = Extent::with_mapping(0, 8192, Segment { id: 7, sector: 0 });
+/// assert_eq!(e.back_piece(4096).unwrap().mapping().sector, 8);
+/// assert!(e.back_piece(1000).is_none()); // not on a sector boundary
+///
+/// // A drop off the grid forgets the pieces it cannot keep...
+/// let mut map = ExtentMap::new();
+/// map.insert(e).unwrap();
+/// map.drop_range(1000, 5000, false).unwrap();
+/// assert!(map.is_empty());
+/// // ... so a fill always fits the gaps that are left.
+/// let got = map.get_or_insert(e, 6000).unwrap();
+/// assert_eq!((got.start(), got.end()), (0, 8192));
 /// ```
 pub trait Mapping: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Checks that this mapping is well formed for the extent `[start, start + len)`.
     /// `len > 0` is already checked. Returns a short reason when it is not.
     fn validate(&self, start: u64, len: u64) -> Result<(), &'static str>;
 
-    /// The mapping of the piece that starts `by` bytes into the extent (its front cut off).
-    /// `by` is smaller than the extent's length.
-    fn skip(&self, by: u64) -> Self;
+    /// The mapping of the piece that starts `by` bytes into the extent (its front cut off), or
+    /// `None` when this mapping cannot be cut there (see [Cutting](#cutting)).
+    /// `0 < by <` the extent's length.
+    fn skip(&self, by: u64) -> Option<Self>;
 
-    /// The mapping of the first `len` bytes of the extent (its back cut off). Most mappings
-    /// do not change; the default returns `self`.
-    fn front(&self, len: u64) -> Self {
+    /// The mapping of the first `len` bytes of the extent (its back cut off), or `None` when
+    /// this mapping cannot be cut there (see [Cutting](#cutting)). `0 < len <` the extent's
+    /// length. Most mappings do not change; the default returns `self`.
+    fn front(&self, len: u64) -> Option<Self> {
         let _ = len;
-        self.clone()
+        Some(self.clone())
     }
 
     /// Whether this mapping may take part in a merge at all (btrfs: not when compressed).
@@ -247,7 +285,7 @@ pub enum Compression {
     Zstd,
 }
 
-/// The location of a btrfs extent map (spec §1).
+/// The location of a btrfs extent map (docs/semantics.md §1.2).
 ///
 /// ```
 /// use extent_cache::{Extent, Location};
@@ -297,8 +335,8 @@ impl BlockMapping {
         self.compression != Compression::None
     }
 
-    /// `block_start` (spec §1): `disk_bytenr` when compressed, else `disk_bytenr + offset`;
-    /// `None` for holes and inline extents.
+    /// `block_start` (docs/semantics.md §1.2): `disk_bytenr` when compressed, else `disk_bytenr +
+    /// offset`; `None` for holes and inline extents.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -319,8 +357,8 @@ impl BlockMapping {
         }
     }
 
-    /// `block_len` (spec §1) of this mapping for an extent of `len` bytes: `disk_num_bytes`
-    /// when compressed, else `len`.
+    /// `block_len` (docs/semantics.md §1.2) of this mapping for an extent of `len` bytes:
+    /// `disk_num_bytes` when compressed, else `len`.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -378,23 +416,25 @@ impl Mapping for BlockMapping {
         }
     }
 
-    fn skip(&self, by: u64) -> Self {
+    fn skip(&self, by: u64) -> Option<Self> {
         match self.location {
+            Location::Hole => Some(*self),
+            // Inline data lives at file offset 0 only: its front cannot be cut off.
+            Location::Inline => None,
             Location::Regular {
                 disk_bytenr,
                 disk_num_bytes,
                 offset,
                 ram_bytes,
-            } => BlockMapping {
+            } => Some(BlockMapping {
                 location: Location::Regular {
                     disk_bytenr,
                     disk_num_bytes,
-                    offset: offset.saturating_add(by),
+                    offset: offset.checked_add(by)?,
                     ram_bytes,
                 },
                 compression: self.compression,
-            },
-            _ => *self,
+            }),
         }
     }
 
@@ -592,7 +632,7 @@ impl Extent<BlockMapping> {
         self.mapping.is_compressed()
     }
 
-    /// `block_start` (spec §1); `None` for holes and inline extents.
+    /// `block_start` (docs/semantics.md §1.2); `None` for holes and inline extents.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -603,7 +643,7 @@ impl Extent<BlockMapping> {
         self.mapping.block_start()
     }
 
-    /// `block_len` (spec §1): `disk_num_bytes` when compressed, else `len`.
+    /// `block_len` (docs/semantics.md §1.2): `disk_num_bytes` when compressed, else `len`.
     ///
     /// ```
     /// use extent_cache::{Compression, Extent};
@@ -753,8 +793,8 @@ impl<M> Extent<M> {
 }
 
 impl<M: Mapping> Extent<M> {
-    /// Checks that the extent is well formed (spec §1): `len > 0`, a non-empty range, and a
-    /// mapping that fits it. Returns the reason when it is not.
+    /// Checks that the extent is well formed (docs/semantics.md §1.3): `len > 0`, a non-empty
+    /// range, and a mapping that fits it. Returns the reason when it is not.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -773,7 +813,8 @@ impl<M: Mapping> Extent<M> {
     }
 
     /// The piece `[start, at)` of this extent: same flags, generation and (trimmed) mapping.
-    /// `None` unless `start < at < end`.
+    /// `None` unless `start < at < end`, the mapping can be cut there ([`Mapping::front`]) and
+    /// the piece is well formed.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -787,19 +828,14 @@ impl<M: Mapping> Extent<M> {
         if !(self.start < at && at < self.end()) {
             return None;
         }
-        let len = at - self.start;
-        Some(Extent {
-            start: self.start,
-            len,
-            flags: self.flags,
-            generation: self.generation,
-            mapping: self.mapping.front(len),
-        })
+        self.trimmed(self.start, at)
     }
 
     /// The piece `[at, end)` of this extent: same flags and generation, the mapping shifted
     /// by `at - start` (for a regular map, `offset` grows, compressed or not).
-    /// `None` unless `start < at < end`.
+    /// `None` unless `start < at < end`, the mapping can be cut there ([`Mapping::skip`]) and
+    /// the piece is well formed: an inline extent has no back piece (inline data lives at
+    /// file offset 0 only).
     ///
     /// ```
     /// use extent_cache::{Extent, Location};
@@ -807,23 +843,19 @@ impl<M: Mapping> Extent<M> {
     /// let back = e.back_piece(4096).unwrap();
     /// assert_eq!((back.start(), back.end()), (4096, 8192));
     /// assert!(matches!(back.location(), Location::Regular { offset: 4096, .. }));
+    /// assert!(Extent::inline(8192).back_piece(4096).is_none());
     /// ```
     pub fn back_piece(&self, at: u64) -> Option<Extent<M>> {
         if !(self.start < at && at < self.end()) {
             return None;
         }
-        let by = at - self.start;
-        Some(Extent {
-            start: at,
-            len: self.end() - at,
-            flags: self.flags,
-            generation: self.generation,
-            mapping: self.mapping.skip(by),
-        })
+        self.trimmed(at, self.end())
     }
 
-    /// This extent trimmed to `[s, e)` (spec §5 step 4): `None` unless
-    /// `start <= s < e <= end`.
+    /// This extent trimmed to `[s, e)` (docs/semantics.md §1.4, §5 step 4): same flags and
+    /// generation, the mapping cut at both ends. `None` unless `start <= s < e <= end`, the mapping
+    /// can be cut at each end that moves ([`Mapping::skip`], [`Mapping::front`]) and the piece is
+    /// well formed. Trimming to `[start, end)` gives the extent back as it is.
     ///
     /// ```
     /// use extent_cache::Extent;
@@ -831,24 +863,38 @@ impl<M: Mapping> Extent<M> {
     /// let t = e.trimmed(8192, 16384).unwrap();
     /// assert_eq!((t.start(), t.end()), (8192, 16384));
     /// assert!(e.trimmed(16384, 8192).is_none());
+    /// assert!(Extent::inline(8192).trimmed(0, 4096).is_some());
+    /// assert!(Extent::inline(8192).trimmed(4096, 8192).is_none());
     /// ```
     pub fn trimmed(&self, s: u64, e: u64) -> Option<Extent<M>> {
         if !(self.start <= s && s < e && e <= self.end()) {
             return None;
         }
-        let mut out = if s > self.start {
-            self.back_piece(s)?
-        } else {
-            self.clone()
-        };
-        if e < out.end() {
-            out = out.front_piece(e)?;
+        if s == self.start && e == self.end() {
+            return Some(self.clone());
         }
-        Some(out)
+        let mapping = if s > self.start {
+            self.mapping.skip(s - self.start)?
+        } else {
+            self.mapping.clone()
+        };
+        let mapping = if e < self.end() {
+            mapping.front(e - s)?
+        } else {
+            mapping
+        };
+        let piece = Extent {
+            start: s,
+            len: e - s,
+            flags: self.flags,
+            generation: self.generation,
+            mapping,
+        };
+        piece.validate().ok().map(|()| piece)
     }
 
-    /// Whether this extent may take part in a merge at all (spec §4): not pinned, not logging,
-    /// a mapping that merges (btrfs: not compressed). Membership of the modified set, the
+    /// Whether this extent may take part in a merge at all (docs/semantics.md §4): not pinned, not
+    /// logging, a mapping that merges (btrfs: not compressed). Membership of the modified set, the
     /// fourth condition, is a property of the map holding the extent, not of the value.
     ///
     /// ```
@@ -860,9 +906,9 @@ impl<M: Mapping> Extent<M> {
         !self.flags.intersects(Flags::PINNED | Flags::LOGGING) && self.mapping.may_merge()
     }
 
-    /// `self` merged with `next`, the extent that starts where `self` ends (spec §4), or `None`
-    /// when the two are not mergeable. The result covers both ranges, has the larger generation
-    /// and carries [`Flags::MERGED`].
+    /// `self` merged with `next`, the extent that starts where `self` ends (docs/semantics.md §4),
+    /// or `None` when the two are not mergeable. The result covers both ranges, has the larger
+    /// generation and carries [`Flags::MERGED`].
     ///
     /// ```
     /// use extent_cache::{Extent, Flags};

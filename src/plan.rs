@@ -1,5 +1,5 @@
-//! The semantics (spec §3–§7), written once, as pure functions from a view of the map to a
-//! change.
+//! The semantics (docs/semantics.md §3–§7), written once, as pure functions from a view of the map
+//! to a change.
 //!
 //! Every mutating operation is *planned* here against a [`View`]: a read-only, consistent view
 //! of (part of) the map. The plan is a [`Change`] — the items to take out and the items to put
@@ -95,8 +95,8 @@ pub(crate) trait View<M: Mapping> {
     }
 }
 
-/// Strict lookup (spec §2): the extent containing `start`, else the first one starting in
-/// `(start, start + len)`.
+/// Strict lookup (docs/semantics.md §2): the extent containing `start`, else the first one starting
+/// in `(start, start + len)`.
 pub(crate) fn lookup<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     start: u64,
@@ -114,7 +114,8 @@ pub(crate) fn lookup<M: Mapping, V: View<M> + ?Sized>(
         .map(|i| i.ext))
 }
 
-/// Non-strict search (spec §2): containing `start`, else the first after, else the last before.
+/// Non-strict search (docs/semantics.md §2): containing `start`, else the first after, else the
+/// last before.
 pub(crate) fn search<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     start: u64,
@@ -253,13 +254,13 @@ fn check<M: Mapping>(ext: &Extent<M>) -> Result<(), Error<M>> {
     ext.validate().map_err(Error::invalid)
 }
 
-/// Whether an item may take part in a merge (spec §4).
+/// Whether an item may take part in a merge (docs/semantics.md §4).
 fn may_merge<M: Mapping>(i: &Item<M>) -> bool {
     !i.modified && i.ext.may_merge()
 }
 
 /// Merges the (just added, unmodified) item starting at `start` with its predecessor, then
-/// with its successor (spec §4). Returns the item as it stands afterwards.
+/// with its successor (docs/semantics.md §4). Returns the item as it stands afterwards.
 fn try_merge<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     item: Item<M>,
@@ -281,7 +282,8 @@ fn try_merge<M: Mapping, V: View<M> + ?Sized>(
     Ok(cur.ext)
 }
 
-/// Replaces `left` and `right` (adjacent in the overlay) by their merge, when spec §4 allows it.
+/// Replaces `left` and `right` (adjacent in the overlay) by their merge, when docs/semantics.md §4
+/// allows it.
 fn join<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     left: &Item<M>,
@@ -300,7 +302,8 @@ fn join<M: Mapping, V: View<M> + ?Sized>(
     Some(merged)
 }
 
-/// Strict insert into an overlay (spec §3); returns the extent as it stands afterwards.
+/// Strict insert into an overlay (docs/semantics.md §3); returns the extent as it stands
+/// afterwards.
 fn insert_into<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     ext: Extent<M>,
@@ -308,11 +311,7 @@ fn insert_into<M: Mapping, V: View<M> + ?Sized>(
 ) -> Result<Extent<M>, PlanError<M>> {
     check(&ext)?;
     if let Some(x) = ov.overlapping(ext.start(), ext.end())?.into_iter().next() {
-        return Err(Error::Exists {
-            rejected: ext,
-            existing: x.ext,
-        }
-        .into());
+        return Err(Error::exists(ext, x.ext).into());
     }
     let item = Item { ext, modified };
     ov.add(item.clone());
@@ -322,7 +321,8 @@ fn insert_into<M: Mapping, V: View<M> + ?Sized>(
     Ok(try_merge(ov, item)?)
 }
 
-/// Strict insert (spec §3). The answer is the extent as it stands in the map afterwards.
+/// Strict insert (docs/semantics.md §3). The answer is the extent as it stands in the map
+/// afterwards.
 pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     ext: Extent<M>,
@@ -333,7 +333,7 @@ pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// Insert with conflict resolution (spec §5): the seed's rule.
+/// Insert with conflict resolution (docs/semantics.md §5): the seed's rule.
 pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     candidate: Extent<M>,
@@ -353,17 +353,22 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     }
     // Steps 1 and 4: fit the candidate into the gap around the offset. When nothing overlaps
     // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
-    let s = match ov.at_or_before(offset)? {
-        Some(prev) => candidate.start().max(prev.ext.end()),
-        None => candidate.start(),
+    // No extent covers the offset, so the one before it ends at or before it, and the gap
+    // holds the offset.
+    let gap_start = ov.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
+    let gap_end = ov.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    let (s, e) = (
+        candidate.start().max(gap_start),
+        candidate.end().min(gap_end),
+    );
+    // `s <= offset < e`: the only way not to fit is a cut the mapping refuses (an inline
+    // candidate cut off its start, a custom mapping cut off its grid).
+    let Some(fitted) = candidate.trimmed(s, e) else {
+        return Err(Error::CannotFit {
+            gap: gap_start..gap_end,
+        }
+        .into());
     };
-    let e = match ov.after(offset)? {
-        Some(next) => candidate.end().min(next.ext.start()),
-        None => candidate.end(),
-    };
-    let fitted = candidate
-        .trimmed(s, e)
-        .ok_or(PlanError::Api(Error::invalid("get_or_insert: empty gap")))?;
     let answer = insert_into(&mut ov, fitted, false)?;
     done(ov, answer)
 }
@@ -374,7 +379,7 @@ fn find_exact<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Probe<
         .filter(|i| i.ext.start() == ext.start() && i.ext == *ext))
 }
 
-/// `remove(em)` (spec §6). The answer says whether the extent was there.
+/// `remove(em)` (docs/semantics.md §6.1). The answer says whether the extent was there.
 pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Plan<M, bool> {
     let mut ov = Overlay::new(v);
     match find_exact(&ov, ext)? {
@@ -386,7 +391,7 @@ pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) ->
     }
 }
 
-/// `replace(cur, new)` (spec §6): `new` takes `cur`'s place in one step.
+/// `replace(cur, new)` (docs/semantics.md §6.2): `new` takes `cur`'s place in one step.
 pub(crate) fn replace<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     cur: &Extent<M>,
@@ -425,7 +430,7 @@ pub struct Dropped {
 }
 
 impl Dropped {
-    /// Whether the next fsync must be a full one (spec §7): a modified extent whose
+    /// Whether the next fsync must be a full one (docs/semantics.md §7.4): a modified extent whose
     /// generation is not older than `current_generation` was dropped or cut.
     ///
     /// ```
@@ -459,16 +464,17 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
                     .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
             );
         }
+        // A piece the mapping cannot cut off (the back piece of an inline extent would be inline
+        // data away from offset 0, docs/semantics.md §1.4; a custom mapping cut off its grid) does
+        // not exist: the map forgets it (it is read again from the backing store when needed), and
+        // the report counts the extent as dropped, as it counts every extent it cuts.
         if let Some(front) = item.ext.front_piece(start) {
             ov.add(Item {
                 ext: front,
                 modified: item.modified,
             });
         }
-        // The back piece of an inline extent would be inline data away from offset 0, which is
-        // ill-formed (spec §1): the cache forgets it instead (it is re-read from disk when
-        // needed), and the report counts it as dropped.
-        if let Some(back) = item.ext.back_piece(end).filter(|b| b.validate().is_ok()) {
+        if let Some(back) = item.ext.back_piece(end) {
             ov.add(Item {
                 ext: back,
                 modified: item.modified,
@@ -487,7 +493,7 @@ fn check_range<M>(start: u64, end: u64) -> Result<(), Error<M>> {
     Ok(())
 }
 
-/// `drop_range(start, end, skip_pinned)` (spec §6).
+/// `drop_range(start, end, skip_pinned)` (docs/semantics.md §6.3).
 pub(crate) fn drop_range<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     start: u64,
@@ -500,7 +506,8 @@ pub(crate) fn drop_range<M: Mapping, V: View<M> + ?Sized>(
     done(ov, report)
 }
 
-/// `replace_range(new, modified)` (spec §6): drop the range of `new` and insert it, one step.
+/// `replace_range(new, modified)` (docs/semantics.md §6.4): drop the range of `new` and insert it,
+/// one step.
 pub(crate) fn replace_range<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     new: Extent<M>,
@@ -513,7 +520,7 @@ pub(crate) fn replace_range<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// `unpin(start, len, generation)` (spec §7).
+/// `unpin(start, len, generation)` (docs/semantics.md §7.1).
 pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     start: u64,
@@ -525,11 +532,7 @@ pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
         return Err(Error::NotFound.into());
     };
     if found.start() != start {
-        return Err(Error::Unclean {
-            expected_start: start,
-            found,
-        }
-        .into());
+        return Err(Error::unclean(start, found).into());
     }
     let item = find_exact(&ov, &found)?.ok_or(PlanError::Edge)?;
     ov.remove(&item);
@@ -548,8 +551,8 @@ pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// Takes one extent of the modified set for logging (spec §7): it leaves the set and is
-/// marked `logging`. The answer is the extent as logged.
+/// Takes one extent of the modified set for logging (docs/semantics.md §7.2): it leaves the set and
+/// is marked `logging`. The answer is the extent as logged.
 pub(crate) fn take_for_logging<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     ext: &Extent<M>,
@@ -569,8 +572,8 @@ pub(crate) fn take_for_logging<M: Mapping, V: View<M> + ?Sized>(
     }
 }
 
-/// `clear_logging(em)` (spec §7): clears the flag and merges. The answer is the extent as it
-/// stands afterwards.
+/// `clear_logging(em)` (docs/semantics.md §7.2): clears the flag and merges. The answer is the
+/// extent as it stands afterwards.
 pub(crate) fn clear_logging<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
     ext: &Extent<M>,
@@ -593,7 +596,7 @@ pub(crate) fn clear_logging<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// `split(start, len, pre, new_disk_bytenr)` (spec §6, zoned devices).
+/// `split(start, len, pre, new_disk_bytenr)` (docs/semantics.md §6.5, zoned devices).
 pub(crate) fn split<V: View<BlockMapping> + ?Sized>(
     v: &V,
     start: u64,

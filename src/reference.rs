@@ -1,8 +1,8 @@
-//! The sequential reference: the spec, executed plainly.
+//! The sequential reference: the semantics (docs/semantics.md), executed plainly.
 //!
 //! [`ExtentMap`] is an ordered `BTreeMap` of extents with `&mut self` methods, one for every
-//! operation of the spec. It is deliberately simple, and it is the oracle every test of the
-//! lock-free [`ExtentCache`](crate::ExtentCache) compares against. [`LockedExtentMap`] puts it
+//! operation of docs/semantics.md. It is deliberately simple, and it is the oracle every test of
+//! the lock-free [`ExtentCache`](crate::ExtentCache) compares against. [`LockedExtentMap`] puts it
 //! behind one `std::sync::RwLock` — what btrfs does — and is the baseline the benchmarks beat.
 //!
 //! ```
@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
 
-/// The sequential extent map: the spec on a `BTreeMap`, `&mut self`.
+/// The sequential extent map: the semantics on a `BTreeMap`, `&mut self`.
 ///
 /// Every method either succeeds or returns an [`Error`] and leaves the map exactly as it was.
 ///
@@ -104,8 +104,9 @@ impl<M: Mapping> ExtentMap<M> {
         probe.unwrap_or_else(|_| unreachable!("the whole map is always in view"))
     }
 
-    /// Strict insert (spec §3): fails with [`Error::Exists`] if the extent intersects one in the
-    /// map; otherwise inserts it and merges it with its neighbours where spec §4 allows.
+    /// Strict insert (docs/semantics.md §3): fails with [`Error::Exists`] if the extent intersects
+    /// one in the map; otherwise inserts it and merges it with its neighbours where
+    /// docs/semantics.md §4 allows.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Error, Extent};
@@ -119,7 +120,7 @@ impl<M: Mapping> ExtentMap<M> {
         self.run(|v| plan::insert(v, ext, false)).map(drop)
     }
 
-    /// Strict insert into the modified set (spec §3 with `modified`): never merged.
+    /// Strict insert into the modified set (docs/semantics.md §3 with `modified`): never merged.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -133,8 +134,8 @@ impl<M: Mapping> ExtentMap<M> {
         self.run(|v| plan::insert(v, ext, true)).map(drop)
     }
 
-    /// Insert with conflict resolution (spec §5, the seed's rule): returns the extent that
-    /// covers `offset` afterwards — the one already there, or `candidate` fitted into the gap
+    /// Insert with conflict resolution (docs/semantics.md §5, the seed's rule): returns the extent
+    /// that covers `offset` afterwards — the one already there, or `candidate` fitted into the gap
     /// around `offset` (and merged). Never returns [`Error::Exists`].
     ///
     /// Errors: [`Error::InvalidArgument`] when `candidate` is ill-formed, or when `offset` lies
@@ -169,8 +170,8 @@ impl<M: Mapping> ExtentMap<M> {
         self.read(self.containing(offset)).map(|i| i.ext)
     }
 
-    /// Strict lookup (spec §2): the extent containing `start`, else the first one that starts
-    /// before `start + len` (saturating). `len == 0` finds nothing.
+    /// Strict lookup (docs/semantics.md §2): the extent containing `start`, else the first one that
+    /// starts before `start + len` (saturating). `len == 0` finds nothing.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -184,10 +185,10 @@ impl<M: Mapping> ExtentMap<M> {
         self.read(plan::lookup(self, start, len))
     }
 
-    /// Non-strict search (spec §2): like [`lookup`](Self::lookup), but when nothing intersects
-    /// it returns a neighbour (the first extent after `start`, else the last before it).
-    /// `None` only when the map is empty. `len` is accepted for symmetry with the kernel and
-    /// does not change the answer.
+    /// Non-strict search (docs/semantics.md §2): like [`lookup`](Self::lookup), but when nothing
+    /// intersects it returns a neighbour (the first extent after `start`, else the last before it).
+    /// `None` only when the map is empty. `len` is accepted for symmetry with the kernel and does
+    /// not change the answer.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -254,8 +255,8 @@ impl<M: Mapping> ExtentMap<M> {
         self.run(|v| plan::remove(v, ext)).unwrap_or(false)
     }
 
-    /// Puts `new` where `cur` was, in one step (spec §6). `new` must not overlap any extent
-    /// but `cur`. Unless `modified`, `new` is merged with its neighbours.
+    /// Puts `new` where `cur` was, in one step (docs/semantics.md §6.2). `new` must not overlap any
+    /// extent but `cur`. Unless `modified`, `new` is merged with its neighbours.
     ///
     /// Errors: [`Error::NotFound`] if `cur` is not in the map, [`Error::Exists`] if `new`
     /// overlaps another extent, [`Error::InvalidArgument`] if `new` is ill-formed.
@@ -277,9 +278,10 @@ impl<M: Mapping> ExtentMap<M> {
         self.run(|v| plan::replace(v, cur, new, modified)).map(drop)
     }
 
-    /// Drops `[start, end)` (spec §6): afterwards no extent intersects it, except pinned ones
-    /// when `skip_pinned` (stepped over whole). Extents sticking out are cut; the pieces keep
-    /// flags, generation and modified-set membership. `end = u64::MAX` means "to the end".
+    /// Drops `[start, end)` (docs/semantics.md §6.3): afterwards no extent intersects it, except
+    /// pinned ones when `skip_pinned` (stepped over whole). Extents sticking out are cut; the
+    /// pieces keep flags, generation and modified-set membership. `end = u64::MAX` means "to the
+    /// end".
     ///
     /// Errors: [`Error::InvalidArgument`] when `start >= end`.
     ///
@@ -300,8 +302,8 @@ impl<M: Mapping> ExtentMap<M> {
         self.run(|v| plan::drop_range(v, start, end, skip_pinned))
     }
 
-    /// Drops the range of `new` and inserts `new`, as one step (spec §6). Unless `modified`,
-    /// `new` is merged with its neighbours.
+    /// Drops the range of `new` and inserts `new`, as one step (docs/semantics.md §6.4). Unless
+    /// `modified`, `new` is merged with its neighbours.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -315,7 +317,7 @@ impl<M: Mapping> ExtentMap<M> {
             .map(drop)
     }
 
-    /// Unpins the extent at `start` (spec §7): sets its generation, clears
+    /// Unpins the extent at `start` (docs/semantics.md §7.1): sets its generation, clears
     /// [`Flags::PINNED`](crate::Flags::PINNED) and merges it where allowed.
     ///
     /// Errors: [`Error::NotFound`] if [`lookup`](Self::lookup)`(start, len)` finds nothing,
@@ -352,9 +354,9 @@ impl<M: Mapping> ExtentMap<M> {
             .collect()
     }
 
-    /// Takes the modified set for an fsync log (spec §7): every extent in it leaves the set and
-    /// is marked [`Flags::LOGGING`](crate::Flags::LOGGING). Returns them as logged, in start
-    /// order. Call [`clear_logging`](Self::clear_logging) on each once written.
+    /// Takes the modified set for an fsync log (docs/semantics.md §7.2): every extent in it leaves
+    /// the set and is marked [`Flags::LOGGING`](crate::Flags::LOGGING). Returns them as logged, in
+    /// start order. Call [`clear_logging`](Self::clear_logging) on each once written.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent, Flags};
@@ -375,7 +377,7 @@ impl<M: Mapping> ExtentMap<M> {
     }
 
     /// Clears [`Flags::LOGGING`](crate::Flags::LOGGING) on this exact extent and merges it
-    /// where allowed (spec §7). Returns the extent as it stands afterwards.
+    /// where allowed (docs/semantics.md §7.2). Returns the extent as it stands afterwards.
     ///
     /// Errors: [`Error::NotFound`] if the extent is not in the map.
     ///
@@ -440,7 +442,7 @@ impl<M: Mapping> ExtentMap<M> {
 
 impl ExtentMap<BlockMapping> {
     /// Splits a pinned, modified, uncompressed regular extent of exactly `[start, start + len)`
-    /// (spec §6, zoned devices) into `[start, start + pre)` at `new_disk_bytenr` and
+    /// (docs/semantics.md §6.5, zoned devices) into `[start, start + pre)` at `new_disk_bytenr` and
     /// `[start + pre, start + len)` at `block_start + pre`. Both pieces keep the flags and stay
     /// in the modified set.
     ///

@@ -1,12 +1,10 @@
-//! `ExtentCache` under real threads (spec §5 and §8).
+//! `ExtentCache` under real threads (docs/semantics.md §5 and §8).
 //!
 //! Every test runs a fixed number of operations (nothing is timed) and checks behaviour, not
 //! just the absence of a crash: answers cover the offsets asked for, the map never holds two
 //! overlapping extents, covered offsets are never reported missing, no update is lost, and
 //! memory stays proportional to the number of extents. Sizes shrink under Miri; the
 //! assertions do not.
-
-#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeSet;
 use std::sync::Barrier;
@@ -16,52 +14,17 @@ use std::thread;
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Compression, Error, Extent, ExtentCache, Flags};
 
+#[path = "support/common.rs"]
+mod common;
+use common::{Draw, Rng, check_extents, contiguous, seeded, size};
+
 const K: u64 = 1024;
 const BLOCK: u64 = 4 * K;
-
-/// `large` normally, `small` under Miri.
-fn size(large: u64, small: u64) -> u64 {
-    if cfg!(miri) { small } else { large }
-}
-
-/// A small deterministic generator (splitmix64): the tests need no seed management.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// True with probability `percent` / 100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    /// A block-aligned range `[a, b)` of 1 to `max` blocks inside `[lo, hi)` (block numbers).
-    fn range(&mut self, lo: u64, hi: u64, max: u64) -> (u64, u64) {
-        let a = lo + self.below(hi - lo);
-        let n = 1 + self.below(max.min(hi - a));
-        (a * BLOCK, (a + n) * BLOCK)
-    }
-}
 
 /// A regular, uncompressed extent of `[start, end)` whose file offset `x` lives at disk byte
 /// `disk_base + x`: pieces of it, and neighbours built the same way, merge.
 fn at_disk(start: u64, end: u64, disk_base: u64) -> Extent {
-    let len = end - start;
-    Extent::regular(start, len, disk_base + start, len, 0, len)
+    contiguous(start, end - start, disk_base)
 }
 
 /// Where the byte at `off` lives on disk according to `e` (uncompressed regular extents).
@@ -69,24 +32,6 @@ fn physical(e: &Extent, off: u64) -> u64 {
     assert!(e.contains(off), "{e:?} does not cover {off}");
     assert!(!e.is_compressed());
     e.block_start().expect("a regular extent") + (off - e.start())
-}
-
-/// Sorted, never overlapping, every extent well formed.
-fn check_extents(what: &str, extents: impl IntoIterator<Item = Extent>) -> usize {
-    let mut prev: Option<Extent> = None;
-    let mut n = 0;
-    for e in extents {
-        assert_eq!(e.validate(), Ok(()), "{what}: ill-formed extent {e:?}");
-        if let Some(p) = prev {
-            assert!(
-                p.end() <= e.start(),
-                "{what}: {p:?} and {e:?} overlap or are out of order"
-            );
-        }
-        prev = Some(e);
-        n += 1;
-    }
-    n
 }
 
 /// A snapshot is a valid map: sorted, no overlap, every extent well formed.
@@ -123,7 +68,7 @@ fn assert_covers(snap: &ExtentMap, start: u64, end: u64) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The seed race (spec §5)
+// The seed race (docs/semantics.md §5)
 // ---------------------------------------------------------------------------------------------
 
 /// The 2018 btrfs EEXIST race, many times over.
@@ -157,10 +102,10 @@ fn seed_race_split_while_stale_readers_insert() {
                 .map(|w| {
                     let cache = &cache;
                     s.spawn(move || {
-                        let mut rng = Rng::new(round * 16 + w);
+                        let mut rng = seeded(round * 16 + w);
                         let mut written = BTreeSet::new();
                         for _ in 0..size(96, 8) {
-                            let (a, b) = rng.range(0, blocks, 8);
+                            let (a, b) = rng.blocks(BLOCK, 0, blocks, 8);
                             let new = at_disk(base + a, base + b, NEW - base);
                             let modified = rng.chance(50);
                             if rng.chance(50) {
@@ -246,15 +191,15 @@ fn drop_range_races_get_or_insert() {
     thread::scope(|s| {
         let cache = &cache;
         s.spawn(move || {
-            let mut rng = Rng::new(1);
+            let mut rng = seeded(1);
             for _ in 0..size(1500, 30) {
-                let (a, b) = rng.range(0, FILE, 16);
+                let (a, b) = rng.blocks(BLOCK, 0, FILE, 16);
                 let skip_pinned = rng.chance(70);
                 let d = cache.drop_range(a, b, skip_pinned).unwrap();
                 assert!(d.modified <= d.extents);
                 if rng.chance(10) {
                     // Re-pin a stretch, so that skip_pinned keeps having something to skip.
-                    let (a, b) = rng.range(0, FILE, 2);
+                    let (a, b) = rng.blocks(BLOCK, 0, FILE, 2);
                     let e = at_disk(a, b, PINNED_DISK).with_flags(Flags::PINNED);
                     cache.replace_range(e, false).unwrap();
                 }
@@ -262,9 +207,9 @@ fn drop_range_races_get_or_insert() {
         });
         for t in 0..readers {
             s.spawn(move || {
-                let mut rng = Rng::new(100 + t);
+                let mut rng = seeded(100 + t);
                 for _ in 0..size(1500, 30) {
-                    let (a, b) = rng.range(0, FILE, 16);
+                    let (a, b) = rng.blocks(BLOCK, 0, FILE, 16);
                     let off = a + rng.below((b - a) / BLOCK) * BLOCK + rng.below(BLOCK);
                     let cand = at_disk(a, b, cand_disk(t));
                     let got = cache
@@ -351,8 +296,8 @@ fn get_or_insert_different_candidates_in_one_gap() {
                 .map(|t| {
                     let (cache, barrier) = (&cache, &barrier);
                     s.spawn(move || {
-                        let mut rng = Rng::new(round * 8 + t);
-                        let (a, b) = rng.range(0, 16, 16);
+                        let mut rng = seeded(round * 8 + t);
+                        let (a, b) = rng.blocks(BLOCK, 0, 16, 16);
                         let off = a + rng.below((b - a) / BLOCK) * BLOCK;
                         let cand = at_disk(a, b, (t + 1) << 40);
                         barrier.wait();
@@ -376,7 +321,7 @@ fn get_or_insert_different_candidates_in_one_gap() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Readers never see a partial change (spec §8)
+// Readers never see a partial change (docs/semantics.md §8)
 // ---------------------------------------------------------------------------------------------
 
 /// Writers keep replacing sub-ranges of a fully covered file (with holes, contiguous extents
@@ -394,9 +339,9 @@ fn replace_range_never_uncovers_an_offset() {
         let writers: Vec<_> = (0..2u64)
             .map(|w| {
                 s.spawn(move || {
-                    let mut rng = Rng::new(7 + w);
+                    let mut rng = seeded(7 + w);
                     for _ in 0..size(1500, 30) {
-                        let (a, b) = rng.range(0, FILE, 12);
+                        let (a, b) = rng.blocks(BLOCK, 0, FILE, 12);
                         let e = match rng.below(5) {
                             0 => Extent::hole(a, b - a),
                             1 | 2 => at_disk(a, b, 1 << 40),
@@ -425,7 +370,7 @@ fn replace_range_never_uncovers_an_offset() {
             .collect();
         for r in 0..2u64 {
             s.spawn(move || {
-                let mut rng = Rng::new(50 + r);
+                let mut rng = seeded(50 + r);
                 while !done.load(Ordering::Relaxed) {
                     for i in 0..FILE {
                         let off = i * BLOCK + rng.below(BLOCK);
@@ -460,7 +405,7 @@ fn replace_range_never_uncovers_an_offset() {
 
 /// A random extent in blocks `[lo, hi)`: any kind, random flags.
 fn random_extent(rng: &mut Rng, lo: u64, hi: u64) -> Extent {
-    let (a, b) = rng.range(lo, hi, 8);
+    let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
     let e = match rng.below(6) {
         0 | 1 => Extent::hole(a, b - a),
         2 | 3 => at_disk(a, b, 1 << 40),
@@ -545,7 +490,7 @@ fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) {
             }
         }
         10 | 11 => {
-            let (a, b) = rng.range(lo, hi, 8);
+            let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
             cache.drop_range(a, b, rng.chance(50)).unwrap();
         }
         12..=14 => cache
@@ -570,7 +515,7 @@ fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) {
             }
         }
         17 => {
-            let (a, b) = rng.range(lo, hi, 4);
+            let (a, b) = rng.blocks(BLOCK, lo, hi, 4);
             let e = at_disk(a, b, 1 << 45).with_flags(Flags::PINNED);
             if cache.insert_modified(e).is_ok() && b - a >= 2 * BLOCK {
                 match cache.split(a, b - a, BLOCK, 1 << 46) {
@@ -603,7 +548,7 @@ fn random_mix(threads: u64, cap: usize) {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    let mut rng = Rng::new(threads * 100 + t);
+                    let mut rng = seeded(threads * 100 + t);
                     for _ in 0..ops {
                         random_op(cache, &mut rng, 0, FILE);
                     }
@@ -669,12 +614,12 @@ fn random_write(rng: &mut Rng, mine: &ExtentMap, lo: u64, hi: u64) -> Write {
             Write::GetOrInsert(cand, off)
         }
         4..=6 => {
-            let (a, b) = rng.range(lo, hi, 8);
+            let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
             Write::DropRange(a, b, rng.chance(50))
         }
         7..=9 => Write::ReplaceRange(random_extent(rng, lo, hi), rng.chance(30)),
         10 => {
-            let (a, b) = rng.range(lo, hi, 2);
+            let (a, b) = rng.blocks(BLOCK, lo, hi, 2);
             Write::Unpin(a, b - a, rng.below(8))
         }
         _ => {
@@ -735,7 +680,7 @@ fn no_lost_update(threads: u64) {
             .map(|t| {
                 s.spawn(move || {
                     let (lo, hi) = (t * (REGION + 1), t * (REGION + 1) + REGION);
-                    let mut rng = Rng::new(1000 + threads * 10 + t);
+                    let mut rng = seeded(1000 + threads * 10 + t);
                     let mut mine = ExtentMap::new();
                     let mut log = Vec::new();
                     for _ in 0..ops {
@@ -809,7 +754,7 @@ fn churn(threads: u64, slots: u64, ops: u64, cap: usize) {
         for t in 0..threads {
             let cache = &cache;
             s.spawn(move || {
-                let mut rng = Rng::new(77 + t);
+                let mut rng = seeded(77 + t);
                 let share = slots / threads;
                 for _ in 0..ops / threads {
                     let i = t * share + rng.below(share);

@@ -1,5 +1,5 @@
-//! Extent values and their arithmetic (spec §1 and §4): validation, the derived block values,
-//! cutting pieces, trimming and merging, including everything near `u64::MAX`.
+//! Extent values and their arithmetic (docs/semantics.md §1 and §4): validation, the derived block
+//! values, cutting pieces, trimming and merging, including everything near `u64::MAX`.
 
 use extent_cache::{BlockMapping, Compression, Extent, Flags, Location, Mapping};
 
@@ -27,7 +27,7 @@ fn loc(disk_bytenr: u64, disk_num_bytes: u64, offset: u64, ram_bytes: u64) -> Lo
 }
 
 // ---------------------------------------------------------------------------------------------
-// Validation (spec §1)
+// Validation (docs/semantics.md §1.3)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -202,7 +202,7 @@ fn validate_mapping_directly() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Accessors and derived values (spec §1)
+// Accessors and derived values (docs/semantics.md §1.1, §1.2)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -316,7 +316,7 @@ fn end_saturates_at_u64_max() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pieces and trimming (spec §6 drop_range, §5 step 4)
+// Pieces and trimming (docs/semantics.md §1.4)
 // ---------------------------------------------------------------------------------------------
 
 // extent:  [0 ............... 32K)   disk 1M, offset 4K
@@ -376,16 +376,66 @@ fn pieces_of_holes_and_inline_keep_no_offset() {
     );
     let i = Extent::inline(100);
     assert_eq!(i.front_piece(50), Some(Extent::inline(50)));
-    let back = i.back_piece(50).unwrap();
+    assert_eq!(i.trimmed(0, 50), Some(Extent::inline(50)));
+}
+
+// inline:  [0 ........ 100)
+// back:          [50 .. 100)    inline data away from offset 0: no such piece
+#[test]
+fn inline_has_no_back_piece() {
+    let i = Extent::inline(100);
+    assert_eq!(i.back_piece(50), None);
+    assert_eq!(i.trimmed(50, 100), None);
+    assert_eq!(i.trimmed(50, 60), None);
+    // Built by hand, the piece would be ill-formed.
+    let by_hand = Extent::with_mapping(50, 50, *i.mapping());
     assert_eq!(
-        (back.start(), back.end(), back.location()),
-        (50, 100, Location::Inline)
-    );
-    // The back piece of an inline extent does not start at 0: it is ill-formed.
-    assert_eq!(
-        back.validate(),
+        by_hand.validate(),
         Err("an inline extent must start at file offset 0")
     );
+}
+
+/// A mapping that can only be cut on a 4 KiB grid, and only covers whole blocks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Blocks {
+    first: u64,
+}
+
+impl Mapping for Blocks {
+    fn validate(&self, start: u64, len: u64) -> Result<(), &'static str> {
+        if start % (4 * K) != 0 || len % (4 * K) != 0 {
+            return Err("whole blocks only");
+        }
+        Ok(())
+    }
+    fn skip(&self, by: u64) -> Option<Self> {
+        (by % (4 * K) == 0).then(|| Blocks {
+            first: self.first + by / (4 * K),
+        })
+    }
+    fn front(&self, len: u64) -> Option<Self> {
+        (len % (4 * K) == 0).then_some(*self)
+    }
+    fn merge(&self, len: u64, next: &Self, _next_len: u64) -> Option<Self> {
+        (self.first + len / (4 * K) == next.first).then_some(*self)
+    }
+}
+
+// extent:  [0 ........................ 16K)
+// cuts:         ^1K       ^8K
+#[test]
+fn a_mapping_may_refuse_a_cut() {
+    let e = Extent::with_mapping(0, 16 * K, Blocks { first: 10 });
+    assert_eq!(e.back_piece(8 * K).map(|b| b.mapping().first), Some(12));
+    assert_eq!(e.front_piece(8 * K).map(|f| f.mapping().first), Some(10));
+    assert_eq!(e.back_piece(K), None);
+    assert_eq!(e.front_piece(K), None);
+    assert_eq!(
+        e.trimmed(4 * K, 12 * K).map(|t| t.mapping().first),
+        Some(11)
+    );
+    assert_eq!(e.trimmed(4 * K, 13 * K), None);
+    assert_eq!(e.trimmed(K, 12 * K), None);
 }
 
 #[test]
@@ -464,7 +514,7 @@ fn trimmed_edges() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Merging (spec §4)
+// Merging (docs/semantics.md §4)
 // ---------------------------------------------------------------------------------------------
 
 // prev:  [0 .. 4K)           disk [1M, 1M+4K)
@@ -489,7 +539,7 @@ fn merge_adjacent_regular_extents() {
     assert_eq!(b.merged_with(&a), None);
 }
 
-// Both maps are windows into larger on-disk extents; the formula of spec §4:
+// Both maps are windows into larger on-disk extents; the formula of docs/semantics.md §4:
 // d = min(disk_bytenr), disk_num_bytes = max(disk ends) - d, offset = prev.disk_bytenr + prev.offset - d.
 #[test]
 fn merge_on_disk_field_formula() {

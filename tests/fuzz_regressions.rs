@@ -1,12 +1,11 @@
 //! Regression tests for bugs found by the fuzz targets (`fuzz/`) and the linearizability
 //! checker (`tests/linearizability.rs`), named after the bug. A test stays `#[ignore]`d until
 //! the fix lands; then the `ignore` goes and the test guards the fix.
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Error, Extent, ExtentCache, Location};
 
-// Spec §1: the crate checks every extent it is given and answers a bad one with an error.
+// docs/semantics.md §1.3: the crate checks every extent it is given and answers a bad one with an
+// error.
 //
 //   cache     [0 ---- hole ---- 4K)
 //   candidate          [4K, 4K)        len 0: ill-formed
@@ -30,9 +29,9 @@ fn get_or_insert_rejects_an_ill_formed_candidate_at_a_covered_offset() {
     assert_eq!(cache.get_or_insert(bad, 0), want);
 }
 
-// Spec §1: an inline extent starts at 0. Spec §6 gives drop_range's front piece rule for
-// inline extents, but cutting the front off an inline extent leaves an inline back piece
-// that starts elsewhere: an ill-formed extent in the map, which `validate` rejects.
+// docs/semantics.md §1.3: an inline extent starts at 0. Cutting the front off an inline extent
+// (drop_range, §6.3) used to leave an inline back piece that starts elsewhere: an ill-formed extent
+// in the map, which `validate` rejects. An inline extent has no back piece (§1.4).
 //
 //   before     [0 --------- inline --------- 16K)
 //   drop_range [0, 4K)

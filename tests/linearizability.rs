@@ -1,8 +1,6 @@
-//! Linearizability of `ExtentCache` (spec §8), checked on thousands of small random histories,
-//! and a check of the checker: hand-made histories it must accept and reject, and maps that
-//! are deliberately not linearizable, which it must catch.
-#![allow(clippy::result_large_err)]
-
+//! Linearizability of `ExtentCache` (docs/semantics.md §8), checked on thousands of small random
+//! histories, and a check of the checker: hand-made histories it must accept and reject, and maps
+//! that are deliberately not linearizable, which it must catch.
 #[path = "support/lincheck.rs"]
 mod lincheck;
 

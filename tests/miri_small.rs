@@ -3,22 +3,20 @@
 //! seeds) to check the crate's `unsafe` code and the memory safety of the commit protocol and
 //! its reclamation: use-after-free, data races, invalid pointers. The same tests also run in the
 //! normal suite.
-#![allow(clippy::result_large_err)]
-
 use std::thread;
 
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Error, Extent, ExtentCache, Flags};
 
-const K: u64 = 4096;
+#[path = "support/common.rs"]
+mod common;
+use common::{contiguous, tagged};
 
-fn ext(start: u64, len: u64, tag: u64) -> Extent {
-    Extent::regular(start, len, tag << 32, len, 0, len)
-}
+const K: u64 = 4096;
 
 /// Contiguous on disk with its neighbours built the same way: merges.
 fn mergeable(start: u64, len: u64) -> Extent {
-    Extent::regular(start, len, (1 << 40) + start, len, 0, len)
+    contiguous(start, len, 1 << 40)
 }
 
 #[test]
@@ -37,29 +35,29 @@ fn every_operation_once_against_the_reference() {
     both!(insert(mergeable(0, K))).unwrap();
     both!(insert(mergeable(K, K))).unwrap();
     assert!(matches!(
-        both!(insert(ext(0, K, 9))),
+        both!(insert(tagged(0, K, 9))),
         Err(Error::Exists { .. })
     ));
-    both!(insert_modified(ext(4 * K, 4 * K, 2))).unwrap();
-    both!(get_or_insert(ext(0, 16 * K, 3), 3 * K)).unwrap();
-    both!(get_or_insert(ext(0, 16 * K, 3), 12 * K)).unwrap();
-    assert!(both!(get_or_insert(ext(0, K, 3), 20 * K)).is_err());
+    both!(insert_modified(tagged(4 * K, 4 * K, 2))).unwrap();
+    both!(get_or_insert(tagged(0, 16 * K, 3), 3 * K)).unwrap();
+    both!(get_or_insert(tagged(0, 16 * K, 3), 12 * K)).unwrap();
+    assert!(both!(get_or_insert(tagged(0, K, 3), 20 * K)).is_err());
     assert_eq!(cache.get(5 * K), reference.get(5 * K));
     assert_eq!(cache.lookup(0, u64::MAX), reference.lookup(0, u64::MAX));
     assert_eq!(cache.search(1 << 30, 1), reference.search(1 << 30, 1));
     both!(replace_range(
-        ext(5 * K, K, 4).with_flags(Flags::PINNED),
+        tagged(5 * K, K, 4).with_flags(Flags::PINNED),
         true
     ))
     .unwrap();
     both!(drop_range(6 * K, 7 * K, false)).unwrap();
     both!(drop_range(0, u64::MAX, true)).unwrap();
     both!(unpin(5 * K, K, 7)).unwrap();
-    let r = ext(32 * K, 2 * K, 5);
+    let r = tagged(32 * K, 2 * K, 5);
     both!(insert(r)).unwrap();
     assert!(both!(remove(&r)));
     both!(replace_range(
-        ext(32 * K, 2 * K, 6).with_flags(Flags::PINNED),
+        tagged(32 * K, 2 * K, 6).with_flags(Flags::PINNED),
         true
     ))
     .unwrap();
@@ -80,11 +78,11 @@ fn every_operation_once_against_the_reference() {
 
 #[test]
 fn seed_race_on_two_threads() {
-    let big = ext(0, 8 * K, 1);
+    let big = tagged(0, 8 * K, 1);
     let cache = ExtentCache::new();
     cache.insert(big).unwrap();
     thread::scope(|s| {
-        s.spawn(|| cache.replace_range(ext(2 * K, 2 * K, 2), true).unwrap());
+        s.spawn(|| cache.replace_range(tagged(2 * K, 2 * K, 2), true).unwrap());
         s.spawn(|| {
             for i in 0..8 {
                 let got = cache.get_or_insert(big, i * K).unwrap();
@@ -102,12 +100,12 @@ fn seed_race_on_two_threads() {
 #[test]
 fn readers_never_miss_while_a_writer_splits() {
     let cache = ExtentCache::new();
-    cache.insert(ext(0, 8 * K, 1)).unwrap();
+    cache.insert(tagged(0, 8 * K, 1)).unwrap();
     thread::scope(|s| {
         s.spawn(|| {
             for i in 0..4 {
                 cache
-                    .replace_range(ext(i * 2 * K, 2 * K, 10 + i), false)
+                    .replace_range(tagged(i * 2 * K, 2 * K, 10 + i), false)
                     .unwrap();
             }
         });
@@ -124,8 +122,8 @@ fn readers_never_miss_while_a_writer_splits() {
 fn two_writers_in_one_gap_and_a_dropper() {
     let cache = ExtentCache::new();
     thread::scope(|s| {
-        s.spawn(|| cache.get_or_insert(ext(0, 4 * K, 1), 0).unwrap());
-        s.spawn(|| cache.get_or_insert(ext(0, 4 * K, 2), 2 * K).unwrap());
+        s.spawn(|| cache.get_or_insert(tagged(0, 4 * K, 1), 0).unwrap());
+        s.spawn(|| cache.get_or_insert(tagged(0, 4 * K, 2), 2 * K).unwrap());
         s.spawn(|| {
             let _ = cache.drop_range(K, 2 * K, false).unwrap();
         });
@@ -145,13 +143,13 @@ fn shortcut_merges_while_a_reader_reads() {
     // valid for as long as a reader can follow them).
     let cache = ExtentCache::new();
     for i in 0..16 {
-        cache.insert(ext(i * 4 * K, 4 * K, i + 1)).unwrap();
+        cache.insert(tagged(i * 4 * K, 4 * K, i + 1)).unwrap();
     }
     thread::scope(|s| {
         s.spawn(|| {
             for round in 0..8 {
                 for i in 0..16 {
-                    let e = ext(i * 4 * K + (round % 4) * K, K, 100 + round * 16 + i);
+                    let e = tagged(i * 4 * K + (round % 4) * K, K, 100 + round * 16 + i);
                     cache.replace_range(e, false).unwrap();
                 }
             }

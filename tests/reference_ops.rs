@@ -1,15 +1,17 @@
-//! One test per operation and per case of spec §2–§7, against the sequential reference map.
+//! One test per operation and per case of docs/semantics.md §2–§7, against the sequential reference
+//! map.
 //!
 //! Every test draws its extents above it. `reg(s, l)` is an uncompressed regular extent whose
 //! data sits at disk byte `D + s`, so neighbours built with it are contiguous on disk and merge
 //! unless something forbids it. `M` marks a member of the modified set, `P` a pinned extent,
 //! `L` a logging one.
 
-// `Error::Exists` hands both extents back by design (as in the crate root).
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::{ExtentMap, LockedExtentMap};
 use extent_cache::{Compression, Dropped, Error, Extent, Flags};
+
+#[path = "support/common.rs"]
+mod common;
+use common::{contiguous, on_disk_at};
 
 const K: u64 = 1024;
 const MAX: u64 = u64::MAX;
@@ -18,12 +20,7 @@ const D: u64 = 1 << 30;
 
 /// Uncompressed regular `[start, start + len)` at disk byte `D + start`.
 fn reg(start: u64, len: u64) -> Extent {
-    Extent::regular(start, len, D + start, len, 0, len)
-}
-
-/// Uncompressed regular `[start, start + len)` at `disk`.
-fn reg_at(start: u64, len: u64, disk: u64) -> Extent {
-    Extent::regular(start, len, disk, len, 0, len)
+    contiguous(start, len, D)
 }
 
 fn spans(map: &ExtentMap) -> Vec<(u64, u64)> {
@@ -55,8 +52,22 @@ fn invalid(reason: &'static str) -> Error {
     Error::InvalidArgument { reason }
 }
 
+fn exists(rejected: Extent, existing: Extent) -> Error {
+    Error::Exists {
+        rejected: Box::new(rejected),
+        existing: Box::new(existing),
+    }
+}
+
+fn unclean(expected_start: u64, found: Extent) -> Error {
+    Error::Unclean {
+        expected_start,
+        found: Box::new(found),
+    }
+}
+
 // =============================================================================================
-// Strict insert (spec §3)
+// Strict insert (docs/semantics.md §3)
 // =============================================================================================
 
 // before:  (empty)
@@ -82,13 +93,7 @@ fn insert_into_empty_map() {
 fn insert_overlapping_fails_with_exists() {
     let mut map = map_of(&[(Extent::hole(0, 8 * K), false)]);
     let err = unchanged(&mut map, |m| m.insert(reg(4 * K, 8 * K)));
-    assert_eq!(
-        err,
-        Err(Error::Exists {
-            rejected: reg(4 * K, 8 * K),
-            existing: Extent::hole(0, 8 * K),
-        })
-    );
+    assert_eq!(err, Err(exists(reg(4 * K, 8 * K), Extent::hole(0, 8 * K))));
     let err = unchanged(&mut map, |m| m.insert_modified(reg(4 * K, 8 * K)));
     assert!(matches!(err, Err(Error::Exists { .. })));
 }
@@ -100,13 +105,7 @@ fn insert_overlapping_fails_with_exists() {
 fn insert_exists_names_the_first_overlapping_extent() {
     let mut map = map_of(&[(reg(0, 4 * K), true), (reg(8 * K, 4 * K), true)]);
     let err = unchanged(&mut map, |m| m.insert(Extent::hole(2 * K, 8 * K)));
-    assert_eq!(
-        err,
-        Err(Error::Exists {
-            rejected: Extent::hole(2 * K, 8 * K),
-            existing: reg(0, 4 * K),
-        })
-    );
+    assert_eq!(err, Err(exists(Extent::hole(2 * K, 8 * K), reg(0, 4 * K))));
     // Inside the gap, touching neither: accepted.
     map.insert_modified(Extent::hole(4 * K, 4 * K)).unwrap();
     assert_eq!(spans(&map), [(0, 4 * K), (4 * K, 8 * K), (8 * K, 12 * K)]);
@@ -125,13 +124,7 @@ fn insert_exact_duplicate_and_one_byte_fail() {
         Extent::hole(0, MAX),
     ] {
         let r = unchanged(&mut map, |m| m.insert(bad));
-        assert_eq!(
-            r,
-            Err(Error::Exists {
-                rejected: bad,
-                existing: Extent::hole(4 * K, 4 * K)
-            })
-        );
+        assert_eq!(r, Err(exists(bad, Extent::hole(4 * K, 4 * K))));
     }
 }
 
@@ -193,7 +186,7 @@ fn modified_neighbour_blocks_merge() {
 }
 
 // =============================================================================================
-// Merging (spec §4)
+// Merging (docs/semantics.md §4)
 // =============================================================================================
 
 // before:  [0 .. 4K)
@@ -307,7 +300,7 @@ fn assert_no_merge(left: Extent, left_modified: bool, right: Extent) {
 fn merge_blocked_by_gap() {
     let mut map = map_of(&[(reg(0, 4 * K), false)]);
     // Contiguous on disk, but not in the file.
-    map.insert(reg_at(5 * K, 4 * K, D + 4 * K)).unwrap();
+    map.insert(on_disk_at(5 * K, 4 * K, D + 4 * K)).unwrap();
     assert_eq!(spans(&map), [(0, 4 * K), (5 * K, 9 * K)]);
 }
 
@@ -379,7 +372,7 @@ fn merge_blocked_by_compression() {
     map.insert(b).unwrap();
     assert_eq!(map.entries(), [(a, false), (b, false)]);
     // Compressed on one side only.
-    let c = reg_at(16 * K, 4 * K, D + 8 * K);
+    let c = on_disk_at(16 * K, 4 * K, D + 8 * K);
     assert_eq!(b.block_end(), c.block_start());
     map.insert(c).unwrap();
     assert_eq!(map.len(), 3);
@@ -388,8 +381,12 @@ fn merge_blocked_by_compression() {
 // [0 .. 4K) at D | [4K .. 8K) at D + 1M: adjacent in the file, not on disk
 #[test]
 fn merge_blocked_by_discontiguous_disk() {
-    assert_no_merge(reg(0, 4 * K), false, reg_at(4 * K, 4 * K, D + (1 << 20)));
-    assert_no_merge(reg(0, 4 * K), false, reg_at(4 * K, 4 * K, D));
+    assert_no_merge(
+        reg(0, 4 * K),
+        false,
+        on_disk_at(4 * K, 4 * K, D + (1 << 20)),
+    );
+    assert_no_merge(reg(0, 4 * K), false, on_disk_at(4 * K, 4 * K, D));
 }
 
 // [0 .. 4K) regular | [4K .. 8K) hole;  [0 .. 4K) inline | [4K .. 8K) hole
@@ -407,7 +404,7 @@ fn merge_blocked_by_modified_set_membership() {
 }
 
 // =============================================================================================
-// get_or_insert (spec §5, the seed)
+// get_or_insert (docs/semantics.md §5, the seed)
 // =============================================================================================
 
 // before:  (empty)
@@ -437,7 +434,7 @@ fn get_or_insert_without_conflict_merges_and_answers_the_merged_map() {
 fn seed_map() -> ExtentMap {
     map_of(&[
         (reg(0, 8 * K), false),
-        (reg_at(8 * K, 24 * K, D + (1 << 20)), false),
+        (on_disk_at(8 * K, 24 * K, D + (1 << 20)), false),
     ])
 }
 
@@ -452,7 +449,7 @@ fn get_or_insert_seed_case_2_start_at_existing_start() {
     assert_eq!(got, Ok(reg(0, 8 * K)));
     // The same at the start of the second extent.
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 8 * K));
-    assert_eq!(got, Ok(reg_at(8 * K, 24 * K, D + (1 << 20))));
+    assert_eq!(got, Ok(on_disk_at(8 * K, 24 * K, D + (1 << 20))));
 }
 
 // Seed case 3: existing.start < start < existing.end
@@ -465,7 +462,7 @@ fn get_or_insert_seed_case_3_start_inside_existing() {
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 4 * K));
     assert_eq!(got, Ok(reg(0, 8 * K)));
     let got = unchanged(&mut map, |m| m.get_or_insert(reg(0, 32 * K), 32 * K - 1));
-    assert_eq!(got, Ok(reg_at(8 * K, 24 * K, D + (1 << 20))));
+    assert_eq!(got, Ok(on_disk_at(8 * K, 24 * K, D + (1 << 20))));
 }
 
 // Seed case 1: start < existing.start -> fill the gap between existing's predecessor and existing
@@ -474,8 +471,8 @@ fn get_or_insert_seed_case_3_start_inside_existing() {
 // after:   [0 .. 4K)[4K ...... 16K)[16K .. 24K)    (offset of the fitted map: 4K)
 #[test]
 fn get_or_insert_seed_case_1_fills_gap_before_existing() {
-    let prev = reg_at(0, 4 * K, 1 << 40);
-    let existing = reg_at(16 * K, 8 * K, 1 << 41);
+    let prev = on_disk_at(0, 4 * K, 1 << 40);
+    let existing = on_disk_at(16 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(prev, false), (existing, false)]);
     let cand = Extent::regular(0, 32 * K, D, 32 * K, 0, 32 * K).with_generation(4);
     let got = map.get_or_insert(cand, 8 * K).unwrap();
@@ -494,7 +491,7 @@ fn get_or_insert_seed_case_1_fills_gap_before_existing() {
 // after:   [0 ...... 16K)[16K .. 24K)
 #[test]
 fn get_or_insert_fills_gap_before_first_extent() {
-    let existing = reg_at(16 * K, 8 * K, 1 << 41);
+    let existing = on_disk_at(16 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(existing, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 0).unwrap();
     let fitted = Extent::regular(0, 16 * K, D, 32 * K, 0, 32 * K);
@@ -508,8 +505,8 @@ fn get_or_insert_fills_gap_before_first_extent() {
 // after:   [0 .. 8K)[8K ........ 24K)[24K .. 32K)   (offset of the fitted map: 8K)
 #[test]
 fn get_or_insert_seed_case_4_fills_gap_after_existing() {
-    let existing = reg_at(0, 8 * K, 1 << 40);
-    let next = reg_at(24 * K, 8 * K, 1 << 41);
+    let existing = on_disk_at(0, 8 * K, 1 << 40);
+    let next = on_disk_at(24 * K, 8 * K, 1 << 41);
     let mut map = map_of(&[(existing, false), (next, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 12 * K).unwrap();
     let fitted = Extent::regular(8 * K, 16 * K, D, 32 * K, 8 * K, 32 * K);
@@ -526,7 +523,7 @@ fn get_or_insert_seed_case_4_fills_gap_after_existing() {
 // after:   [0 .. 8K)[8K ... 32K)
 #[test]
 fn get_or_insert_fills_gap_after_last_extent() {
-    let existing = reg_at(0, 8 * K, 1 << 40);
+    let existing = on_disk_at(0, 8 * K, 1 << 40);
     let mut map = map_of(&[(existing, false)]);
     let got = map.get_or_insert(reg(0, 32 * K), 8 * K).unwrap();
     let fitted = Extent::regular(8 * K, 24 * K, D, 32 * K, 8 * K, 32 * K);
@@ -661,12 +658,40 @@ fn get_or_insert_never_returns_exists() {
     );
 }
 
+// before:  [0 .. 4K)                    [16K .. 20K)
+// cand:    [0 ...... inline ...... 12K)   (stale), offset 6K
+// gap:              [4K ................. 16K)
+// result:  CannotFit { gap: 4K..16K }: an inline extent cannot lose its start; nothing changed
+#[test]
+fn get_or_insert_inline_candidate_cannot_fit_a_gap_after_0() {
+    let mut map = map_of(&[
+        (Extent::hole(0, 4 * K), false),
+        (Extent::hole(16 * K, 4 * K), true),
+    ]);
+    let r = unchanged(&mut map, |m| m.get_or_insert(Extent::inline(12 * K), 6 * K));
+    assert_eq!(r, Err(Error::CannotFit { gap: 4 * K..16 * K }));
+    // An extent covering the offset is still the answer.
+    let r = unchanged(&mut map, |m| m.get_or_insert(Extent::inline(12 * K), 2 * K));
+    assert_eq!(r, Ok(Extent::hole(0, 4 * K)));
+}
+
+// before:                     [8K .. 12K)
+// cand:    [0 ...... inline ...... 12K), offset 0
+// after:   [0 .. 8K) inline   [8K .. 12K): cutting the back off is fine
+#[test]
+fn get_or_insert_inline_candidate_loses_its_back() {
+    let mut map = map_of(&[(Extent::hole(8 * K, 4 * K), false)]);
+    let got = map.get_or_insert(Extent::inline(12 * K), 4 * K).unwrap();
+    assert_eq!(got, Extent::inline(8 * K));
+    assert_eq!(spans(&map), [(0, 8 * K), (8 * K, 12 * K)]);
+}
+
 // before:  [MAX-8K .. MAX-4K)
 // cand:    [MAX-16K ........... MAX), len = u64::MAX, offset MAX-1
 // after:   [MAX-8K .. MAX-4K)[MAX-4K .. MAX)
 #[test]
 fn get_or_insert_near_u64_max() {
-    let mut map = map_of(&[(reg_at(MAX - 8 * K, 4 * K, 0), false)]);
+    let mut map = map_of(&[(on_disk_at(MAX - 8 * K, 4 * K, 0), false)]);
     let got = map
         .get_or_insert(Extent::hole(MAX - 16 * K, MAX), MAX - 1)
         .unwrap();
@@ -688,7 +713,7 @@ fn get_or_insert_near_u64_max() {
 }
 
 // =============================================================================================
-// Reading (spec §2)
+// Reading (docs/semantics.md §2)
 // =============================================================================================
 
 // map:   [4K .. 8K)      [16K .. 20K)
@@ -799,7 +824,7 @@ fn iter_and_overlapping_are_in_order() {
 }
 
 // =============================================================================================
-// remove, replace (spec §6)
+// remove, replace (docs/semantics.md §6.1, §6.2)
 // =============================================================================================
 
 // before:  [0 .. 4K)M[4K .. 8K)
@@ -873,17 +898,11 @@ fn replace_merges_unless_modified() {
 // replace: [0 .. 4K) by [0 ...... 6K): overlaps [4K, 8K) -> Exists, nothing changed
 #[test]
 fn replace_errors_change_nothing() {
-    let a = reg_at(0, 4 * K, 1 << 40);
+    let a = on_disk_at(0, 4 * K, 1 << 40);
     let b = Extent::hole(4 * K, 4 * K);
     let mut map = map_of(&[(a, false), (b, false)]);
     let r = unchanged(&mut map, |m| m.replace(&a, reg(0, 6 * K), false));
-    assert_eq!(
-        r,
-        Err(Error::Exists {
-            rejected: reg(0, 6 * K),
-            existing: b
-        })
-    );
+    assert_eq!(r, Err(exists(reg(0, 6 * K), b)));
     let r = unchanged(&mut map, |m| {
         m.replace(&a.with_generation(1), reg(0, 4 * K), false)
     });
@@ -893,7 +912,7 @@ fn replace_errors_change_nothing() {
 }
 
 // =============================================================================================
-// drop_range (spec §6)
+// drop_range (docs/semantics.md §6.3)
 // =============================================================================================
 
 // before:  [0 ........ 32K)
@@ -969,7 +988,7 @@ fn drop_range_back_piece_of_compressed_shifts_offset() {
 #[test]
 fn drop_range_across_several_extents() {
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (Extent::hole(8 * K, 8 * K).with_generation(3), true),
         (reg(16 * K, 8 * K), false),
     ]);
@@ -999,7 +1018,7 @@ fn drop_range_across_several_extents() {
 // after:   [0 .. 4K)
 #[test]
 fn drop_range_on_boundaries_cuts_nothing() {
-    let a = reg_at(0, 4 * K, 1 << 40);
+    let a = on_disk_at(0, 4 * K, 1 << 40);
     let b = reg(4 * K, 4 * K);
     let mut map = map_of(&[(a, false), (b, false)]);
     let d = map.drop_range(4 * K, 8 * K, false).unwrap();
@@ -1012,7 +1031,10 @@ fn drop_range_on_boundaries_cuts_nothing() {
 // after:   unchanged, nothing reported
 #[test]
 fn drop_range_in_a_gap_changes_nothing() {
-    let mut map = map_of(&[(reg(0, 4 * K), false), (reg_at(12 * K, 4 * K, 1), false)]);
+    let mut map = map_of(&[
+        (reg(0, 4 * K), false),
+        (on_disk_at(12 * K, 4 * K, 1), false),
+    ]);
     let d = unchanged(&mut map, |m| m.drop_range(4 * K, 12 * K, false));
     assert_eq!(d, Ok(Dropped::default()));
     let mut empty = ExtentMap::<extent_cache::BlockMapping>::new();
@@ -1026,7 +1048,7 @@ fn drop_range_in_a_gap_changes_nothing() {
 fn drop_range_skip_pinned_steps_over_pinned_whole() {
     let p = Extent::hole(8 * K, 8 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (p, true),
         (reg(16 * K, 8 * K), false),
     ]);
@@ -1154,7 +1176,7 @@ fn drop_range_pieces_are_not_merged() {
 }
 
 // =============================================================================================
-// replace_range (spec §6)
+// replace_range (docs/semantics.md §6.4)
 // =============================================================================================
 
 // before:  [0 ................ 32K) hole
@@ -1217,9 +1239,9 @@ fn replace_range_modified_pieces_do_not_merge() {
 #[test]
 fn replace_range_across_several_extents() {
     let mut map = map_of(&[
-        (reg_at(0, 8 * K, 1 << 40), false),
+        (on_disk_at(0, 8 * K, 1 << 40), false),
         (reg(8 * K, 8 * K).with_flags(Flags::PINNED), false),
-        (reg_at(16 * K, 8 * K, 1 << 41), false),
+        (on_disk_at(16 * K, 8 * K, 1 << 41), false),
     ]);
     let new = Extent::hole(4 * K, 16 * K).with_generation(8);
     map.replace_range(new, true).unwrap();
@@ -1256,7 +1278,7 @@ fn replace_range_into_empty_and_invalid() {
 }
 
 // =============================================================================================
-// split (spec §6, zoned devices)
+// split (docs/semantics.md §6.5, zoned devices)
 // =============================================================================================
 
 fn pinned_modified(start: u64, len: u64) -> Extent {
@@ -1493,7 +1515,7 @@ fn split_near_u64_max_does_not_overflow() {
 }
 
 // =============================================================================================
-// unpin (spec §7)
+// unpin (docs/semantics.md §7.1)
 // =============================================================================================
 
 // map:     (empty), then          [8K .. 12K)P
@@ -1522,21 +1544,9 @@ fn unpin_unclean() {
     let p = reg(8 * K, 8 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[(p, false)]);
     let r = unchanged(&mut map, |m| m.unpin(12 * K, 4 * K, 1));
-    assert_eq!(
-        r,
-        Err(Error::Unclean {
-            expected_start: 12 * K,
-            found: p
-        })
-    );
+    assert_eq!(r, Err(unclean(12 * K, p)));
     let r = unchanged(&mut map, |m| m.unpin(4 * K, 8 * K, 1));
-    assert_eq!(
-        r,
-        Err(Error::Unclean {
-            expected_start: 4 * K,
-            found: p
-        })
-    );
+    assert_eq!(r, Err(unclean(4 * K, p)));
 }
 
 // before:  [0 .. 4K)[4K .. 8K)P[8K .. 12K)
@@ -1595,7 +1605,7 @@ fn unpin_unpinned_extent_sets_generation() {
 }
 
 // =============================================================================================
-// The modified set and logging (spec §7)
+// The modified set and logging (docs/semantics.md §7.2, §7.3)
 // =============================================================================================
 
 // before:  [0 .. 4K)M[4K .. 8K)[8K .. 12K)M
@@ -1603,7 +1613,7 @@ fn unpin_unpinned_extent_sets_generation() {
 #[test]
 fn take_modified_marks_logging_in_start_order() {
     let a = reg(0, 4 * K);
-    let b = reg_at(4 * K, 4 * K, 1 << 40);
+    let b = on_disk_at(4 * K, 4 * K, 1 << 40);
     let c = Extent::hole(8 * K, 4 * K);
     let mut map = ExtentMap::new();
     map.insert_modified(c).unwrap();
@@ -1704,14 +1714,50 @@ fn len_clear_is_empty() {
     assert_eq!(map.entries(), []);
 }
 
+/// A mapping far larger than the error may be.
+#[derive(Clone, Debug, PartialEq)]
+struct Wide([u64; 16]);
+
+impl extent_cache::Mapping for Wide {
+    fn validate(&self, _start: u64, _len: u64) -> Result<(), &'static str> {
+        Ok(())
+    }
+    fn skip(&self, _by: u64) -> Option<Self> {
+        Some(self.clone())
+    }
+    fn merge(&self, _len: u64, _next: &Self, _next_len: u64) -> Option<Self> {
+        None
+    }
+}
+
+// An error is small enough to forward with `?` from any function (clippy's `result_large_err`
+// stays quiet): the extents it carries are boxed, whatever the mapping.
+#[test]
+fn errors_are_three_words_whatever_the_mapping() {
+    use std::mem::size_of;
+    assert!(size_of::<Error>() <= 24, "{}", size_of::<Error>());
+    assert!(size_of::<Result<(), Error>>() <= 24);
+    assert!(size_of::<Error<Wide>>() <= 24);
+    assert!(size_of::<Result<Extent<Wide>, Error<Wide>>>() <= size_of::<Extent<Wide>>() + 8);
+    // Ownership comes back out of the box.
+    let mut map = ExtentMap::new();
+    map.insert(Extent::with_mapping(0, 8, Wide([7; 16])))
+        .unwrap();
+    let Err(Error::Exists { rejected, existing }) =
+        map.insert(Extent::with_mapping(4, 8, Wide([9; 16])))
+    else {
+        panic!("no conflict");
+    };
+    let (rejected, existing): (Extent<Wide>, Extent<Wide>) = (*rejected, *existing);
+    assert_eq!((rejected.mapping().0[0], existing.mapping().0[0]), (9, 7));
+}
+
 // Exists:  [4K ...... 8K) over [0 ........ 8K)
 // Unclean: expected 5, found [0, 8)
+// CannotFit: the gap [4K, 8K)
 #[test]
 fn errors_display_what_happened() {
-    let e: Error = Error::Exists {
-        rejected: Extent::hole(4096, 4096),
-        existing: Extent::hole(0, 8192),
-    };
+    let e: Error = exists(Extent::hole(4096, 4096), Extent::hole(0, 8192));
     assert_eq!(
         e.to_string(),
         "extent [4096, 8192) overlaps extent [0, 8192) already in the map"
@@ -1724,13 +1770,15 @@ fn errors_display_what_happened() {
         Error::<extent_cache::BlockMapping>::NotFound.to_string(),
         "no matching extent in the map"
     );
-    let u: Error = Error::Unclean {
-        expected_start: 5,
-        found: Extent::hole(0, 8),
-    };
+    let u: Error = unclean(5, Extent::hole(0, 8));
     assert_eq!(
         u.to_string(),
         "expected an extent starting at 5, found [0, 8)"
+    );
+    let c: Error = Error::CannotFit { gap: 4096..8192 };
+    assert_eq!(
+        c.to_string(),
+        "the candidate cannot be cut to fit the gap [4096, 8192) around the offset"
     );
 }
 
@@ -1771,7 +1819,7 @@ fn locked_map_from_several_threads() {
     // covering its offset, and the map ends up with one extent per gap.
     map.clear();
     assert!(map.is_empty());
-    map.insert(reg_at(8 * K, 8 * K, 1 << 40)).unwrap();
+    map.insert(on_disk_at(8 * K, 8 * K, 1 << 40)).unwrap();
     std::thread::scope(|s| {
         for t in 0..THREADS {
             let map = &map;

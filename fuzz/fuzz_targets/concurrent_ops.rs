@@ -2,8 +2,6 @@
 //! the threads join, the cache must obey the invariants; when the history is small, it must also
 //! be linearizable (`tests/support/lincheck.rs`), final state included.
 #![no_main]
-#![allow(clippy::result_large_err)]
-
 use arbitrary::Arbitrary;
 use extent_cache_fuzz::lincheck::{self, Op, Verdict};
 use extent_cache_fuzz::{FuzzExtent, FuzzOp, check_invariants};

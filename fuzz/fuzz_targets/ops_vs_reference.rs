@@ -2,8 +2,6 @@
 //! answer must be the same, and after every operation the cache's snapshot must equal the
 //! reference and obey the invariants (sorted, no overlap, every extent well formed).
 #![no_main]
-#![allow(clippy::result_large_err)]
-
 use extent_cache::reference::ExtentMap;
 use extent_cache::{Error, Extent, ExtentCache};
 use extent_cache_fuzz::lincheck::{Concurrent, apply};

@@ -4,8 +4,6 @@
 //! Offsets and lengths are drawn mostly as small multiples of 4 KiB, so that operations land on
 //! the same few blocks and conflict; now and then as unaligned small values, raw `u64`s, or
 //! values near `u64::MAX`, so that the saturating arithmetic is exercised too.
-#![allow(clippy::result_large_err)]
-
 #[path = "../../tests/support/lincheck.rs"]
 pub mod lincheck;
 

@@ -1,5 +1,5 @@
-//! A linearizability checker for [`ExtentCache`] (spec §8), against the sequential oracle
-//! [`reference::ExtentMap`].
+//! A linearizability checker for [`ExtentCache`] (docs/semantics.md §8), against the sequential
+//! oracle [`reference::ExtentMap`].
 //!
 //! A plain module, included by path where it is needed:
 //!
@@ -369,20 +369,26 @@ impl Search<'_> {
 /// Checks that a map obeys the invariants every reader may rely on: extents in start order,
 /// none overlapping, every one well formed.
 pub fn check_invariants(map: &ExtentMap) -> Result<(), String> {
+    check_sorted(map.iter()).map(drop)
+}
+
+/// Checks that `extents` (a map's, an iterator's) come in start order, none overlapping, every
+/// one well formed. Returns how many there were.
+pub fn check_sorted(extents: impl IntoIterator<Item = Extent>) -> Result<usize, String> {
     let mut end = 0u64;
-    let mut first = true;
-    for e in map.iter() {
+    let mut n = 0;
+    for e in extents {
         e.validate()
             .map_err(|r| format!("ill-formed extent {e:?}: {r}"))?;
-        if !first && e.start() < end {
+        if n > 0 && e.start() < end {
             return Err(format!(
                 "{e:?} overlaps or precedes the extent ending at {end}"
             ));
         }
-        first = false;
+        n += 1;
         end = e.end();
     }
-    Ok(())
+    Ok(n)
 }
 
 /// A small, seedable pseudo-random generator (SplitMix64): histories must be reproducible from
