@@ -24,6 +24,8 @@
 //! | `replace_range-split` | `replace_range` of the middle 4 KiB of an extent of 12 KiB or more: one extent becomes three |
 //! | `drop_range`       | `drop_range` of one whole extent |
 //! | `unpin-merge`      | `unpin` of a pinned extent in a gap, contiguous on disk with its predecessor: it merges |
+//! | `take_modified-1-of-100k` | `take_modified` when one extent of the 100k is in the modified set (an fsync after one write) |
+//! | `truncate-100k`    | `drop_range(0, u64::MAX)` of the whole map (a truncate to 0), on a fresh copy each time |
 //!
 //! The operations that change the map run in batches; the map is put back between batches,
 //! outside the measured time, so every batch starts from the same map.
@@ -34,7 +36,7 @@ mod support;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput, measurement::WallTime};
 use extent_cache::reference::LockedExtentMap;
 use extent_cache::{Extent, ExtentCache, Flags};
 use support::{BLOCK, DISK_BASE, File, K, Map, NEW_DISK_BASE, Rng};
@@ -297,6 +299,47 @@ fn bench_impl<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
     );
 }
 
+/// `take_modified` with exactly one modified extent: each iteration marks one extent modified
+/// (not timed), takes the set (timed), then clears the logging flag (not timed).
+fn bench_take_one<T: Map>(g: &mut Group<'_>, map: &T, fx: &Fixture) {
+    g.bench_function(format!("take_modified-1-of-100k/{}", T::NAME), |b| {
+        let mut next = 0;
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let i = fx.cached[next];
+                next = (next + 1) % fx.cached.len();
+                map.replace_range(fx.file.extent(i), true)
+                    .expect("a valid extent");
+                let t0 = Instant::now();
+                let logged = black_box(map.take_modified());
+                total += t0.elapsed();
+                assert_eq!(logged.len(), 1, "take_modified: wrong answer");
+                map.clear_logging(&logged[0]).expect("just logged");
+                map.replace_range(fx.file.extent(i), false)
+                    .expect("a valid extent");
+            }
+            total
+        });
+    });
+}
+
+/// `drop_range(0, u64::MAX)` of the whole map, on a fresh map each time (built outside the
+/// measured time).
+fn bench_truncate<T: Map>(g: &mut Group<'_>, fx: &Fixture) {
+    g.bench_function(format!("truncate-100k/{}", T::NAME), |b| {
+        b.iter_batched(
+            || fx.populate::<T>(),
+            |m| {
+                let d = m.drop_range(0, u64::MAX).expect("a valid range");
+                assert_eq!(d.extents, fx.cached.len(), "truncate: wrong answer");
+                m
+            },
+            BatchSize::PerIteration,
+        );
+    });
+}
+
 fn ops(c: &mut Criterion) {
     let fx = Fixture::new();
     let mut g = c.benchmark_group("ops/100k");
@@ -305,6 +348,17 @@ fn ops(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(2));
     bench_impl::<ExtentCache>(&mut g, &fx);
     bench_impl::<LockedExtentMap>(&mut g, &fx);
+    bench_take_one(&mut g, &fx.populate::<ExtentCache>(), &fx);
+    bench_take_one(&mut g, &fx.populate::<LockedExtentMap>(), &fx);
+    g.finish();
+    // Building a map of 100k extents per iteration dominates these: fewer samples.
+    let mut g = c.benchmark_group("ops/100k");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(3));
+    bench_truncate::<ExtentCache>(&mut g, &fx);
+    bench_truncate::<LockedExtentMap>(&mut g, &fx);
     g.finish();
 }
 

@@ -10,6 +10,9 @@ use crate::plan::{Change, Item};
 /// An immutable, sorted run of items (start order, no overlap), with how many of them are in
 /// the modified set.
 pub(crate) struct Page<M> {
+    /// The start of each item, in a dense array of their own: a lookup's binary search touches
+    /// three or four cache lines here instead of one line per probe among the items.
+    starts: Box<[u64]>,
     items: Box<[Item<M>]>,
     /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
     /// set's walks.
@@ -18,9 +21,13 @@ pub(crate) struct Page<M> {
 
 impl<M> Page<M> {
     /// A page holding `items` (already sorted and non-overlapping).
-    pub(crate) fn new(items: Vec<Item<M>>) -> Self {
+    pub(crate) fn new(items: Vec<Item<M>>) -> Self
+    where
+        M: crate::extent::Mapping,
+    {
         let modified = items.iter().filter(|i| i.modified).count();
         Page {
+            starts: items.iter().map(|i| i.ext.start()).collect(),
             items: items.into_boxed_slice(),
             modified,
         }
@@ -37,11 +44,8 @@ impl<M> Page<M> {
     }
 
     /// The number of items whose start is `<= off` (the index of the first item after `off`).
-    pub(crate) fn upto(&self, off: u64) -> usize
-    where
-        M: crate::extent::Mapping,
-    {
-        self.items.partition_point(|i| i.ext.start() <= off)
+    pub(crate) fn upto(&self, off: u64) -> usize {
+        self.starts.partition_point(|&s| s <= off)
     }
 }
 

@@ -46,51 +46,66 @@ pub(crate) mod epoch {
     #[derive(Default)]
     pub(crate) struct Graveyard {
         #[cfg(loom)]
-        dead: loom::sync::Mutex<Vec<Deferred>>,
+        dead: loom::sync::Mutex<Vec<Deferred<BoxedFree>>>,
     }
 
-    /// A deferred free. It moves raw pointers to whichever thread runs the collection.
-    pub(crate) struct Deferred(Box<dyn FnOnce()>);
+    /// A free kept by the loom graveyard.
+    #[cfg(loom)]
+    type BoxedFree = Box<dyn FnOnce()>;
+
+    /// A deferred free: a closure that frees objects through raw pointers, so that it can run
+    /// on whichever thread collects the garbage.
+    pub(crate) struct Deferred<F>(F);
 
     // SAFETY: a `Deferred` only frees objects that no thread can reach any more (the
     // precondition of `Graveyard::retire`); the objects themselves are `Send` (every mapping
     // type is `Send + Sync`), so running the free on another thread is sound.
-    unsafe impl Send for Deferred {}
+    unsafe impl<F> Send for Deferred<F> {}
 
-    impl Deferred {
+    impl<F: FnOnce()> Deferred<F> {
         /// Wraps a free.
         ///
         /// # Safety
         ///
         /// `f` frees only objects whose contents are `Send`.
-        pub(crate) unsafe fn new(f: impl FnOnce() + 'static) -> Self {
-            Deferred(Box::new(f))
+        pub(crate) unsafe fn new(f: F) -> Self {
+            Deferred(f)
+        }
+
+        fn run(self) {
+            (self.0)()
         }
     }
 
     impl Graveyard {
-        /// Runs `free` once every guard alive now has been dropped.
+        /// Runs `free` once every guard alive now has been dropped. A closure of up to three
+        /// words is stored inline by crossbeam-epoch: retiring one page allocates nothing.
         ///
         /// # Safety
         ///
         /// What `free` frees is unreachable for any thread that pins from now on: only threads
         /// pinned at this moment may still hold pointers to it.
-        pub(crate) unsafe fn retire(&self, guard: &Guard, free: Deferred) {
+        pub(crate) unsafe fn retire<F: FnOnce() + 'static>(
+            &self,
+            guard: &Guard,
+            free: Deferred<F>,
+        ) {
             #[cfg(not(loom))]
             {
                 // SAFETY: per the caller, only guards pinned now can reach the objects, and
                 // crossbeam-epoch runs the closure only after all of them are dropped.
-                unsafe { guard.defer_unchecked(move || (free.0)()) };
+                unsafe { guard.defer_unchecked(move || free.run()) };
             }
             #[cfg(loom)]
             {
                 let _ = guard;
-                self.dead.lock().unwrap().push(free);
+                self.dead
+                    .lock()
+                    .unwrap()
+                    .push(Deferred(Box::new(move || free.run())));
             }
         }
-    }
 
-    impl Graveyard {
         /// Runs `free` after two grace periods: once every guard alive now is dropped, and
         /// then once every guard alive at that moment is dropped too.
         ///
@@ -98,14 +113,18 @@ pub(crate) mod epoch {
         ///
         /// As [`retire`](Self::retire), and any thread that can still reach the objects after
         /// this call was pinned before the first grace period ended.
-        pub(crate) unsafe fn retire_after_two(&self, guard: &Guard, free: Deferred) {
+        pub(crate) unsafe fn retire_after_two<F: FnOnce() + 'static>(
+            &self,
+            guard: &Guard,
+            free: Deferred<F>,
+        ) {
             #[cfg(not(loom))]
             {
                 let second = move || {
                     let guard = &pin();
                     // SAFETY: per the caller, the threads that can reach the objects are
                     // pinned now or were; this defers past all of them.
-                    unsafe { guard.defer_unchecked(move || (free.0)()) };
+                    unsafe { guard.defer_unchecked(move || free.run()) };
                 };
                 // SAFETY: as in `retire`; the closure only re-defers.
                 unsafe { guard.defer_unchecked(second) };
@@ -122,7 +141,7 @@ pub(crate) mod epoch {
     impl Drop for Graveyard {
         fn drop(&mut self) {
             for free in self.dead.lock().unwrap().drain(..) {
-                (free.0)();
+                free.run();
             }
         }
     }

@@ -773,8 +773,8 @@ fn churn(threads: u64, slots: u64, ops: u64, cap: usize) {
         }
     });
     assert_eq!(check_quiescent(&cache).len() as u64, slots);
-    // Every page holds at least one extent unless it is the only one: nothing dead is kept,
-    // and this holds at once, whatever the epoch has freed yet.
+    // No page is kept for extents that are gone: at most one page per extent, plus one (the
+    // map's only page may be empty), at once, whatever the epoch has freed yet.
     assert!(
         cache.pages() <= cache.len() + 1,
         "{} pages for {} extents",

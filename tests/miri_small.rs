@@ -137,17 +137,17 @@ fn two_writers_in_one_gap_and_a_dropper() {
 }
 
 #[test]
-fn shortcut_merges_while_a_reader_reads() {
-    // More than 64 changed nodes: the read shortcut is merged at least once while the reader
-    // holds nodes it found through an older table (Miri checks the table's plain pointers stay
-    // valid for as long as a reader can follow them).
-    let cache = ExtentCache::new();
+fn pages_split_merge_and_forward_while_a_reader_reads() {
+    // Pages of two extents: nearly every change splits or merges pages, so the directory is
+    // swapped, slots are forwarded and retired through two grace periods while the reader
+    // follows them (Miri checks every pointer it follows is still valid).
+    let cache = ExtentCache::with_page_capacity(2);
     for i in 0..16 {
         cache.insert(tagged(i * 4 * K, 4 * K, i + 1)).unwrap();
     }
     thread::scope(|s| {
         s.spawn(|| {
-            for round in 0..8 {
+            for round in 0..4 {
                 for i in 0..16 {
                     let e = tagged(i * 4 * K + (round % 4) * K, K, 100 + round * 16 + i);
                     cache.replace_range(e, false).unwrap();
@@ -158,13 +158,36 @@ fn shortcut_merges_while_a_reader_reads() {
             for r in 0..4 {
                 for i in 0..64 {
                     let off = i * K + r;
-                    assert!(cache.get(off).is_some_and(|e| e.contains(off)));
+                    assert!(
+                        cache.get(off).is_some_and(|e| e.contains(off)),
+                        "transient miss at {off}"
+                    );
+                }
+                let mut end = 0;
+                for e in cache.iter() {
+                    assert!(e.start() >= end, "iter overlaps at {e:?}");
+                    end = e.end();
                 }
             }
         });
+        s.spawn(|| {
+            // Holes away from the offsets the reader checks (the writer may fill them again).
+            for i in 0..8 {
+                let at = 63 * K + 512 + i * 64;
+                cache.drop_range(at, at + 64, false).unwrap();
+            }
+        });
     });
-    assert_eq!(
-        cache.snapshot().iter().map(|e| e.len()).sum::<u64>(),
-        64 * K
-    );
+    let mut end = 0;
+    for e in cache.snapshot().iter() {
+        assert!(e.start() >= end, "overlap at {e:?}");
+        end = e.end();
+    }
+    for i in 0..63 {
+        assert!(
+            cache.get(i * K + 100).is_some(),
+            "{} uncovered",
+            i * K + 100
+        );
+    }
 }

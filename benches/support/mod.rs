@@ -32,6 +32,8 @@ pub trait Map: Sync + Sized {
     fn replace_range(&self, new: Extent, modified: bool) -> Result<(), Error>;
     fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error>;
     fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error>;
+    fn take_modified(&self) -> Vec<Extent>;
+    fn clear_logging(&self, ext: &Extent) -> Result<Extent, Error>;
     /// Every extent, in start order, at one instant.
     fn extents(&self) -> Vec<Extent>;
     fn len(&self) -> usize;
@@ -61,6 +63,12 @@ macro_rules! impl_map {
             }
             fn drop_range(&self, start: u64, end: u64) -> Result<Dropped, Error> {
                 <$t>::drop_range(self, start, end, false)
+            }
+            fn take_modified(&self) -> Vec<Extent> {
+                <$t>::take_modified(self)
+            }
+            fn clear_logging(&self, ext: &Extent) -> Result<Extent, Error> {
+                <$t>::clear_logging(self, ext)
             }
             fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error> {
                 <$t>::unpin(self, start, len, generation)

@@ -93,7 +93,7 @@ impl<'g, M: Mapping> Window<'g, M> {
             let slot = dir.slot(i);
             match store.word(slot, guard) {
                 Word::Page(page) => w.leaves.push(Leaf {
-                    slot,
+                    slot: dir.slot_ptr(i),
                     key: slot.key,
                     bound: dir.bound(i),
                     page,
