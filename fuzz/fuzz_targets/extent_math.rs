@@ -103,7 +103,10 @@ fn pieces(x: &Extent, at: u64) {
     let back = x.back_piece(at);
     let cuts = x.start() < at && at < x.end();
     if !cuts {
-        assert!(front.is_none() && back.is_none(), "a cut at {at} outside {x:?}");
+        assert!(
+            front.is_none() && back.is_none(),
+            "a cut at {at} outside {x:?}"
+        );
     }
     if let Some(f) = &front {
         inside(f, x);
@@ -132,9 +135,7 @@ fn pieces(x: &Extent, at: u64) {
         ) = (x.location(), b.location())
     {
         assert_eq!(bo, o.saturating_add(at - x.start()), "back piece offset");
-        assert!(
-            matches!(x.location(), Location::Regular { disk_bytenr, .. } if disk_bytenr == bd)
-        );
+        assert!(matches!(x.location(), Location::Regular { disk_bytenr, .. } if disk_bytenr == bd));
         assert_eq!(f.location(), x.location(), "front piece keeps the mapping");
     }
 }
