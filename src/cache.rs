@@ -208,7 +208,7 @@ impl<M: Mapping> ExtentCache<M> {
                 w.bound(),
                 w.whole(dir),
                 &planned.change,
-                self.store.shape,
+                self.store.shape(),
             ) {
                 Ok(r) => r,
                 Err(widen) => {
@@ -654,7 +654,7 @@ impl ExtentCache<BlockMapping> {
                 w.bound(),
                 w.whole(Some(dir)),
                 &planned.change,
-                self.store.shape,
+                self.store.shape(),
             )
             .ok()?;
             if w.leaves.len() < 2 {

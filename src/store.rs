@@ -295,8 +295,11 @@ pub(crate) enum Outcome {
     Stale,
 }
 
-/// Counters every writer bumps.
+/// What writers use and readers never touch: the counters every writer bumps, and the page
+/// shape.
 struct Counters {
+    /// How full pages are kept.
+    shape: Shape,
     /// Number of visible extents (exact when no change is in flight).
     len: AtomicIsize,
     /// Source of tickets.
@@ -309,7 +312,6 @@ pub(crate) struct Store<M> {
     /// loads it, and it must not share a line with the counters every write bumps.
     dir: CachePadded<AtomicPtr<Dir<M>>>,
     counters: CachePadded<Counters>,
-    pub(crate) shape: Shape,
     graveyard: Graveyard,
     _owns: PhantomData<Box<Page<M>>>,
 }
@@ -326,13 +328,18 @@ impl<M: Mapping> Store<M> {
         Store {
             dir: CachePadded::new(AtomicPtr::new(core::ptr::null_mut())),
             counters: CachePadded::new(Counters {
+                shape,
                 len: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
             }),
-            shape,
             graveyard: Graveyard::default(),
             _owns: PhantomData,
         }
+    }
+
+    /// How full pages are kept.
+    pub(crate) fn shape(&self) -> Shape {
+        self.counters.shape
     }
 
     pub(crate) fn len(&self) -> usize {

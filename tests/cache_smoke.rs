@@ -61,3 +61,15 @@ fn threads_seed_race() {
         assert_eq!(snap.len(), cache.len());
     }
 }
+
+/// An empty cache is its own struct and nothing more: two cache lines (the directory pointer
+/// readers load, and the counters writers bump, kept apart), no allocation until the first
+/// extent goes in.
+#[test]
+fn an_empty_cache_is_two_cache_lines() {
+    assert!(std::mem::size_of::<ExtentCache>() <= 256);
+    let cache = ExtentCache::new();
+    assert_eq!(cache.pages(), 0);
+    cache.insert(Extent::hole(0, 4096)).unwrap();
+    assert_eq!(cache.pages(), 1);
+}
