@@ -45,7 +45,7 @@ impl<M> Page<M> {
 
     /// The number of items whose start is `<= off` (the index of the first item after `off`).
     pub(crate) fn upto(&self, off: u64) -> usize {
-        self.starts.partition_point(|&s| s <= off)
+        crate::store::count_upto(&self.starts, off)
     }
 }
 
