@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 
 use super::ExtentCache;
 use crate::extent::{Extent, Mapping};
+use crate::page::Page;
 use crate::plan::Item;
+use crate::store::Word;
 use crate::sync::epoch::pin;
 
 /// Iterator over the extents of an [`ExtentCache`], in start order; see
@@ -59,55 +61,68 @@ impl<'c, M: Mapping> Iter<'c, M> {
         self.done = true;
     }
 
-    /// Reads the next slot: every page it stands for, at the instant its word was read.
+    /// Reads slots from the one owning `from` on, under one pin, until some extent is taken
+    /// (or 64 slots were read): each slot is every page it stands for at the instant its word
+    /// was read. Clean pages cost one word and one count when only the modified set is wanted.
     fn refill(&mut self) {
         let guard = &pin();
         let store = &self.cache.store;
-        let (mut leaves, mut seen) = (Vec::new(), Vec::new());
-        let (dir, i) = loop {
-            let Some(dir) = store.dir(guard) else {
-                self.done = true;
-                return;
-            };
-            let i = dir.slot_of(self.from);
-            leaves.clear();
-            if store
-                .leaves(
-                    dir.slot(i),
-                    dir.bound(i),
-                    dir,
-                    guard,
-                    &mut leaves,
-                    &mut seen,
-                )
-                .is_ok()
-            {
-                break (dir, i);
-            }
-            crate::sync::retry_hint();
+        let Some(dir) = store.dir(guard) else {
+            self.done = true;
+            return;
         };
-        let bound = dir.bound(i);
-        for leaf in &leaves {
-            if self.modified_only && leaf.page.modified() == 0 {
-                continue;
+        let first = dir.slot_of(self.from);
+        for i in first..first + 64 {
+            let bound = dir.bound(i);
+            match store.word(dir.slot(i), guard) {
+                Word::Page(page) => self.take(page, bound),
+                Word::Desc(_) => {
+                    // A change in flight: read what the slot stands for now.
+                    let (mut leaves, mut seen) = (Vec::new(), Vec::new());
+                    let slot = dir.slot(i);
+                    if store
+                        .leaves(slot, bound, dir, guard, &mut leaves, &mut seen)
+                        .is_err()
+                    {
+                        // The directory moved on: the next refill starts from the new one.
+                        crate::sync::retry_hint();
+                        return;
+                    }
+                    for leaf in &leaves {
+                        self.take(leaf.page, bound);
+                    }
+                }
             }
-            for item in leaf.page.items() {
-                let (s, e) = (item.ext.start(), item.ext.end());
-                if s < self.from || bound.is_some_and(|b| s >= b) {
-                    continue;
+            match bound {
+                Some(b) if b < self.end => self.from = b,
+                _ => {
+                    self.done = true;
+                    return;
                 }
-                if s >= self.end {
-                    break;
-                }
-                if e > self.lower && s >= self.floor && (!self.modified_only || item.modified) {
-                    self.floor = e;
-                    self.buf.push_back(item.clone());
-                }
+            }
+            if !self.buf.is_empty() {
+                return;
             }
         }
-        match bound {
-            Some(b) if b < self.end => self.from = b,
-            _ => self.done = true,
+    }
+
+    /// Takes the extents of `page` that start in `[from, bound)` and that the iterator wants.
+    fn take(&mut self, page: &Page<M>, bound: Option<u64>) {
+        if self.modified_only && page.modified() == 0 {
+            return;
+        }
+        for item in page.items() {
+            let (s, e) = (item.ext.start(), item.ext.end());
+            if s < self.from || bound.is_some_and(|b| s >= b) {
+                continue;
+            }
+            if s >= self.end {
+                break;
+            }
+            if e > self.lower && s >= self.floor && (!self.modified_only || item.modified) {
+                self.floor = e;
+                self.buf.push_back(item.clone());
+            }
         }
     }
 
