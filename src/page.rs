@@ -5,37 +5,100 @@
 //! them (see `store.rs`). Everything in this file is sequential and pure, so it is unit-tested
 //! here, next to the code.
 
+use std::alloc::{self, Layout};
+use std::{ptr, slice};
+
 use crate::plan::{Change, Item};
 
 /// An immutable, sorted run of items (start order, no overlap), with how many of them are in
 /// the modified set.
+///
+/// One allocation holds the page: this header, then the start of each item (a dense array: a
+/// lookup counts through three or four cache lines of it instead of touching one line per
+/// probe among the items), then the items. The header's two pointers point into that same
+/// allocation, right after the header, so following them costs no extra cache miss.
 pub(crate) struct Page<M> {
-    /// The start of each item, in a dense array of their own: a lookup's binary search touches
-    /// three or four cache lines here instead of one line per probe among the items.
-    starts: Box<[u64]>,
-    items: Box<[Item<M>]>,
+    /// `len` item starts, in this page's own allocation.
+    starts: *const u64,
+    /// `len` items, in this page's own allocation, after the starts.
+    items: *const Item<M>,
+    len: usize,
     /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
     /// set's walks.
     modified: usize,
 }
 
 impl<M> Page<M> {
-    /// A page holding `items` (already sorted and non-overlapping).
-    pub(crate) fn new(items: Vec<Item<M>>) -> Self
+    /// The layout of a page of `len` items, and the offsets of its starts and of its items.
+    fn layout(len: usize) -> (Layout, usize, usize) {
+        let header = Layout::new::<Page<M>>();
+        let starts = Layout::array::<u64>(len).expect("a page holds few items");
+        let items = Layout::array::<Item<M>>(len).expect("a page holds few items");
+        let (layout, at_starts) = header.extend(starts).expect("a page holds few items");
+        let (layout, at_items) = layout.extend(items).expect("a page holds few items");
+        (layout.pad_to_align(), at_starts, at_items)
+    }
+
+    /// A new page holding `items` (already sorted and non-overlapping). The caller owns it:
+    /// it is freed with [`free`](Self::free), once.
+    pub(crate) fn alloc(items: Vec<Item<M>>) -> *const Page<M>
     where
         M: crate::extent::Mapping,
     {
-        let modified = items.iter().filter(|i| i.modified).count();
-        Page {
-            starts: items.iter().map(|i| i.ext.start()).collect(),
-            items: items.into_boxed_slice(),
-            modified,
+        let len = items.len();
+        let (layout, at_starts, at_items) = Self::layout(len);
+        // SAFETY: the layout is never zero-sized (it holds the header).
+        let base = unsafe { alloc::alloc(layout) };
+        if base.is_null() {
+            alloc::handle_alloc_error(layout);
         }
+        let mut modified = 0;
+        // SAFETY: `base` is a fresh allocation of `layout`: the offsets computed with it are in
+        // bounds and aligned for their types, and nothing else can see the memory yet. Every
+        // slot of both arrays is written once (moving the items in), then the header.
+        unsafe {
+            let starts = base.add(at_starts).cast::<u64>();
+            let slots = base.add(at_items).cast::<Item<M>>();
+            for (k, item) in items.into_iter().enumerate() {
+                modified += usize::from(item.modified);
+                starts.add(k).write(item.ext.start());
+                slots.add(k).write(item);
+            }
+            base.cast::<Page<M>>().write(Page {
+                starts,
+                items: slots,
+                len,
+                modified,
+            });
+        }
+        base.cast::<Page<M>>()
+    }
+
+    /// Frees a page made by [`alloc`](Self::alloc), dropping its items.
+    ///
+    /// # Safety
+    ///
+    /// `page` came from `alloc`, is freed only this once, and nobody can reach it any more.
+    pub(crate) unsafe fn free(page: *const Page<M>) {
+        // SAFETY: per the caller, the page is alive and ours alone.
+        let len = unsafe { (*page).len };
+        // SAFETY: the items were written by `alloc` and are dropped only here.
+        unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut((*page).items.cast_mut(), len)) };
+        let (layout, ..) = Self::layout(len);
+        // SAFETY: allocated by `alloc` with this very layout (the same `len`).
+        unsafe { alloc::dealloc(page.cast_mut().cast::<u8>(), layout) };
     }
 
     /// The items, in start order.
     pub(crate) fn items(&self) -> &[Item<M>] {
-        &self.items
+        // SAFETY: `items` points at `len` initialized items in this page's allocation, which
+        // lives as long as `self` and is never written after `alloc`.
+        unsafe { slice::from_raw_parts(self.items, self.len) }
+    }
+
+    fn starts(&self) -> &[u64] {
+        // SAFETY: as in `items`.
+        unsafe { slice::from_raw_parts(self.starts, self.len) }
     }
 
     /// How many items are in the modified set.
@@ -45,7 +108,7 @@ impl<M> Page<M> {
 
     /// The number of items whose start is `<= off` (the index of the first item after `off`).
     pub(crate) fn upto(&self, off: u64) -> usize {
-        crate::store::count_upto(&self.starts, off)
+        crate::store::count_upto(self.starts(), off)
     }
 }
 

@@ -585,7 +585,7 @@ impl<M: Mapping> Store<M> {
         delta: isize,
         guard: &Guard,
     ) -> Outcome {
-        let page = Box::into_raw(Box::new(Page::new(items)));
+        let page = Page::alloc(items);
         // SAFETY: `slot` came from a directory loaded under `guard`.
         let s = unsafe { &*slot };
         match s
@@ -601,7 +601,7 @@ impl<M: Mapping> Store<M> {
             }
             Err(_) => {
                 // SAFETY: never shared.
-                drop(unsafe { Box::from_raw(page) });
+                unsafe { Page::free(page) };
                 Outcome::Stale
             }
         }
@@ -635,7 +635,7 @@ impl<M: Mapping> Store<M> {
         let mut slots = Vec::with_capacity(pages.len());
         for (key, items) in pages {
             keys.push(key);
-            slots.push(Slot::new(key, Box::into_raw(Box::new(Page::new(items)))));
+            slots.push(Slot::new(key, Page::alloc(items)));
         }
         Dir {
             keys: keys.into_boxed_slice(),
@@ -654,7 +654,7 @@ impl<M: Mapping> Store<M> {
                         slot,
                         old,
                         new: match new {
-                            Some(items) => Box::into_raw(Box::new(Page::new(items))),
+                            Some(items) => Page::alloc(items),
                             None => old,
                         },
                     })
@@ -673,7 +673,7 @@ impl<M: Mapping> Store<M> {
                     .collect();
                 let successors = pages
                     .into_iter()
-                    .map(|(key, items)| Slot::new(key, Box::into_raw(Box::new(Page::new(items)))))
+                    .map(|(key, items)| Slot::new(key, Page::alloc(items)))
                     .collect();
                 (entries, successors)
             }
@@ -966,7 +966,7 @@ impl<M: Mapping> Store<M> {
         // unreachable for new guards.
         unsafe {
             self.graveyard
-                .retire(guard, Deferred::new(move || drop(Box::from_raw(page))))
+                .retire(guard, Deferred::new(move || Page::free(page)))
         };
     }
 
@@ -1010,7 +1010,7 @@ impl<M: Mapping> Store<M> {
             unsafe {
                 drop(Box::from_raw(old));
                 for p in old_pages {
-                    drop(Box::from_raw(p));
+                    Page::free(p);
                 }
             }
         };
@@ -1055,7 +1055,7 @@ impl<M: Mapping> Store<M> {
                 if !core::ptr::eq(e.old, e.new) {
                     // SAFETY: a committed change's old pages and an aborted change's new pages
                     // belong to nobody else.
-                    drop(unsafe { Box::from_raw(gone.cast_mut()) });
+                    unsafe { Page::free(gone) };
                 }
             }
             for &s in d.successors.iter() {
@@ -1098,7 +1098,7 @@ unsafe fn free_slot_and_page<M>(s: *const Slot<M>) {
     let slot = unsafe { Box::from_raw(s.cast_mut()) };
     if let tag::Decoded::Page(p) = tag::decode::<M>(slot.word.load(ORD)) {
         // SAFETY: per the caller.
-        drop(unsafe { Box::from_raw(p.cast_mut()) });
+        unsafe { Page::free(p) };
     }
 }
 
