@@ -1,6 +1,6 @@
 //! Long churn: millions of `insert` / `drop_range` / `replace_range` over a steady population of
 //! extents, printing resident memory as it goes, for the lock-free `ExtentCache` and for the
-//! `reference::LockedExtentMap` baseline. Memory must stay flat: dead nodes and descriptors are
+//! `reference::LockedExtentMap` baseline. Memory must stay flat: replaced pages and descriptors are
 //! reclaimed while the churn runs, not only at the end.
 //!
 //! ```sh

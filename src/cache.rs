@@ -16,7 +16,7 @@ use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::page::{self, Shape};
 use crate::plan::{self, Dropped, Plan, PlanError, Probe, View};
 use crate::reference::ExtentMap;
-use crate::store::{Outcome, Publish, Store};
+use crate::store::{Delta, Outcome, Publish, Store};
 use crate::sync::epoch::{Guard, pin};
 use crate::sync::retry_hint;
 use window::{Margin, OnePage, Window};
@@ -220,7 +220,7 @@ impl<M: Mapping> ExtentCache<M> {
                 read: w.read(),
                 rebuilt,
                 bound: w.bound(),
-                delta: planned.change.add.len() as isize - planned.change.remove.len() as isize,
+                delta: Delta::of(&planned.change),
             };
             match self.store.publish(dir, publish, &mut ticket, guard) {
                 Outcome::Committed => return Ok(planned.answer),
@@ -545,6 +545,53 @@ impl<M: Mapping> ExtentCache<M> {
         self.store.len()
     }
 
+    /// Whether any extent is in the modified set, in O(1): a count kept by every change. Exact
+    /// when no change is in flight, like [`len`](Self::len).
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// assert!(!cache.has_modified());
+    /// cache.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert!(cache.has_modified());
+    /// cache.take_modified();
+    /// assert!(!cache.has_modified());
+    /// ```
+    pub fn has_modified(&self) -> bool {
+        self.store.modified_len() > 0
+    }
+
+    /// The first extent (the lowest start), at one instant.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// assert!(cache.first().is_none());
+    /// cache.insert(Extent::hole(8192, 4096)).unwrap();
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// assert_eq!(cache.first().unwrap().start(), 0);
+    /// ```
+    pub fn first(&self) -> Option<Extent<M>> {
+        self.lookup(0, u64::MAX)
+    }
+
+    /// The last extent (the highest start), at one instant: "the last extent before EOF".
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// assert!(cache.last().is_none());
+    /// cache.insert(Extent::hole(8192, 4096)).unwrap();
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// assert_eq!(cache.last().unwrap().start(), 8192);
+    /// ```
+    pub fn last(&self) -> Option<Extent<M>> {
+        // Nothing contains `u64::MAX` (ends are exclusive) and nothing starts after it: the
+        // search answers the last extent before it.
+        self.search(u64::MAX, 1)
+    }
+
     /// Whether the cache holds no extent (see [`len`](Self::len)).
     ///
     /// ```
@@ -664,7 +711,7 @@ impl ExtentCache<BlockMapping> {
                 read: w.read(),
                 rebuilt,
                 bound: w.bound(),
-                delta: planned.change.add.len() as isize - planned.change.remove.len() as isize,
+                delta: Delta::of(&planned.change),
             };
             return Some(self.store.publish_stalled(publish, claims, guard));
         }

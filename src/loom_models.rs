@@ -21,9 +21,9 @@ fn model<F: Fn() + Sync + Send + 'static>(f: F) {
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(3);
     }
-    // An operation is a few hundred atomic steps (windows are read twice, claims and
-    // validation touch every node of the window); loom's default of 1,000 branches per
-    // execution is too small for three threads of them.
+    // An operation is a few hundred atomic steps (windows read twice, claims, releases, the
+    // directory swap); loom's default of 1,000 branches per execution is too small for three
+    // threads of them.
     builder.max_branches = 50_000;
     builder.check(f);
 }

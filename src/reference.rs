@@ -411,6 +411,43 @@ impl<M: Mapping> ExtentMap<M> {
         self.items.is_empty()
     }
 
+    /// Whether any extent is in the modified set.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// assert!(map.has_modified());
+    /// ```
+    pub fn has_modified(&self) -> bool {
+        self.items.values().any(|i| i.modified)
+    }
+
+    /// The first extent (the lowest start).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(8192, 4096)).unwrap();
+    /// assert_eq!(map.first().unwrap().start(), 8192);
+    /// ```
+    pub fn first(&self) -> Option<Extent<M>> {
+        self.items.values().next().map(|i| i.ext.clone())
+    }
+
+    /// The last extent (the highest start).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// map.insert(Extent::hole(8192, 4096)).unwrap();
+    /// assert_eq!(map.last().unwrap().start(), 8192);
+    /// ```
+    pub fn last(&self) -> Option<Extent<M>> {
+        self.items.values().next_back().map(|i| i.ext.clone())
+    }
+
     /// Removes every extent (and empties the modified set).
     ///
     /// ```

@@ -161,8 +161,8 @@ pub(crate) struct Desc<M> {
     /// at the end of the map. Stable: no change moves the boundary between two slots it does
     /// not both claim.
     bound: Option<u64>,
-    /// Extents added minus extents removed, applied to the length by whoever commits.
-    delta: isize,
+    /// What the change does to the counters, applied by whoever commits.
+    delta: Delta,
 }
 
 impl<M> Desc<M> {
@@ -310,7 +310,25 @@ pub(crate) struct Publish<M> {
     pub(crate) rebuilt: Rebuilt<M>,
     /// The end of the window's range.
     pub(crate) bound: Option<u64>,
-    pub(crate) delta: isize,
+    pub(crate) delta: Delta,
+}
+
+/// What a change does to the counters: extents and modified extents, added minus removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Delta {
+    pub(crate) extents: isize,
+    pub(crate) modified: isize,
+}
+
+impl Delta {
+    /// The delta of a planned change.
+    pub(crate) fn of<M>(change: &crate::plan::Change<M>) -> Delta {
+        let modified = |items: &[Item<M>]| items.iter().filter(|i| i.modified).count() as isize;
+        Delta {
+            extents: change.add.len() as isize - change.remove.len() as isize,
+            modified: modified(&change.add) - modified(&change.remove),
+        }
+    }
 }
 
 /// Whether a change was published.
@@ -328,6 +346,8 @@ struct Counters {
     shape: Shape,
     /// Number of visible extents (exact when no change is in flight).
     len: AtomicIsize,
+    /// Number of visible extents in the modified set (exact when no change is in flight).
+    modified: AtomicIsize,
     /// Source of tickets.
     tickets: AtomicU64,
 }
@@ -356,6 +376,7 @@ impl<M: Mapping> Store<M> {
             counters: CachePadded::new(Counters {
                 shape,
                 len: AtomicIsize::new(0),
+                modified: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
             }),
             graveyard: Graveyard::default(),
@@ -366,6 +387,12 @@ impl<M: Mapping> Store<M> {
     /// How full pages are kept.
     pub(crate) fn shape(&self) -> Shape {
         self.counters.shape
+    }
+
+    /// Number of extents in the modified set (see [`len`](Self::len)).
+    pub(crate) fn modified_len(&self) -> usize {
+        // Relaxed: an approximate count, like `len`.
+        self.counters.modified.load(Ordering::Relaxed).max(0) as usize
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -582,7 +609,7 @@ impl<M: Mapping> Store<M> {
         slot: *const Slot<M>,
         old: *const Page<M>,
         items: Vec<Item<M>>,
-        delta: isize,
+        delta: Delta,
         guard: &Guard,
     ) -> Outcome {
         let page = Page::alloc(items);
@@ -689,9 +716,16 @@ impl<M: Mapping> Store<M> {
         }))
     }
 
-    fn add_len(&self, delta: isize) {
-        // Relaxed: the count is a statistic; it orders nothing.
-        self.counters.len.fetch_add(delta, Ordering::Relaxed);
+    fn add_len(&self, delta: Delta) {
+        // Relaxed: the counts are statistics; they order nothing.
+        self.counters
+            .len
+            .fetch_add(delta.extents, Ordering::Relaxed);
+        if delta.modified != 0 {
+            self.counters
+                .modified
+                .fetch_add(delta.modified, Ordering::Relaxed);
+        }
     }
 
     /// Drives `d` to a decision: claims its slots in key order (finishing older changes and

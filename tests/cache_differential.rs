@@ -332,6 +332,9 @@ fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(cache.snapshot().entries(), reference.entries());
     assert_eq!(cache.len(), reference.len());
     assert_eq!(cache.is_empty(), reference.is_empty());
+    assert_eq!(cache.has_modified(), reference.has_modified());
+    assert_eq!(cache.first(), reference.first());
+    assert_eq!(cache.last(), reference.last());
     assert_eq!(
         cache.iter().collect::<Vec<_>>(),
         reference.iter().collect::<Vec<_>>()
