@@ -414,18 +414,8 @@ impl<M: Mapping> Store<M> {
     }
 
     /// The word of `slot` right now.
-    pub(crate) fn word<'g>(&self, slot: &'g Slot<M>, _guard: &'g Guard) -> Word<'g, M> {
-        match tag::decode::<M>(slot.word.load(ORD)) {
-            // SAFETY: a page in a slot is retired only after it left the slot (replaced by a
-            // CAS, or released by a descriptor that no longer needs it), so it outlives the
-            // guard under which the word was loaded.
-            tag::Decoded::Page(p) => Word::Page(unsafe { &*p }),
-            // SAFETY: a slot holds a descriptor only while a thread holds a reference to it
-            // (claims are undone before their thread lets go), or, for a forwarded slot,
-            // while the slot is reachable; the descriptor is retired after that, through the
-            // epoch, so it outlives the guard under which the word was loaded.
-            tag::Decoded::Desc(d) => Word::Desc(unsafe { &*d }),
-        }
+    pub(crate) fn word<'g>(&self, slot: &'g Slot<M>, guard: &'g Guard) -> Word<'g, M> {
+        self.decode(slot.word.load(ORD), guard)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -520,11 +510,15 @@ impl<M: Mapping> Store<M> {
         Ok(())
     }
 
+    /// A slot word loaded under `_guard`, decoded.
     fn decode<'g>(&self, raw: tag::Raw, _guard: &'g Guard) -> Word<'g, M> {
         match tag::decode::<M>(raw) {
-            // SAFETY: see `word`.
+            // SAFETY: a page is retired only after it left its slot (replaced by a CAS, or
+            // released by a descriptor), so it outlives the guard the word was loaded under.
             tag::Decoded::Page(p) => Word::Page(unsafe { &*p }),
-            // SAFETY: see `word`.
+            // SAFETY: a slot holds a descriptor only while a thread holds a reference to it, or
+            // (forwarded) while the slot is reachable; it is retired after that, through the
+            // epoch (I4 in docs/design.md), so it outlives the guard the word was loaded under.
             tag::Decoded::Desc(d) => Word::Desc(unsafe { &*d }),
         }
     }
@@ -904,12 +898,7 @@ impl<M: Mapping> Store<M> {
                     !dir.slots
                         .iter()
                         .any(|&s| d.entries.iter().any(|e| core::ptr::eq(s, e.slot))),
-                    "a forwarded slot is in the directory, but its run's first slot is not: {:x?} in {:x?}",
-                    d.entries
-                        .iter()
-                        .map(|e| unsafe { (*e.slot).key })
-                        .collect::<Vec<_>>(),
-                    dir.keys
+                    "a forwarded slot is in the directory, but its run's first slot is not"
                 );
                 return; // swapped already
             }
@@ -928,13 +917,7 @@ impl<M: Mapping> Store<M> {
             keys.extend_from_slice(&dir.keys[at + n..]);
             debug_assert!(
                 keys.windows(2).all(|w| w[0] < w[1]),
-                "swap: keys out of order: {keys:x?} at {at} n {n} succ {:x?} bound {:x?} old {:x?}",
-                d.successors
-                    .iter()
-                    .map(|&s| unsafe { (*s).key })
-                    .collect::<Vec<_>>(),
-                d.bound,
-                dir.keys
+                "the swap keeps the directory's keys sorted and unique"
             );
             let mut slots = Vec::with_capacity(keys.len());
             slots.extend_from_slice(&dir.slots[..at]);
@@ -1168,6 +1151,43 @@ mod tests {
     use crate::ExtentCache;
     use crate::extent::Extent;
 
+    /// One random change (a `replace_range`, a `drop_range` or an `insert_modified` of 1 to 4
+    /// blocks among 64) drawn from the generator state `x`.
+    fn random_change(cache: &ExtentCache, x: &mut u64) {
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let a = (*x >> 33) % 64;
+        let n = 1 + (*x >> 20) % 4;
+        let e = Extent::hole(a * 4096, n * 4096);
+        match (*x >> 40) % 3 {
+            0 => {
+                let _ = cache.replace_range(e, (*x >> 50) % 2 == 0);
+            }
+            1 => {
+                let _ = cache.drop_range(e.start(), e.end(), false);
+            }
+            _ => {
+                let _ = cache.insert_modified(e);
+            }
+        }
+    }
+
+    /// Asserts that every slot of the current directory holds a page: nothing is forwarded,
+    /// so every committed split or merge was swapped in.
+    fn assert_all_pages(cache: &ExtentCache, what: &str) {
+        let guard = &crate::sync::epoch::pin();
+        let dir = cache.store.dir(guard).unwrap();
+        for i in 0..dir.len() {
+            assert!(
+                matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
+                "{what}: slot {i} of {} is not a page",
+                dir.len()
+            );
+            assert_eq!(dir.slot(i).key, dir.keys[i]);
+        }
+    }
+
     /// Two threads on tiny pages; afterwards no slot is forwarded.
     #[test]
     fn concurrent_splits_and_merges_are_all_swapped_in() {
@@ -1178,40 +1198,14 @@ mod tests {
                 s.spawn(move || {
                     let mut x: u64 = 12345 + t;
                     for _ in 0..if cfg!(miri) { 60 } else { 20000 } {
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let a = (x >> 33) % 64;
-                        let n = 1 + (x >> 20) % 4;
-                        let e = Extent::hole(a * 4096, n * 4096);
-                        match (x >> 40) % 3 {
-                            0 => {
-                                let _ = cache.replace_range(e, (x >> 50) % 2 == 0);
-                            }
-                            1 => {
-                                let _ = cache.drop_range(e.start(), e.end(), false);
-                            }
-                            _ => {
-                                let _ = cache.insert_modified(e);
-                            }
-                        }
+                        random_change(cache, &mut x);
                     }
                 });
             }
         });
-        let guard = &crate::sync::epoch::pin();
-        let dir = cache.store.dir(guard).unwrap();
-        for i in 0..dir.len() {
-            assert!(
-                matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
-                "slot {i} of {} is not a page",
-                dir.len()
-            );
-        }
+        assert_all_pages(&cache, "after both threads");
     }
 
-    /// After every operation of a single thread, no slot of the directory is forwarded: the
-    /// swap that follows each split or merge happened.
     #[test]
     fn counting_keys_agrees_with_a_binary_search() {
         for n in [0usize, 1, 2, 63, 64, 65, 127, 128, 129, 1000] {
@@ -1223,38 +1217,15 @@ mod tests {
         }
     }
 
+    /// After every operation of a single thread, no slot of the directory is forwarded: the
+    /// swap that follows each split or merge happened.
     #[test]
     fn every_committed_split_or_merge_is_swapped_in() {
         let cache = ExtentCache::with_page_capacity(2);
         let mut x: u64 = 12345;
         for step in 0..if cfg!(miri) { 100 } else { 2000 } {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let a = (x >> 33) % 64;
-            let n = 1 + (x >> 20) % 4;
-            let e = Extent::hole(a * 4096, n * 4096);
-            match (x >> 40) % 3 {
-                0 => {
-                    let _ = cache.replace_range(e, (x >> 50) % 2 == 0);
-                }
-                1 => {
-                    let _ = cache.drop_range(e.start(), e.end(), false);
-                }
-                _ => {
-                    let _ = cache.insert_modified(e);
-                }
-            }
-            let guard = &crate::sync::epoch::pin();
-            let dir = cache.store.dir(guard).unwrap();
-            for i in 0..dir.len() {
-                assert!(
-                    matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
-                    "step {step}: slot {i} of {} is not a page",
-                    dir.len()
-                );
-                assert_eq!(dir.slot(i).key, dir.keys[i]);
-            }
+            random_change(&cache, &mut x);
+            assert_all_pages(&cache, &format!("step {step}"));
         }
     }
 }

@@ -203,10 +203,10 @@ impl<'g, M: Mapping> Window<'g, M> {
         self.edge_right.set(true);
         Err(plan::Edge)
     }
-}
 
-impl<M: Mapping> View<M> for Window<'_, M> {
-    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+    /// The index of the leaf whose range holds `off`; `None` for an empty map; the edge the
+    /// window runs out of when `off` lies outside it.
+    fn leaf_of(&self, off: u64) -> Probe<Option<usize>> {
         let (Some(first), Some(last)) = (self.leaves.first(), self.leaves.last()) else {
             return Ok(None);
         };
@@ -216,7 +216,15 @@ impl<M: Mapping> View<M> for Window<'_, M> {
         if last.bound.is_some_and(|b| off >= b) {
             return self.right_edge();
         }
-        let p = self.leaves.partition_point(|l| l.key <= off) - 1;
+        Ok(Some(self.leaves.partition_point(|l| l.key <= off) - 1))
+    }
+}
+
+impl<M: Mapping> View<M> for Window<'_, M> {
+    fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
+        let Some(p) = self.leaf_of(off)? else {
+            return Ok(None);
+        };
         for (q, leaf) in self.leaves[..=p].iter().enumerate().rev() {
             let items = leaf.page.items();
             let n = if q == p {
@@ -228,7 +236,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
                 return Ok(Some(items[n - 1].clone()));
             }
         }
-        if first.key == 0 {
+        if self.leaves[0].key == 0 {
             Ok(None)
         } else {
             self.left_edge()
@@ -236,16 +244,9 @@ impl<M: Mapping> View<M> for Window<'_, M> {
     }
 
     fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
-        let (Some(first), Some(last)) = (self.leaves.first(), self.leaves.last()) else {
+        let Some(p) = self.leaf_of(off)? else {
             return Ok(None);
         };
-        if off < first.key {
-            return self.left_edge();
-        }
-        if last.bound.is_some_and(|b| off >= b) {
-            return self.right_edge();
-        }
-        let p = self.leaves.partition_point(|l| l.key <= off) - 1;
         for (q, leaf) in self.leaves.iter().enumerate().skip(p) {
             let items = leaf.page.items();
             let n = if q == p { leaf.page.upto(off) } else { 0 };
@@ -253,7 +254,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
                 return Ok(Some(items[n].clone()));
             }
         }
-        if last.bound.is_none() {
+        if self.bound().is_none() {
             Ok(None)
         } else {
             self.right_edge()
