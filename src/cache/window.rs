@@ -53,11 +53,17 @@ impl Margin {
 impl<'g, M: Mapping> Window<'g, M> {
     /// The window of an empty map (no directory yet).
     pub(crate) fn empty() -> Self {
+        Self::over(0, 0, 0, 0)
+    }
+
+    /// A window about to read the slots `lo..=hi`, with room for `leaves` leaves and `seen`
+    /// records.
+    fn over(lo: usize, hi: usize, leaves: usize, seen: usize) -> Self {
         Window {
-            leaves: Vec::new(),
-            seen: Vec::new(),
-            lo: 0,
-            hi: 0,
+            leaves: Vec::with_capacity(leaves),
+            seen: Vec::with_capacity(seen),
+            lo,
+            hi,
             edge_left: Cell::new(false),
             edge_right: Cell::new(false),
         }
@@ -81,14 +87,7 @@ impl<'g, M: Mapping> Window<'g, M> {
         guard: &'g Guard,
     ) -> Result<Self, Busy<'g, M>> {
         let (lo, hi) = Self::range(dir, a, b, m);
-        let mut w = Window {
-            leaves: Vec::with_capacity(hi - lo + 1),
-            seen: Vec::new(),
-            lo,
-            hi,
-            edge_left: Cell::new(false),
-            edge_right: Cell::new(false),
-        };
+        let mut w = Self::over(lo, hi, hi - lo + 1, 0);
         for i in lo..=hi {
             let slot = dir.slot(i);
             match store.word(slot, guard) {
@@ -115,14 +114,7 @@ impl<'g, M: Mapping> Window<'g, M> {
         guard: &'g Guard,
     ) -> Option<Self> {
         let (lo, hi) = Self::range(dir, a, b, m);
-        let mut w = Window {
-            leaves: Vec::with_capacity(hi - lo + 1),
-            seen: Vec::with_capacity(hi - lo + 1),
-            lo,
-            hi,
-            edge_left: Cell::new(false),
-            edge_right: Cell::new(false),
-        };
+        let mut w = Self::over(lo, hi, hi - lo + 1, hi - lo + 1);
         for i in lo..=hi {
             let leaves = (&mut w.leaves, &mut w.seen);
             store
