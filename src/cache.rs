@@ -6,17 +6,20 @@
 
 mod iter;
 mod window;
+mod write;
 
 use std::fmt;
 
 pub use iter::Iter;
+#[doc(hidden)]
+pub use write::retries_of_last_operation;
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::page::{self, Shape};
-use crate::plan::{self, Dropped, Plan, PlanError, Probe, View};
+use crate::plan::{self, Dropped, Probe, View};
 use crate::reference::ExtentMap;
-use crate::store::{Delta, Outcome, Publish, Store};
+use crate::store::Store;
 use crate::sync::epoch::{Guard, pin};
 use crate::sync::retry_hint;
 use window::{Margin, OnePage, Window};
@@ -158,77 +161,6 @@ impl<M: Mapping> ExtentCache<M> {
         }
     }
 
-    /// Plans an operation on the window around `[a, b]` and publishes its change; retries on a
-    /// stale window. Answers that change nothing (errors included) are confirmed by a second
-    /// read of the window, so they too hold at one instant.
-    fn execute<R>(
-        &self,
-        a: u64,
-        b: u64,
-        f: impl Fn(&Window<'_, M>) -> Plan<M, R>,
-    ) -> Result<R, Error<M>> {
-        let mut ticket = None;
-        let mut m = Margin::default();
-        let mut tries = 0;
-        loop {
-            retried(&mut tries);
-            let guard = &pin();
-            let dir = self.store.dir(guard);
-            let w = match dir {
-                Some(dir) => match Window::for_write(&self.store, dir, a, b, m, guard) {
-                    Ok(w) => w,
-                    Err(busy) => {
-                        // A change in flight in the window: finish it, then read again.
-                        self.store.help_other(busy.0, busy.1, guard);
-                        continue;
-                    }
-                },
-                None => Window::empty(),
-            };
-            let planned = match f(&w) {
-                Err(PlanError::Edge) => {
-                    m.widen(&w);
-                    continue;
-                }
-                Err(PlanError::Api(e)) => Err(e),
-                Ok(p) => Ok(p),
-            };
-            let planned = match planned {
-                Ok(p) if !p.change.is_empty() => p,
-                answer => {
-                    if w.confirm(&self.store, dir, guard) {
-                        return answer.map(|p| p.answer);
-                    }
-                    retry_hint();
-                    continue;
-                }
-            };
-            let rebuilt = match page::rebuild(
-                &w.parts(),
-                w.bound(),
-                w.whole(dir),
-                &planned.change,
-                self.store.shape(),
-            ) {
-                Ok(r) => r,
-                Err(widen) => {
-                    m.widen_both(widen);
-                    continue;
-                }
-            };
-            let publish = Publish {
-                read: w.read(),
-                rebuilt,
-                bound: w.bound(),
-                delta: Delta::of(&planned.change),
-            };
-            match self.store.publish(dir, publish, &mut ticket, guard) {
-                Outcome::Committed => return Ok(planned.answer),
-                Outcome::Stale => retry_hint(),
-            }
-        }
-    }
-
     /// The extent containing `offset`, from its page alone when that page holds an extent at
     /// or before `offset`.
     fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
@@ -251,7 +183,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn insert(&self, ext: Extent<M>) -> Result<(), Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        self.execute(a, b, |w| plan::insert(w, ext.clone(), false))
+        self.execute(a, b, move |w| plan::insert(w, ext.clone(), false))
             .map(drop)
     }
 
@@ -265,7 +197,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn insert_modified(&self, ext: Extent<M>) -> Result<(), Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        self.execute(a, b, |w| plan::insert(w, ext.clone(), true))
+        self.execute(a, b, move |w| plan::insert(w, ext.clone(), true))
             .map(drop)
     }
 
@@ -294,7 +226,9 @@ impl<M: Mapping> ExtentCache<M> {
             candidate.start().min(offset),
             candidate.end().max(offset.saturating_add(1)),
         );
-        self.execute(a, b, |w| plan::get_or_insert(w, candidate.clone(), offset))
+        self.execute(a, b, move |w| {
+            plan::get_or_insert(w, candidate.clone(), offset)
+        })
     }
 
     /// The extent containing `offset`. Never waits.
@@ -413,7 +347,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn remove(&self, ext: &Extent<M>) -> bool {
         let (a, b) = around(ext.start(), ext.start());
-        self.execute(a, b, |w| plan::remove(w, ext))
+        let ext = ext.clone();
+        self.execute(a, b, move |w| plan::remove(w, &ext))
             .unwrap_or(false)
     }
 
@@ -432,7 +367,8 @@ impl<M: Mapping> ExtentCache<M> {
             cur.start().min(new.start()).saturating_sub(1),
             cur.end().max(new.end()),
         );
-        self.execute(a, b, |w| plan::replace(w, cur, new.clone(), modified))
+        let cur = cur.clone();
+        self.execute(a, b, move |w| plan::replace(w, &cur, new.clone(), modified))
             .map(drop)
     }
 
@@ -449,7 +385,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
         let (a, b) = around(start, end);
-        self.execute(a, b, |w| plan::drop_range(w, start, end, skip_pinned))
+        self.execute(a, b, move |w| plan::drop_range(w, start, end, skip_pinned))
     }
 
     /// Drops the range of `new` and inserts `new`, as one atomic step; see
@@ -464,7 +400,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn replace_range(&self, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
         let (a, b) = around(new.start().saturating_sub(1), new.end());
-        self.execute(a, b, |w| plan::replace_range(w, new.clone(), modified))
+        self.execute(a, b, move |w| plan::replace_range(w, new.clone(), modified))
             .map(drop)
     }
 
@@ -479,7 +415,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn unpin(&self, start: u64, len: u64, generation: u64) -> Result<(), Error<M>> {
         let (a, b) = around(start.saturating_sub(1), start.saturating_add(1));
-        self.execute(a, b, |w| plan::unpin(w, start, len, generation))
+        self.execute(a, b, move |w| plan::unpin(w, start, len, generation))
             .map(drop)
     }
 
@@ -512,7 +448,7 @@ impl<M: Mapping> ExtentCache<M> {
         let mut out = Vec::new();
         for ext in self.modified() {
             let (a, b) = around(ext.start(), ext.start());
-            if let Ok(Some(logged)) = self.execute(a, b, |w| plan::take_for_logging(w, &ext)) {
+            if let Ok(Some(logged)) = self.execute(a, b, move |w| plan::take_for_logging(w, &ext)) {
                 out.push(logged);
             }
         }
@@ -530,7 +466,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn clear_logging(&self, ext: &Extent<M>) -> Result<Extent<M>, Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        self.execute(a, b, |w| plan::clear_logging(w, ext))
+        let ext = ext.clone();
+        self.execute(a, b, move |w| plan::clear_logging(w, &ext))
     }
 
     /// Number of extents. Exact when no change is in flight; under concurrency an
@@ -632,19 +569,30 @@ impl<M: Mapping> ExtentCache<M> {
             retried(&mut tries);
             let guard = &pin();
             let Some(dir) = self.store.dir(guard) else {
+                write::note_retries(tries - 1);
                 return ExtentMap::new();
             };
+            if tries > write::ANNOUNCE_AFTER {
+                // Writers keep changing the map under the passes: announce a change that
+                // changes nothing. Its commit, with every slot claimed, is the instant.
+                let copy = |w: &Window<'_, M>| {
+                    Ok(plan::Planned {
+                        change: plan::Change::none(),
+                        answer: copy_of(w),
+                    })
+                };
+                let ticket = self.store.ticket();
+                return self
+                    .announced(0, u64::MAX, copy, ticket, tries - 1, guard)
+                    .unwrap_or_else(|_| unreachable!("a copy does not fail"));
+            }
             let Some(w) = Window::for_read(&self.store, dir, 0, u64::MAX, m, guard) else {
                 retry_hint();
                 continue;
             };
             if w.confirm(&self.store, Some(dir), guard) {
-                let items = w
-                    .leaves
-                    .iter()
-                    .flat_map(|l| l.page.items().iter().cloned())
-                    .collect();
-                return ExtentMap::from_items(items);
+                write::note_retries(tries - 1);
+                return copy_of(&w);
             }
             retry_hint();
         }
@@ -669,82 +617,21 @@ impl ExtentCache<BlockMapping> {
     /// ```
     pub fn split(&self, start: u64, len: u64, pre: u64, new_disk_bytenr: u64) -> Result<(), Error> {
         let (a, b) = around(start, start);
-        self.execute(a, b, |w| plan::split(w, start, len, pre, new_disk_bytenr))
-            .map(drop)
+        self.execute(a, b, move |w| {
+            plan::split(w, start, len, pre, new_disk_bytenr)
+        })
+        .map(drop)
     }
 }
 
-#[cfg(all(test, loom))]
-impl ExtentCache<BlockMapping> {
-    /// Starts a `replace_range` whose window spans several pages and stops it after `claims`
-    /// claims, as if its thread were descheduled forever. Returns the stalled descriptor, or
-    /// `None` when the change needs no descriptor.
-    pub(crate) fn stall_replace_range(&self, new: Extent, claims: usize) -> Option<usize> {
-        let (a, b) = around(new.start().saturating_sub(1), new.end());
-        let guard = &pin();
-        let mut m = Margin::default();
-        loop {
-            let dir = self.store.dir(guard)?;
-            let Ok(w) = Window::for_write(&self.store, dir, a, b, m, guard) else {
-                return None;
-            };
-            let planned = match plan::replace_range(&w, new, false) {
-                Err(PlanError::Edge) => {
-                    m.widen(&w);
-                    continue;
-                }
-                Err(PlanError::Api(_)) => return None,
-                Ok(p) => p,
-            };
-            let rebuilt = page::rebuild(
-                &w.parts(),
-                w.bound(),
-                w.whole(Some(dir)),
-                &planned.change,
-                self.store.shape(),
-            )
-            .ok()?;
-            if w.leaves.len() < 2 {
-                return None;
-            }
-            let publish = Publish {
-                read: w.read(),
-                rebuilt,
-                bound: w.bound(),
-                delta: Delta::of(&planned.change),
-            };
-            return Some(self.store.publish_stalled(publish, claims, guard));
-        }
-    }
-
-    /// The directory as text (for model failures).
-    pub(crate) fn dump(&self) -> String {
-        let guard = &pin();
-        let Some(dir) = self.store.dir(guard) else {
-            return "no dir".into();
-        };
-        let mut out = String::new();
-        for i in 0..dir.len() {
-            let slot = dir.slot(i);
-            let w = match self.store.word(slot, guard) {
-                crate::store::Word::Page(p) => format!(
-                    "page {:?}",
-                    p.items()
-                        .iter()
-                        .map(|i| (i.ext.start(), i.ext.end()))
-                        .collect::<Vec<_>>()
-                ),
-                crate::store::Word::Desc(d) => format!("desc {:?}", d.status()),
-            };
-            out += &format!("[{} key {}: {}] ", i, dir.keys[i], w);
-        }
-        out
-    }
-
-    /// Lets a stalled change run to its end.
-    pub(crate) fn resume(&self, stalled: usize) {
-        self.store.resume(stalled, &pin());
-    }
+/// The extents of a window, as a map of their own.
+fn copy_of<M: Mapping>(w: &Window<'_, M>) -> ExtentMap<M> {
+    let items = w
+        .leaves
+        .iter()
+        .flat_map(|l| l.page.items().iter().cloned())
+        .collect();
+    ExtentMap::from_items(items)
 }
 
 /// The inclusive offsets `[a, b]` a window must cover for an operation on `[lo, hi)`.

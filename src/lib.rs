@@ -12,6 +12,8 @@ pub mod reference;
 mod store;
 mod sync;
 
+#[doc(hidden)]
+pub use cache::retries_of_last_operation;
 pub use cache::{ExtentCache, Iter};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping};

@@ -410,3 +410,91 @@ fn loom_page_split_races_fill() {
         assert_eq!(all, vec![a, f, b, c], "a change was lost: {}", cache.dump());
     });
 }
+
+//   before:  [0 ........ 16K) X  [20K .. 24K) Y   [28K .. 32K) Z      (pages of two: X Y | Z)
+//   T1:      announces replace_range([8K ............... 30K) S), then its thread stops
+//   T2:      replace_range(    [12K .. 16K) W), then get(22K): S must be in by then
+//   after:   T1 comes back and finds its change done: the map is S then W
+#[test]
+fn loom_announced_change_is_finished_by_the_next_writer() {
+    model(|| {
+        let x = ext(0, 4 * K, 1);
+        let y = ext(5 * K, K, 4);
+        let z = ext(7 * K, K, 5);
+        let s = ext(2 * K, 5 * K + K / 2, 2);
+        let w = ext(3 * K, K, 3);
+        let cache = Arc::new(tiny());
+        cache.insert(x).unwrap();
+        cache.insert(y).unwrap();
+        cache.insert(z).unwrap();
+        let stalled = cache.announce_stalled_replace_range(s);
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || {
+            c2.replace_range(w, false).unwrap();
+            c2.get(5 * K + 512)
+        });
+        let c3 = cache.clone();
+        let t3 = thread::spawn(move || {
+            // A reader sees S whole or not at all: 22K is in Y before and in S after.
+            let got = c3.get(5 * K + 512).expect("22K is always covered");
+            assert!(
+                got == y || got.mapping().block_start().unwrap() >> 32 == 2,
+                "{got:?}"
+            );
+        });
+        let seen = t2.join().unwrap().expect("22K is always covered");
+        t3.join().unwrap();
+        assert_eq!(
+            seen.mapping().block_start().map(|b| b >> 32),
+            Some(2),
+            "a writer finished its own change before the announced one: {seen:?}"
+        );
+        cache.finish_announced(stalled).unwrap();
+        assert_no_overlap(&cache);
+        let mut expected = ExtentMap::new();
+        for e in [x, y, z] {
+            expected.insert(e).unwrap();
+        }
+        expected.replace_range(s, false).unwrap();
+        expected.replace_range(w, false).unwrap();
+        assert_eq!(entries(&cache), expected.entries(), "{}", cache.dump());
+    });
+}
+
+//   before:  [0 ........ 16K) X  [20K .. 24K) Y   [28K .. 32K) Z      (pages of two: X Y | Z)
+//   T1:      replace_range([8K ............... 30K) S), announced from the start
+//   T2:      replace_range(                  [26K ... 30K) V)   (one page, one CAS)
+//   after:   one of the two orders; never a lost update or an overlap
+#[test]
+fn loom_announced_change_races_a_single_page_write() {
+    model(|| {
+        let x = ext(0, 4 * K, 1);
+        let y = ext(5 * K, K, 4);
+        let z = ext(7 * K, K, 5);
+        let s = ext(2 * K, 5 * K + K / 2, 2);
+        let v = ext(6 * K + K / 2, K, 3);
+        let cache = Arc::new(tiny());
+        cache.insert(x).unwrap();
+        cache.insert(y).unwrap();
+        cache.insert(z).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.announced_replace_range(s).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.replace_range(v, false).unwrap());
+        t1.join().unwrap();
+        t2.join().unwrap();
+        assert_no_overlap(&cache);
+        let mut init = ExtentMap::new();
+        for e in [x, y, z] {
+            init.insert(e).unwrap();
+        }
+        let finals = sequential_finals(
+            &init,
+            &[
+                &|m: &mut ExtentMap| m.replace_range(s, false).unwrap(),
+                &|m: &mut ExtentMap| m.replace_range(v, false).unwrap(),
+            ],
+        );
+        assert!(finals.contains(&entries(&cache)), "{}", cache.dump());
+    });
+}

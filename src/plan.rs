@@ -150,6 +150,14 @@ pub(crate) struct Change<M> {
 }
 
 impl<M> Change<M> {
+    /// The change that changes nothing.
+    pub(crate) fn none() -> Self {
+        Change {
+            remove: Vec::new(),
+            add: Vec::new(),
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.add.is_empty()
     }

@@ -35,6 +35,7 @@
 //! replaced by a single CAS, a directory and the slots it dropped by the swap), or, for what a
 //! descriptor alone knows about, by the last thread to let go of the descriptor.
 
+use core::any::Any;
 use core::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
@@ -163,6 +164,9 @@ pub(crate) struct Desc<M> {
     bound: Option<u64>,
     /// What the change does to the counters, applied by whoever commits.
     delta: Delta,
+    /// For an attempt of an announced change: the operation's answer if this attempt commits.
+    /// Such a descriptor is also referenced by its announcement (see [`Announcement`]).
+    answer: Option<Answer>,
 }
 
 impl<M> Desc<M> {
@@ -331,6 +335,32 @@ impl Delta {
     }
 }
 
+/// An operation's answer, type-erased so that any writer can run an announced operation.
+pub(crate) type Answer = Box<dyn Any + Send + Sync>;
+
+/// An operation as data: what a writer needs to run another thread's announced change.
+pub(crate) trait Op<M>: Send + Sync {
+    /// Reads the operation's window from the current directory, plans the operation there and
+    /// rebuilds the window's pages: one attempt, with the answer the operation gives if the
+    /// attempt commits. A plan that changes nothing is an attempt too: it claims the window
+    /// unchanged, and its commit is the instant the answer holds.
+    fn attempt(&self, store: &Store<M>, guard: &Guard) -> (Publish<M>, Answer);
+}
+
+/// A change that lost too often, announced so that every writer finishes it before its own
+/// (see [`Store::announce`]).
+pub(crate) struct Announcement<M> {
+    /// The operation's ticket, which every attempt carries: older than any change that began
+    /// after the operation did.
+    ticket: u64,
+    op: Box<dyn Op<M>>,
+    /// The latest attempt (null before the first). The announcement holds a reference to it
+    /// until it is replaced, or, once it committed, until the announcement is taken down.
+    attempt: AtomicPtr<Desc<M>>,
+    /// Attempts installed so far.
+    attempts: AtomicUsize,
+}
+
 /// Whether a change was published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -341,7 +371,7 @@ pub(crate) enum Outcome {
 
 /// What writers use and readers never touch: the counters every writer bumps, and the page
 /// shape.
-struct Counters {
+struct Counters<M> {
     /// How full pages are kept.
     shape: Shape,
     /// Number of visible extents (exact when no change is in flight).
@@ -350,6 +380,10 @@ struct Counters {
     modified: AtomicIsize,
     /// Source of tickets.
     tickets: AtomicU64,
+    /// The announced change every writer finishes before its own, or null (see
+    /// [`Store::announce`]). Writers load it once per attempt; it shares the line the counters
+    /// they bump anyway.
+    announced: AtomicPtr<Announcement<M>>,
 }
 
 /// The shared state of one cache: the directory pointer and the counters.
@@ -357,7 +391,7 @@ pub(crate) struct Store<M> {
     /// The current directory; null until the first extent is inserted. Padded: every read
     /// loads it, and it must not share a line with the counters every write bumps.
     dir: CachePadded<AtomicPtr<Dir<M>>>,
-    counters: CachePadded<Counters>,
+    counters: CachePadded<Counters<M>>,
     graveyard: Graveyard,
     _owns: PhantomData<Box<Page<M>>>,
 }
@@ -378,6 +412,7 @@ impl<M: Mapping> Store<M> {
                 len: AtomicIsize::new(0),
                 modified: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
+                announced: AtomicPtr::new(core::ptr::null_mut()),
             }),
             graveyard: Graveyard::default(),
             _owns: PhantomData,
@@ -582,7 +617,7 @@ impl<M: Mapping> Store<M> {
             p => p,
         };
         let ticket = *ticket.get_or_insert_with(|| self.ticket());
-        let d = self.build_desc(p, ticket);
+        let d = self.build_desc(p, ticket, None);
         // SAFETY: we hold the owner's reference, taken at allocation.
         let desc = unsafe { &*d };
         self.help(desc, guard);
@@ -664,7 +699,9 @@ impl<M: Mapping> Store<M> {
         }
     }
 
-    fn build_desc(&self, p: Publish<M>, ticket: u64) -> *mut Desc<M> {
+    /// A descriptor for `p`, holding its owner's reference (and, for an attempt of an
+    /// announced change, the announcement's).
+    fn build_desc(&self, p: Publish<M>, ticket: u64, answer: Option<Answer>) -> *mut Desc<M> {
         let (entries, successors) = match p.rebuilt {
             Rebuilt::InPlace(new) => {
                 let entries = p
@@ -701,12 +738,13 @@ impl<M: Mapping> Store<M> {
         };
         Box::into_raw(Box::new(Desc {
             status: AtomicUsize::new(Status::Pending as usize),
-            refs: AtomicUsize::new(1),
+            refs: AtomicUsize::new(1 + usize::from(answer.is_some())),
             ticket,
             entries,
             successors: successors.into_boxed_slice(),
             bound: p.bound,
             delta: p.delta,
+            answer,
         }))
     }
 
@@ -948,7 +986,7 @@ impl<M: Mapping> Store<M> {
     #[cfg(all(test, loom))]
     pub(crate) fn publish_stalled(&self, p: Publish<M>, claims: usize, guard: &Guard) -> usize {
         let ticket = self.ticket();
-        let d = self.build_desc(p, ticket);
+        let d = self.build_desc(p, ticket, None);
         // SAFETY: the owner's reference.
         let desc = unsafe { &*d };
         for e in desc.entries.iter().take(claims) {
@@ -969,6 +1007,163 @@ impl<M: Mapping> Store<M> {
         self.cleanup(desc, guard);
         // SAFETY: the owner's reference, cleanup done.
         unsafe { self.release(d, guard) };
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Announced changes: the way through for a change that keeps losing.
+    //
+    // A change over many slots can lose its race again and again: a writer changes one of its
+    // slots between its read and its claim. After a few such losses its thread *announces*
+    // it: every writer, before planning a change of its own, finishes the announced one
+    // (`help_announced`), and any of them can plan an attempt of it, since the operation is
+    // data (`Op`). Attempts carry the operation's old ticket, so they win every conflict with
+    // changes begun later. Only a writer whose attempt was already under way when the
+    // announcement went up can still make one attempt fail, once: the change finishes within
+    // a number of attempts bounded by the number of threads (docs/design.md, "Progress").
+
+    /// Runs `op` as an announced change and returns its answer, with the number of attempts
+    /// it took. The announcement slot holds one change at a time; a change already there is
+    /// finished first.
+    pub(crate) fn announce<T: Any + Clone>(
+        &self,
+        op: Box<dyn Op<M>>,
+        ticket: u64,
+        guard: &Guard,
+    ) -> (T, usize) {
+        let mine = self.install(op, ticket, guard);
+        // SAFETY: installed just above, by us.
+        unsafe { self.finish(mine, guard) }
+    }
+
+    /// The first half of [`announce`](Self::announce): puts `op` in the announcement slot
+    /// (finishing and taking down the change there first). From then on every writer
+    /// finishes it. Returns the announcement, which only [`finish`](Self::finish) may free.
+    pub(crate) fn install(
+        &self,
+        op: Box<dyn Op<M>>,
+        ticket: u64,
+        guard: &Guard,
+    ) -> *mut Announcement<M> {
+        let mine = Box::into_raw(Box::new(Announcement {
+            ticket,
+            op,
+            attempt: AtomicPtr::new(core::ptr::null_mut()),
+            attempts: AtomicUsize::new(0),
+        }));
+        let slot = &self.counters.announced;
+        while let Err(other) = slot.compare_exchange(core::ptr::null_mut(), mine, ORD, ORD) {
+            // SAFETY: an announcement is retired only after it left the slot, by its owner;
+            // we loaded it from the slot under `guard`.
+            self.run_announced(unsafe { &*other }, guard);
+            let _ = slot.compare_exchange(other, core::ptr::null_mut(), ORD, ORD);
+        }
+        mine
+    }
+
+    /// The second half of [`announce`](Self::announce): runs the announced change to its
+    /// commit, takes the announcement down and frees it; returns the answer and the number
+    /// of attempts.
+    ///
+    /// # Safety
+    ///
+    /// `mine` came from [`install`](Self::install) on this store, and is finished once.
+    pub(crate) unsafe fn finish<T: Any + Clone>(
+        &self,
+        mine: *mut Announcement<M>,
+        guard: &Guard,
+    ) -> (T, usize) {
+        let slot = &self.counters.announced;
+        // SAFETY: per the caller, alive until we retire it below.
+        let ann = unsafe { &*mine };
+        self.run_announced(ann, guard);
+        let d = ann.attempt.load(ORD);
+        // SAFETY: the announcement still holds its reference to its committed attempt.
+        let answer = unsafe { (*d).answer.as_ref() }
+            .and_then(|a| a.downcast_ref::<T>())
+            .expect("an announced change's attempts carry its answer")
+            .clone();
+        // Relaxed: a statistic, and we installed or saw the last attempt through `attempt`.
+        let attempts = ann.attempts.load(Ordering::Relaxed);
+        // Take it down (unless a writer did): from now on nobody reaches it or, through it,
+        // its attempt. Only then may its reference to the attempt go.
+        let _ = slot.compare_exchange(mine, core::ptr::null_mut(), ORD, ORD);
+        // SAFETY: the announcement's reference; it is out of the slot, and every thread that
+        // read the attempt through it is pinned now, so the grace period covers it.
+        unsafe { self.release(d, guard) };
+        // SAFETY: out of the slot, so unreachable for threads that pin from now on; freed
+        // once, here. The operation is `Send`.
+        unsafe {
+            self.graveyard
+                .retire(guard, Deferred::new(move || drop(Box::from_raw(mine))))
+        };
+        (answer, attempts)
+    }
+
+    /// Before a writer plans: finishes the announced change, if there is one, and takes the
+    /// announcement down. One load when there is none.
+    pub(crate) fn help_announced(&self, guard: &Guard) {
+        // A deliberately broken protocol for the tests to catch (never built normally):
+        // writers ignore announced changes, which then starve again.
+        if cfg!(extent_cache_broken = "ignore_announced") {
+            return;
+        }
+        let slot = &self.counters.announced;
+        let a = slot.load(ORD);
+        if a.is_null() {
+            return;
+        }
+        // SAFETY: loaded from the slot under `guard`; see `announce`.
+        self.run_announced(unsafe { &*a }, guard);
+        let _ = slot.compare_exchange(a, core::ptr::null_mut(), ORD, ORD);
+    }
+
+    /// Drives the announced change to its commit: helps its pending attempt, or plans and
+    /// installs the next one when the last was aborted.
+    fn run_announced(&self, ann: &Announcement<M>, guard: &Guard) {
+        loop {
+            let cur = ann.attempt.load(ORD);
+            // SAFETY: the announcement holds a reference to its current attempt; one replaced
+            // since we loaded it is retired, not freed, while we are pinned.
+            if let Some(d) = unsafe { cur.as_ref() } {
+                // The latest status: after helping it we know the attempt is decided, and a
+                // plain load might still say pending.
+                match d.latest_status() {
+                    Status::Committed => return,
+                    Status::Pending => {
+                        if d.try_acquire() {
+                            self.help(d, guard);
+                            // SAFETY: the reference taken just above; our late claims were
+                            // undone in `claim`.
+                            unsafe { self.release(cur, guard) };
+                        }
+                        continue;
+                    }
+                    Status::Aborted => {}
+                }
+            }
+            let (publish, answer) = ann.op.attempt(self, guard);
+            let d = self.build_desc(publish, ann.ticket, Some(answer));
+            if ann.attempt.compare_exchange(cur, d, ORD, ORD).is_err() {
+                // Another thread installed the next attempt first.
+                // SAFETY: never shared.
+                unsafe { free_decided(d, Status::Aborted) };
+                continue;
+            }
+            // Relaxed: a statistic.
+            ann.attempts.fetch_add(1, Ordering::Relaxed);
+            if !cur.is_null() {
+                // SAFETY: the announcement's reference to the attempt we replaced (aborted:
+                // nobody can commit it any more).
+                unsafe { self.release(cur, guard) };
+            }
+            // We built it, so we run it as its owner: claims, decision, cleanup.
+            // SAFETY: our (the owner's) reference.
+            let desc = unsafe { &*d };
+            self.help(desc, guard);
+            self.cleanup(desc, guard);
+            // SAFETY: the owner's reference, cleanup done.
+            unsafe { self.release(d, guard) };
+        }
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1004,6 +1199,10 @@ impl<M: Mapping> Store<M> {
         // SAFETY: `d` is alive: we are pinned and it is retired below, not freed.
         let slot_ptrs: Vec<*mut Slot<M>> =
             unsafe { (*d).entries.iter().map(|e| e.slot.cast_mut()).collect() };
+        // An announced change's attempt is also reachable through its announcement: the last
+        // reference frees it (see `release`), never before this swap.
+        // SAFETY: as above.
+        let free_d = unsafe { (*d).answer.is_none() };
         let free_late = move || {
             // SAFETY: after two grace periods nothing reaches a forwarded slot or the
             // descriptor its word points at (see above); each is freed once, by the one
@@ -1012,7 +1211,9 @@ impl<M: Mapping> Store<M> {
                 for s in slot_ptrs {
                     drop(Box::from_raw(s));
                 }
-                drop(Box::from_raw(d));
+                if free_d {
+                    drop(Box::from_raw(d));
+                }
             }
         };
         // The old directory and the pages the forwarded slots held are reached only through
@@ -1057,32 +1258,31 @@ impl<M: Mapping> Store<M> {
             return;
         }
         let status = desc.status();
-        if status == Status::Committed && desc.replaces_slots() {
-            return; // the swap retires it
-        }
         let d = d.cast_mut();
-        let free = move || {
-            // SAFETY: unreachable after the grace period; freed once (the last reference).
-            let d = unsafe { Box::from_raw(d) };
-            for e in d.entries.iter() {
-                let gone = match status {
-                    Status::Committed => e.old,
-                    _ => e.new,
-                };
-                if !core::ptr::eq(e.old, e.new) {
-                    // SAFETY: a committed change's old pages and an aborted change's new pages
-                    // belong to nobody else.
-                    unsafe { Page::free(gone) };
-                }
+        if status == Status::Committed && desc.replaces_slots() {
+            if desc.answer.is_none() {
+                return; // the swap retires it
             }
-            for &s in d.successors.iter() {
-                // SAFETY: an aborted change's successors were never reachable.
-                unsafe { free_slot_and_page(s) };
-            }
-        };
+            // An announced attempt: the swap retired its slots and pages but left the
+            // descriptor to its references. The swap came first (every holder that could
+            // still swap it in holds a reference until it did), and forwarded slots may be
+            // read for two grace periods after it, so the descriptor waits two as well.
+            // SAFETY: no new reference can be taken (the count is zero); the descriptor owns
+            // nothing else any more (its successors are in the directory, its old pages
+            // retired by the swap); the contents are `Send`.
+            unsafe {
+                self.graveyard
+                    .retire_after_two(guard, Deferred::new(move || drop(Box::from_raw(d))))
+            };
+            return;
+        }
         // SAFETY: no slot points at `d` any more (per the caller) and no new reference can be
-        // taken (the count is zero); the contents are `Send`.
-        unsafe { self.graveyard.retire(guard, Deferred::new(free)) };
+        // taken (the count is zero); the contents are `Send`. After the grace period nothing
+        // reaches it, and only the last reference frees it.
+        unsafe {
+            self.graveyard
+                .retire(guard, Deferred::new(move || free_decided(d, status)))
+        };
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1102,6 +1302,35 @@ impl<M: Mapping> Store<M> {
                 items: l.page.items(),
             })
             .collect()
+    }
+}
+
+/// Frees a decided descriptor with what only it owns: a committed change's old pages, an
+/// aborted change's new pages and successors.
+///
+/// # Safety
+///
+/// Nobody else can reach `d`, and `status` is its decision (`Aborted` for one never shared). A
+/// committed change with successors is freed by its swap instead.
+unsafe fn free_decided<M>(d: *mut Desc<M>, status: Status) {
+    // SAFETY: per the caller.
+    let d = unsafe { Box::from_raw(d) };
+    for e in d.entries.iter() {
+        let gone = match status {
+            Status::Committed => e.old,
+            _ => e.new,
+        };
+        if !core::ptr::eq(e.old, e.new) {
+            // SAFETY: a committed change's old pages and an aborted change's new pages belong
+            // to nobody else.
+            unsafe { Page::free(gone) };
+        }
+    }
+    if status != Status::Committed {
+        for &s in d.successors.iter() {
+            // SAFETY: an aborted change's successors were never reachable.
+            unsafe { free_slot_and_page(s) };
+        }
     }
 }
 
