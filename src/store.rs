@@ -808,6 +808,11 @@ impl<M: Mapping> Store<M> {
                     // may be freed after we let go): release it as any thread would. The
                     // latest status is needed here: a plain load could miss the decision.
                     Ok(_) if d.latest_status() != Status::Pending => {
+                        // A deliberately broken protocol for the model checker to catch (never
+                        // built normally): leave the late claim in place.
+                        if cfg!(extent_cache_broken = "keep_late_claims") {
+                            return false;
+                        }
                         self.release_slot(d, slot);
                         return false;
                     }
@@ -1174,6 +1179,14 @@ impl<M: Mapping> Store<M> {
     /// `page` left its slot: no thread that pins from now on can reach it.
     unsafe fn retire_page(&self, page: *const Page<M>, guard: &Guard) {
         let page = page.cast_mut();
+        // A deliberately broken reclamation for Miri and AddressSanitizer to catch (never
+        // built normally): free the replaced page at once, while readers may still read it.
+        #[cfg(extent_cache_broken = "free_at_once")]
+        {
+            // SAFETY: none: this is the use-after-free the checks must report.
+            unsafe { Page::free(page) };
+            return;
+        }
         // SAFETY: `Page<M>` is `Send` (mappings are `Send + Sync`); per the caller it is
         // unreachable for new guards.
         unsafe {
