@@ -8,8 +8,9 @@ mod iter;
 mod window;
 
 use std::fmt;
+use std::ops::Range;
 
-pub use iter::Iter;
+pub use iter::{Gaps, Iter};
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
@@ -399,6 +400,52 @@ impl<M: Mapping> ExtentCache<M> {
             it.finish();
         }
         it
+    }
+
+    /// The gaps of `[start, end)`: the ranges no extent covers, in order, each as large as it
+    /// can be inside `[start, end)` (docs/semantics.md §2). An empty or inverted range has no
+    /// gaps.
+    ///
+    /// The gaps are those between the extents [`overlapping`](Self::overlapping)`(start, end)`
+    /// yields, read in the same pass, so they are weakly consistent in the same way: no gap
+    /// intersects an extent that the pass saw, and every extent the pass saw was in the cache at
+    /// some instant during it. An offset covered for the whole pass lies in no gap, unless a
+    /// change replaced its extent while the pass was going by. For the gap around one offset at
+    /// one instant use [`get_or_gap`](Self::get_or_gap).
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// cache.insert(Extent::hole(12288, 4096)).unwrap();
+    /// let gaps: Vec<_> = cache.gaps(0, 20480).collect();
+    /// assert_eq!(gaps, [0..4096, 8192..12288, 16384..20480]);
+    /// assert_eq!(cache.gaps(5000, 6000).count(), 0);
+    /// ```
+    pub fn gaps(&self, start: u64, end: u64) -> Gaps<'_, M> {
+        Gaps::new(self.overlapping(start, end), start, end)
+    }
+
+    /// The extent containing `offset`, or else the gap around it: from the end of the extent
+    /// before it (or 0) to the start of the extent after it (or `u64::MAX`) (docs/semantics.md
+    /// §2). What a reader needs before it goes to disk: the range it may read and fill with
+    /// [`get_or_insert`](Self::get_or_insert).
+    ///
+    /// The answer holds at one instant, like [`get`](Self::get): the extent was in the cache,
+    /// or the gap was empty and its neighbours in place, at the same moment. Never waits.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.get_or_gap(5000).unwrap().start(), 4096);
+    /// assert_eq!(cache.get_or_gap(0), Err(0..4096));
+    /// assert_eq!(cache.get_or_gap(8192), Err(8192..u64::MAX));
+    /// ```
+    pub fn get_or_gap(&self, offset: u64) -> Result<Extent<M>, Range<u64>> {
+        // An empty map (no directory yet) is one gap.
+        self.query(offset, offset, |w| plan::get_or_gap(w, offset))
+            .unwrap_or(Err(0..u64::MAX))
     }
 
     /// Takes this exact extent out; see [`ExtentMap::remove`].

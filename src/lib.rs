@@ -12,7 +12,7 @@ pub mod reference;
 mod store;
 mod sync;
 
-pub use cache::{ExtentCache, Iter};
+pub use cache::{ExtentCache, Gaps, Iter};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping};
 pub use plan::Dropped;

@@ -15,6 +15,8 @@
 //! [`reference::ExtentMap`]: crate::reference::ExtentMap
 //! [`ExtentCache`]: crate::ExtentCache
 
+use core::ops::Range;
+
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Flags, Location, Mapping};
 
@@ -235,6 +237,64 @@ impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
     }
 }
 
+/// The gaps of `[start, end)` between the extents a scan yields (docs/semantics.md §2,
+/// `gaps`): the arithmetic behind both maps' `Gaps` iterators. Extents are fed from the front
+/// in start order and from the back in reverse start order; each feed answers the gap it
+/// closes, if any.
+///
+/// Invariant: every gap answered so far lies outside `[lo, hi)`, and `[lo, hi)` is what is
+/// left to answer (empty once `lo >= hi`).
+#[derive(Clone, Debug)]
+pub(crate) struct Holes {
+    /// The end of the last extent fed from the front (at first `start`).
+    lo: u64,
+    /// The start of the last extent fed from the back (at first `end`).
+    hi: u64,
+}
+
+impl Holes {
+    /// The gaps of `[start, end)`; none when the range is empty or inverted.
+    pub(crate) fn new(start: u64, end: u64) -> Self {
+        Holes { lo: start, hi: end }
+    }
+
+    fn cut(&self, lo: u64, hi: u64) -> Option<Range<u64>> {
+        (lo < hi).then_some(lo..hi)
+    }
+
+    /// The next extent from the front: the gap before it, if any.
+    fn front<M: Mapping>(&mut self, ext: &Extent<M>) -> Option<Range<u64>> {
+        let gap = self.cut(self.lo, ext.start().min(self.hi));
+        self.lo = self.lo.max(ext.end());
+        gap
+    }
+
+    /// No extent is left between the two ends: what remains is one gap, if anything.
+    fn rest(&mut self) -> Option<Range<u64>> {
+        let gap = self.cut(self.lo, self.hi);
+        self.lo = self.hi;
+        gap
+    }
+
+    /// The next gap from the front, reading extents from `extents`.
+    pub(crate) fn next<M: Mapping>(
+        &mut self,
+        extents: &mut impl Iterator<Item = Extent<M>>,
+    ) -> Option<Range<u64>> {
+        while self.lo < self.hi {
+            match extents.next() {
+                Some(e) => {
+                    if let Some(gap) = self.front(&e) {
+                        return Some(gap);
+                    }
+                }
+                None => return self.rest(),
+            }
+        }
+        None
+    }
+}
+
 /// A planned change and the answer the operation gives.
 pub(crate) struct Planned<M, R> {
     pub(crate) change: Change<M>,
@@ -333,6 +393,27 @@ pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
+/// The gap around `offset`, which no extent of `v` covers (docs/semantics.md §2): from the end
+/// of the last extent before it (or 0) to the start of the first extent after it (or
+/// `u64::MAX`).
+fn gap_around<M: Mapping, V: View<M> + ?Sized>(v: &V, offset: u64) -> Probe<Range<u64>> {
+    let start = v.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
+    let end = v.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    Ok(start..end)
+}
+
+/// `get_or_gap(offset)` (docs/semantics.md §2): the extent containing `offset`, or the gap
+/// around it.
+pub(crate) fn get_or_gap<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    offset: u64,
+) -> Probe<Result<Extent<M>, Range<u64>>> {
+    match v.containing(offset)? {
+        Some(i) => Ok(Ok(i.ext)),
+        None => Ok(Err(gap_around(v, offset)?)),
+    }
+}
+
 /// Insert with conflict resolution (docs/semantics.md §5): the seed's rule.
 pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
@@ -355,8 +436,8 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
     // No extent covers the offset, so the one before it ends at or before it, and the gap
     // holds the offset.
-    let gap_start = ov.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
-    let gap_end = ov.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    let gap = gap_around(&ov, offset)?;
+    let (gap_start, gap_end) = (gap.start, gap.end);
     let (s, e) = (
         candidate.start().max(gap_start),
         candidate.end().min(gap_end),

@@ -163,6 +163,8 @@ enum Op {
     Lookup(u64, u64),
     Search(u64, u64),
     Overlapping(u64, u64),
+    Gaps(u64, u64),
+    GetOrGap(u64),
     /// Remove the `i`-th extent of the map (modulo its length).
     RemovePresent(usize),
     Remove(Extent),
@@ -199,6 +201,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (offset(), length()).prop_map(|(o, l)| Op::Lookup(o, l)),
         3 => (offset(), length()).prop_map(|(o, l)| Op::Search(o, l)),
         2 => range().prop_map(|(s, e)| Op::Overlapping(s, e)),
+        2 => range().prop_map(|(s, e)| Op::Gaps(s, e)),
+        3 => offset().prop_map(Op::GetOrGap),
         3 => idx.prop_map(Op::RemovePresent),
         2 => extent().prop_map(Op::Remove),
         3 => (idx, extent(), any::<bool>()).prop_map(|(i, e, m)| Op::ReplacePresent(i, e, m)),
@@ -247,6 +251,11 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
             cache.overlapping(*s, *e).collect::<Vec<_>>(),
             reference.overlapping(*s, *e).collect::<Vec<_>>()
         ),
+        Op::Gaps(s, e) => assert_eq!(
+            cache.gaps(*s, *e).collect::<Vec<_>>(),
+            reference.gaps(*s, *e).collect::<Vec<_>>()
+        ),
+        Op::GetOrGap(off) => assert_eq!(cache.get_or_gap(*off), reference.get_or_gap(*off)),
         Op::RemovePresent(i) => {
             if let Some(e) = nth(reference, *i) {
                 assert!(cache.remove(&e));
@@ -335,6 +344,10 @@ fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(cache.has_modified(), reference.has_modified());
     assert_eq!(cache.first(), reference.first());
     assert_eq!(cache.last(), reference.last());
+    assert_eq!(
+        cache.gaps(0, u64::MAX).collect::<Vec<_>>(),
+        reference.gaps(0, u64::MAX).collect::<Vec<_>>()
+    );
     assert_eq!(
         cache.iter().collect::<Vec<_>>(),
         reference.iter().collect::<Vec<_>>()

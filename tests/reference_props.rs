@@ -152,6 +152,27 @@ impl Model {
             self.cells[s] = None;
         }
     }
+
+    /// The uncovered parts of the address space: runs of empty slots, each as one range.
+    fn gaps(&self) -> Vec<std::ops::Range<u64>> {
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for s in (0..NSLOTS).filter(|&s| self.cells[s].is_none()) {
+            match out.last_mut() {
+                Some(g) if g.end == bound(s) => g.end = bound(s + 1),
+                _ => out.push(bound(s)..bound(s + 1)),
+            }
+        }
+        out
+    }
+
+    /// The uncovered parts of `[start, end)`.
+    fn gaps_in(&self, start: u64, end: u64) -> Vec<std::ops::Range<u64>> {
+        self.gaps()
+            .into_iter()
+            .map(|g| g.start.max(start)..g.end.min(end))
+            .filter(|g| g.start < g.end)
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,6 +545,49 @@ fn check(map: &ExtentMap, model: &Model) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(map.get(lo), found.map(|(e, _)| *e));
         prop_assert_eq!(map.get(hi - 1), found.map(|(e, _)| *e));
+        // get_or_gap: the extent, or the run of empty slots around the offset.
+        let want = match found {
+            Some((e, _)) => Ok(*e),
+            None => Err(model
+                .gaps()
+                .into_iter()
+                .find(|g| g.contains(&lo))
+                .expect("an empty slot lies in a gap")),
+        };
+        prop_assert_eq!(map.get_or_gap(lo), want.clone(), "get_or_gap({})", lo);
+        prop_assert_eq!(map.get_or_gap(hi - 1), want, "get_or_gap({})", hi - 1);
+    }
+    // Nothing holds u64::MAX: its gap runs from the end of the last extent.
+    prop_assert_eq!(
+        map.get_or_gap(MAX),
+        Err(entries.last().map_or(0, |(e, _)| e.end())..MAX)
+    );
+    // gaps: over the whole space, over ranges on and off the slot boundaries, and over empty
+    // and inverted ranges (none).
+    prop_assert_eq!(map.gaps(0, MAX).collect::<Vec<_>>(), model.gaps());
+    for (i, j) in [
+        (0, 1),
+        (3, 9),
+        (10, 40),
+        (0, SMALL),
+        (SMALL, NB - 1),
+        (5, NB - 3),
+    ] {
+        for (a, b) in [
+            (bound(i), bound(j)),
+            (bound(i) + 1, bound(j) - 1),
+            (bound(i) + BLOCK / 2, bound(j)),
+        ] {
+            prop_assert_eq!(
+                map.gaps(a, b).collect::<Vec<_>>(),
+                model.gaps_in(a, b),
+                "gaps({}, {})",
+                a,
+                b
+            );
+        }
+        prop_assert_eq!(map.gaps(bound(j), bound(i)).count(), 0);
+        prop_assert_eq!(map.gaps(bound(i), bound(i)).count(), 0);
     }
     prop_assert_eq!(map.len(), entries.len());
     prop_assert_eq!(map.is_empty(), entries.is_empty());

@@ -1,11 +1,13 @@
-//! Iteration: pages in key order, one slot per step, weakly consistent.
+//! Iteration: pages in key order, one slot per step, weakly consistent; the gaps between the
+//! extents iterated.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use super::ExtentCache;
 use crate::extent::{Extent, Mapping};
 use crate::page::Page;
-use crate::plan::Item;
+use crate::plan::{Holes, Item};
 use crate::store::Word;
 use crate::sync::epoch::pin;
 
@@ -144,5 +146,39 @@ impl<M: Mapping> Iterator for Iter<'_, M> {
 
     fn next(&mut self) -> Option<Extent<M>> {
         self.next_item().map(|i| i.ext)
+    }
+}
+
+/// Iterator over the gaps of a range of an [`ExtentCache`]: the parts not covered by any
+/// extent, as `Range<u64>`, in order; see [`ExtentCache::gaps`].
+///
+/// ```
+/// use extent_cache::{ExtentCache, Extent};
+/// let cache = ExtentCache::new();
+/// cache.insert(Extent::hole(4096, 4096)).unwrap();
+/// let mut gaps = cache.gaps(0, 16384);
+/// assert_eq!(gaps.next(), Some(0..4096));
+/// assert_eq!(gaps.next(), Some(8192..16384));
+/// assert_eq!(gaps.next(), None);
+/// ```
+pub struct Gaps<'c, M: Mapping> {
+    extents: Iter<'c, M>,
+    holes: Holes,
+}
+
+impl<'c, M: Mapping> Gaps<'c, M> {
+    pub(super) fn new(extents: Iter<'c, M>, start: u64, end: u64) -> Self {
+        Gaps {
+            extents,
+            holes: Holes::new(start, end),
+        }
+    }
+}
+
+impl<M: Mapping> Iterator for Gaps<'_, M> {
+    type Item = Range<u64>;
+
+    fn next(&mut self) -> Option<Range<u64>> {
+        self.holes.next(&mut self.extents)
     }
 }
