@@ -448,20 +448,20 @@ impl<M: Mapping> ExtentCache<M> {
             .unwrap_or(Err(0..u64::MAX))
     }
 
-    /// Takes this exact extent out; see [`ExtentMap::remove`].
+    /// Takes this exact extent out; see [`ExtentMap::remove`]. Returns what was lost (`None`
+    /// when the extent was not there), so that removing a modified extent is never silent.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
     /// let cache = ExtentCache::new();
     /// let e = Extent::hole(0, 4096);
-    /// cache.insert(e).unwrap();
-    /// assert!(cache.remove(&e));
-    /// assert!(!cache.remove(&e));
+    /// cache.insert_modified(e).unwrap();
+    /// assert_eq!(cache.remove(&e).unwrap().modified, 1);
+    /// assert!(cache.remove(&e).is_none());
     /// ```
-    pub fn remove(&self, ext: &Extent<M>) -> bool {
+    pub fn remove(&self, ext: &Extent<M>) -> Option<Dropped> {
         let (a, b) = around(ext.start(), ext.start());
-        self.execute(a, b, |w| plan::remove(w, ext))
-            .unwrap_or(false)
+        self.execute(a, b, |w| plan::remove(w, ext)).unwrap_or(None)
     }
 
     /// Puts `new` where `cur` was, in one step; see [`ExtentMap::replace`].

@@ -460,15 +460,21 @@ fn find_exact<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Probe<
         .filter(|i| i.ext.start() == ext.start() && i.ext == *ext))
 }
 
-/// `remove(em)` (docs/semantics.md §6.1). The answer says whether the extent was there.
-pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Plan<M, bool> {
+/// `remove(em)` (docs/semantics.md §6.1). The answer is what was lost, `None` when the extent
+/// was not there.
+pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ext: &Extent<M>,
+) -> Plan<M, Option<Dropped>> {
     let mut ov = Overlay::new(v);
     match find_exact(&ov, ext)? {
         Some(item) => {
             ov.remove(&item);
-            done(ov, true)
+            let mut report = Dropped::default();
+            report.count(&item);
+            done(ov, Some(report))
         }
-        None => done(ov, false),
+        None => done(ov, None),
     }
 }
 
@@ -489,7 +495,7 @@ pub(crate) fn replace<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// What a `drop_range` took out of the map.
+/// What a `drop_range` or a `remove` took out of the map (docs/semantics.md §6.1, §6.3).
 ///
 /// ```
 /// use extent_cache::{reference::ExtentMap, Extent};
@@ -524,6 +530,19 @@ impl Dropped {
     }
 }
 
+impl Dropped {
+    /// Counts one more extent taken out or cut.
+    fn count<M: Mapping>(&mut self, item: &Item<M>) {
+        self.extents += 1;
+        if item.modified {
+            self.modified += 1;
+            let g = item.ext.generation();
+            self.max_modified_generation =
+                Some(self.max_modified_generation.map_or(g, |m| m.max(g)));
+        }
+    }
+}
+
 fn drop_into<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     start: u64,
@@ -536,15 +555,7 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
             continue;
         }
         ov.remove(&item);
-        report.extents += 1;
-        if item.modified {
-            report.modified += 1;
-            report.max_modified_generation = Some(
-                report
-                    .max_modified_generation
-                    .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
-            );
-        }
+        report.count(&item);
         // A piece the mapping cannot cut off (the back piece of an inline extent would be inline
         // data away from offset 0, docs/semantics.md §1.4; a custom mapping cut off its grid) does
         // not exist: the map forgets it (it is read again from the backing store when needed), and

@@ -279,19 +279,24 @@ impl<M: Mapping> ExtentMap<M> {
         self.read(plan::get_or_gap(self, offset))
     }
 
-    /// Takes this exact extent out of the map. Returns whether it was there. Removing a pinned
-    /// extent is allowed (btrfs warns); the caller is responsible for what was pinned.
+    /// Takes this exact extent out of the map (docs/semantics.md §6.1). Returns what was lost,
+    /// as [`drop_range`](Self::drop_range) does: `Some` report of the one extent when it was
+    /// there (with [`Dropped::needs_full_sync`] for a modified one), `None` when it was not.
+    /// Removing a pinned extent is allowed (btrfs warns); the caller is responsible for what
+    /// was pinned.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
     /// let mut map = ExtentMap::new();
-    /// let e = Extent::hole(0, 4096);
-    /// map.insert(e).unwrap();
-    /// assert!(map.remove(&e));
-    /// assert!(!map.remove(&e));
+    /// let e = Extent::hole(0, 4096).with_generation(7);
+    /// map.insert_modified(e).unwrap();
+    /// let lost = map.remove(&e).unwrap();
+    /// assert_eq!((lost.extents, lost.modified), (1, 1));
+    /// assert!(lost.needs_full_sync(7)); // a modified extent of this transaction was dropped
+    /// assert_eq!(map.remove(&e), None);
     /// ```
-    pub fn remove(&mut self, ext: &Extent<M>) -> bool {
-        self.run(|v| plan::remove(v, ext)).unwrap_or(false)
+    pub fn remove(&mut self, ext: &Extent<M>) -> Option<Dropped> {
+        self.run(|v| plan::remove(v, ext)).unwrap_or(None)
     }
 
     /// Puts `new` where `cur` was, in one step (docs/semantics.md §6.2). `new` must not overlap any
@@ -679,9 +684,9 @@ impl<M: Mapping> LockedExtentMap<M> {
     ///
     /// ```
     /// let map = extent_cache::reference::LockedExtentMap::new();
-    /// assert!(!map.remove(&extent_cache::Extent::hole(0, 1)));
+    /// assert!(map.remove(&extent_cache::Extent::hole(0, 1)).is_none());
     /// ```
-    pub fn remove(&self, ext: &Extent<M>) -> bool {
+    pub fn remove(&self, ext: &Extent<M>) -> Option<Dropped> {
         self.w().remove(ext)
     }
 

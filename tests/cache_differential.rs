@@ -258,8 +258,9 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
         Op::GetOrGap(off) => assert_eq!(cache.get_or_gap(*off), reference.get_or_gap(*off)),
         Op::RemovePresent(i) => {
             if let Some(e) = nth(reference, *i) {
-                assert!(cache.remove(&e));
-                assert!(reference.remove(&e));
+                let lost = cache.remove(&e);
+                assert!(lost.is_some());
+                assert_eq!(lost, reference.remove(&e));
             }
         }
         Op::Remove(e) => assert_eq!(cache.remove(e), reference.remove(e)),

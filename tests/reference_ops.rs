@@ -843,12 +843,34 @@ fn remove_takes_exact_extent_out() {
         a.with_flags(Flags::PINNED),
         Extent::hole(0, 4 * K).with_generation(2),
     ] {
-        assert!(!unchanged(&mut map, |m| m.remove(&near)), "{near:?}");
+        assert!(
+            unchanged(&mut map, |m| m.remove(&near)).is_none(),
+            "{near:?}"
+        );
     }
-    assert!(map.remove(&a));
+    // The modified extent is not lost silently: the report says the next fsync must be full.
+    let lost = map.remove(&a).expect("a is in the map");
+    assert_eq!(
+        lost,
+        Dropped {
+            extents: 1,
+            modified: 1,
+            max_modified_generation: Some(2)
+        }
+    );
+    assert!(lost.needs_full_sync(2));
+    assert!(!lost.needs_full_sync(3));
+    assert_eq!(
+        map.remove(&b),
+        Some(Dropped {
+            extents: 1,
+            ..Dropped::default()
+        })
+    );
+    map.insert(b).unwrap();
     assert_eq!(map.entries(), [(b, false)]);
     assert!(map.modified().is_empty());
-    assert!(!unchanged(&mut map, |m| m.remove(&a)));
+    assert!(unchanged(&mut map, |m| m.remove(&a)).is_none());
 }
 
 // before:  [0 .. 4K)PM
@@ -858,7 +880,7 @@ fn remove_takes_exact_extent_out() {
 fn remove_pinned_is_allowed() {
     let p = reg(0, 4 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[(p, true)]);
-    assert!(map.remove(&p));
+    assert!(map.remove(&p).is_some());
     assert!(map.is_empty());
 }
 
@@ -1844,7 +1866,7 @@ fn locked_map_from_several_threads() {
     let logged = map.take_modified();
     assert_eq!(logged, [Extent::hole(0, 8 * K).with_flags(Flags::LOGGING)]);
     assert_eq!(map.clear_logging(&logged[0]), Ok(Extent::hole(0, 8 * K)));
-    assert!(map.remove(&Extent::hole(0, 8 * K)));
+    assert!(map.remove(&Extent::hole(0, 8 * K)).is_some());
     assert_eq!(map.unpin(0, 4 * K, 1), Err(Error::NotFound));
     assert_eq!(map.len(), 2);
 }

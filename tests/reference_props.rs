@@ -703,13 +703,19 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
         }
         Op::Remove { pick, made } => {
             let e = pick_from(&before, *pick).map_or_else(|| build(made), |(e, _)| e);
-            let present = before.iter().any(|(x, _)| *x == e);
+            let present = before.iter().find(|(x, _)| *x == e).copied();
             let r = map.remove(&e);
-            prop_assert_eq!(r, present);
-            if present {
+            // What was lost: the one extent, modified or not.
+            let want = present.map(|(x, m)| Dropped {
+                extents: 1,
+                modified: usize::from(m),
+                max_modified_generation: m.then_some(x.generation()),
+            });
+            prop_assert_eq!(r, want);
+            if present.is_some() {
                 model.empty(e.start(), e.end());
             }
-            !r
+            r.is_none()
         }
         Op::Replace {
             pick,

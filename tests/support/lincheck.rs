@@ -88,7 +88,7 @@ pub enum Ret {
     /// `get_or_insert`.
     Got(Result<Extent, Error>),
     /// `remove`.
-    Removed(bool),
+    Removed(Option<Dropped>),
     /// `drop_range`.
     Dropped(Result<Dropped, Error>),
 }
