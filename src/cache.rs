@@ -361,12 +361,15 @@ impl<M: Mapping> ExtentCache<M> {
             .flatten()
     }
 
-    /// All extents in start order.
+    /// All extents in start order; [`DoubleEndedIterator`], so `.rev()` and `next_back` walk
+    /// from the last extent down.
     ///
-    /// The iterator is *weakly consistent*: every extent it yields was in the cache at some
-    /// instant during the iteration; extents come in start order and never overlap each other;
-    /// an extent present for the whole iteration is yielded unless a change replaced it while
-    /// the iterator was passing it. For an exact picture use [`snapshot`](Self::snapshot).
+    /// The iterator is *weakly consistent* (docs/semantics.md §8): every extent it yields was in
+    /// the cache at some instant during the iteration; extents come in start order (from
+    /// either end) and never overlap each other, and none is yielded twice however `next` and
+    /// `next_back` are mixed; an extent present for the whole iteration is yielded unless a
+    /// change replaced it while the iterator was passing it. For an exact picture use
+    /// [`snapshot`](Self::snapshot).
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -375,13 +378,16 @@ impl<M: Mapping> ExtentCache<M> {
     /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
     /// let starts: Vec<u64> = cache.iter().map(|e| e.start()).collect();
     /// assert_eq!(starts, [0, 4096]);
+    /// let backwards: Vec<u64> = cache.iter().rev().map(|e| e.start()).collect();
+    /// assert_eq!(backwards, [4096, 0]);
     /// ```
     pub fn iter(&self) -> Iter<'_, M> {
         Iter::new(self, 0, u64::MAX, 0, false)
     }
 
-    /// The extents intersecting `[start, end)`, in start order, weakly consistent like
-    /// [`iter`](Self::iter).
+    /// The extents intersecting `[start, end)`, in start order (or from the back, like
+    /// [`iter`](Self::iter)), weakly consistent like `iter`. An empty or inverted range selects
+    /// nothing.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -389,6 +395,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
     /// cache.insert_modified(Extent::hole(4096, 4096)).unwrap();
     /// assert_eq!(cache.overlapping(4000, 4097).count(), 2);
+    /// // The last extent that starts before 8192 ("the last extent before EOF"):
+    /// assert_eq!(cache.overlapping(0, 8192).next_back().unwrap().start(), 4096);
     /// ```
     pub fn overlapping(&self, start: u64, end: u64) -> Iter<'_, M> {
         // Start from the extent containing `start`, if any: it overlaps the range too. A miss
@@ -421,6 +429,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// let gaps: Vec<_> = cache.gaps(0, 20480).collect();
     /// assert_eq!(gaps, [0..4096, 8192..12288, 16384..20480]);
     /// assert_eq!(cache.gaps(5000, 6000).count(), 0);
+    /// assert_eq!(cache.gaps(0, 20480).next_back(), Some(16384..20480)); // from the back
     /// ```
     pub fn gaps(&self, start: u64, end: u64) -> Gaps<'_, M> {
         Gaps::new(self.overlapping(start, end), start, end)

@@ -269,6 +269,13 @@ impl Holes {
         gap
     }
 
+    /// The next extent from the back: the gap after it, if any.
+    fn back<M: Mapping>(&mut self, ext: &Extent<M>) -> Option<Range<u64>> {
+        let gap = self.cut(ext.end().max(self.lo), self.hi);
+        self.hi = self.hi.min(ext.start());
+        gap
+    }
+
     /// No extent is left between the two ends: what remains is one gap, if anything.
     fn rest(&mut self) -> Option<Range<u64>> {
         let gap = self.cut(self.lo, self.hi);
@@ -285,6 +292,24 @@ impl Holes {
             match extents.next() {
                 Some(e) => {
                     if let Some(gap) = self.front(&e) {
+                        return Some(gap);
+                    }
+                }
+                None => return self.rest(),
+            }
+        }
+        None
+    }
+
+    /// The next gap from the back, reading extents from the back of `extents`.
+    pub(crate) fn next_back<M: Mapping>(
+        &mut self,
+        extents: &mut impl DoubleEndedIterator<Item = Extent<M>>,
+    ) -> Option<Range<u64>> {
+        while self.lo < self.hi {
+            match extents.next_back() {
+                Some(e) => {
+                    if let Some(gap) = self.back(&e) {
                         return Some(gap);
                     }
                 }

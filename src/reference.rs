@@ -656,7 +656,7 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
     /// assert_eq!(map.iter().count(), 0);
     /// ```
-    pub fn iter(&self) -> impl Iterator<Item = Extent<M>> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Extent<M>> {
         self.r().iter().collect::<Vec<_>>().into_iter()
     }
 
@@ -850,5 +850,11 @@ impl<M: Mapping> Iterator for Gaps<'_, M> {
 
     fn next(&mut self) -> Option<Range<u64>> {
         self.holes.next(&mut self.extents)
+    }
+}
+
+impl<M: Mapping> DoubleEndedIterator for Gaps<'_, M> {
+    fn next_back(&mut self) -> Option<Range<u64>> {
+        self.holes.next_back(&mut self.extents)
     }
 }

@@ -165,6 +165,9 @@ enum Op {
     Overlapping(u64, u64),
     Gaps(u64, u64),
     GetOrGap(u64),
+    /// `overlapping` (or `iter` when `None`) and `gaps` driven from both ends: bit `k` of the
+    /// mask says whether the `k`-th step is `next_back` (the pattern repeats every 64 steps).
+    Scan(Option<(u64, u64)>, u64),
     /// Remove the `i`-th extent of the map (modulo its length).
     RemovePresent(usize),
     Remove(Extent),
@@ -203,6 +206,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => range().prop_map(|(s, e)| Op::Overlapping(s, e)),
         2 => range().prop_map(|(s, e)| Op::Gaps(s, e)),
         3 => offset().prop_map(Op::GetOrGap),
+        3 => (prop::option::weighted(0.7, range()), any::<u64>())
+            .prop_map(|(r, mask)| Op::Scan(r, mask)),
         3 => idx.prop_map(Op::RemovePresent),
         2 => extent().prop_map(Op::Remove),
         3 => (idx, extent(), any::<bool>()).prop_map(|(i, e, m)| Op::ReplacePresent(i, e, m)),
@@ -256,6 +261,25 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
             reference.gaps(*s, *e).collect::<Vec<_>>()
         ),
         Op::GetOrGap(off) => assert_eq!(cache.get_or_gap(*off), reference.get_or_gap(*off)),
+        Op::Scan(range, mask) => {
+            let (got, want) = match *range {
+                Some((s, e)) => (
+                    both_ends(cache.overlapping(s, e), *mask),
+                    both_ends(reference.overlapping(s, e), *mask),
+                ),
+                None => (
+                    both_ends(cache.iter(), *mask),
+                    both_ends(reference.iter(), *mask),
+                ),
+            };
+            assert_eq!(got, want, "scan {range:?}, mask {mask:#x}");
+            let (s, e) = range.unwrap_or((0, u64::MAX));
+            assert_eq!(
+                both_ends(cache.gaps(s, e), *mask),
+                both_ends(reference.gaps(s, e), *mask),
+                "gaps {range:?}, mask {mask:#x}"
+            );
+        }
         Op::RemovePresent(i) => {
             if let Some(e) = nth(reference, *i) {
                 let lost = cache.remove(&e);
@@ -337,6 +361,28 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
     }
 }
 
+/// Drives `it` from both ends, `next_back` where `mask` has a bit set, until both ends meet;
+/// returns each step's answer (the `None` that ends the scan included).
+fn both_ends<T>(mut it: impl DoubleEndedIterator<Item = T>, mask: u64) -> Vec<Option<T>> {
+    let mut out = Vec::new();
+    for k in 0.. {
+        let got = if mask >> (k % 64) & 1 == 1 {
+            it.next_back()
+        } else {
+            it.next()
+        };
+        let end = got.is_none();
+        out.push(got);
+        if end {
+            // Both ends say so once they have met.
+            out.push(it.next());
+            out.push(it.next_back());
+            return out;
+        }
+    }
+    unreachable!()
+}
+
 /// The cache holds exactly what the reference holds.
 fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(cache.snapshot().entries(), reference.entries());
@@ -352,6 +398,10 @@ fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(
         cache.iter().collect::<Vec<_>>(),
         reference.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cache.iter().rev().collect::<Vec<_>>(),
+        reference.iter().rev().collect::<Vec<_>>()
     );
 }
 

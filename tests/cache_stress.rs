@@ -428,13 +428,41 @@ fn observe(cache: &ExtentCache, done: &AtomicBool, max: u64) -> u64 {
     while rounds < max && !done.load(Ordering::Relaxed) {
         check_snapshot(&cache.snapshot());
         check_extents("iter", cache.iter());
+        check_extents("iter from the back", both_ends(cache.iter(), u64::MAX));
+        check_extents("iter from both ends", both_ends(cache.iter(), rounds));
         check_extents("overlapping", cache.overlapping(16 * K, 48 * K));
+        check_extents(
+            "overlapping from both ends",
+            both_ends(cache.overlapping(16 * K, 48 * K), rounds.rotate_left(7)),
+        );
         for e in cache.overlapping(16 * K, 48 * K) {
             assert!(e.overlaps(16 * K, 48 * K), "{e:?} outside the range");
         }
         rounds += 1;
     }
     rounds
+}
+
+/// Drives `it` from both ends until they meet (`next_back` where bit `k % 64` of `mask` is
+/// set) and returns what it yielded in start order: what the front yielded, then what the back
+/// yielded, reversed.
+fn both_ends(mut it: impl DoubleEndedIterator<Item = Extent>, mask: u64) -> Vec<Extent> {
+    let (mut front, mut back) = (Vec::new(), Vec::new());
+    for k in 0.. {
+        let from_back = mask >> (k % 64) & 1 == 1;
+        let got = if from_back { it.next_back() } else { it.next() };
+        match got {
+            Some(e) if from_back => back.push(e),
+            Some(e) => front.push(e),
+            None => break,
+        }
+    }
+    assert!(
+        it.next().is_none() && it.next_back().is_none(),
+        "the ends met"
+    );
+    front.extend(back.into_iter().rev());
+    front
 }
 
 /// One random operation on blocks `[lo, hi)`, with the checks that hold whatever the other
@@ -812,14 +840,32 @@ fn churn_keeps_the_pages_bounded_tiny_pages() {
 /// node with a larger key) and yields it too, although it overlaps what it already yielded:
 /// `Iter::refill` only skips extents that end at or before the last end it yielded. (It also
 /// yields `[a, b)` followed by `[a, c)`: a newer node with the same start.)
+///
+/// Scans from the back and from both ends at once must hold to the same, and yield every
+/// extent that no writer touches (pinned holes past the tiles) exactly once.
 #[test]
 fn iter_never_yields_overlapping_extents() {
+    tiles_move_under_iterators(ExtentCache::new());
+}
+
+/// The same with pages of 4 extents: the ends cross many slots, and changes span several.
+#[test]
+fn iter_never_yields_overlapping_extents_tiny_pages() {
+    tiles_move_under_iterators(ExtentCache::with_page_capacity(4));
+}
+
+fn tiles_move_under_iterators(cache: ExtentCache) {
     const TILES: u64 = 64;
     const TILE: u64 = 8 * BLOCK;
-    let cache = ExtentCache::new();
     let tile = |i: u64, shift: u64| Extent::hole(i * TILE + shift, TILE).with_flags(Flags::PINNED);
     for i in 0..TILES {
         cache.insert(tile(i, 0)).unwrap();
+    }
+    let still: Vec<Extent> = (0..8)
+        .map(|i| Extent::hole((TILES + 2) * TILE + 2 * i * BLOCK, BLOCK).with_flags(Flags::PINNED))
+        .collect();
+    for e in &still {
+        cache.insert(*e).unwrap();
     }
     let done = AtomicBool::new(false);
     thread::scope(|s| {
@@ -838,5 +884,24 @@ fn iter_never_yields_overlapping_extents() {
                 check_extents("iter", cache.iter());
             }
         });
+        for seed in 0..2 {
+            let still = &still;
+            s.spawn(move || {
+                let mut rng = seeded(seed);
+                while !done.load(Ordering::Relaxed) {
+                    let mask = if rng.one_in(4) {
+                        u64::MAX
+                    } else {
+                        rng.next_u64()
+                    };
+                    let seen = both_ends(cache.iter(), mask);
+                    check_extents("iter from both ends", seen.iter().copied());
+                    for e in still {
+                        let n = seen.iter().filter(|x| *x == e).count();
+                        assert_eq!(n, 1, "{e:?} yielded {n} times (mask {mask:#x})");
+                    }
+                }
+            });
+        }
     });
 }

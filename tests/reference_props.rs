@@ -565,6 +565,13 @@ fn check(map: &ExtentMap, model: &Model) -> Result<(), TestCaseError> {
     // gaps: over the whole space, over ranges on and off the slot boundaries, and over empty
     // and inverted ranges (none).
     prop_assert_eq!(map.gaps(0, MAX).collect::<Vec<_>>(), model.gaps());
+    // From the back: the same, reversed.
+    let mut back = model.gaps();
+    back.reverse();
+    prop_assert_eq!(map.gaps(0, MAX).rev().collect::<Vec<_>>(), back);
+    let mut back: Vec<Extent> = entries.iter().map(|(e, _)| *e).collect();
+    back.reverse();
+    prop_assert_eq!(map.iter().rev().collect::<Vec<_>>(), back);
     for (i, j) in [
         (0, 1),
         (3, 9),
