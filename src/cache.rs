@@ -8,7 +8,7 @@ mod iter;
 mod window;
 
 use std::fmt;
-use std::ops::Range;
+use std::ops::{Range, RangeBounds};
 
 pub use iter::{Gaps, Iter};
 
@@ -457,6 +457,39 @@ impl<M: Mapping> ExtentCache<M> {
             .unwrap_or(Err(0..u64::MAX))
     }
 
+    /// [`overlapping`](Self::overlapping) over a Rust range (docs/semantics.md, Conventions):
+    /// `overlapping_in(a..b)` is `overlapping(a, b)`, `..` is the whole space. An empty or
+    /// inverted range selects nothing.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// cache.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.overlapping_in(4096..).count(), 1);
+    /// assert_eq!(cache.overlapping_in(..=4096).count(), 2);
+    /// assert_eq!(cache.overlapping_in(..).rev().next().unwrap().start(), 4096);
+    /// ```
+    pub fn overlapping_in(&self, range: impl RangeBounds<u64>) -> Iter<'_, M> {
+        let (start, end) = plan::span(range);
+        self.overlapping(start, end)
+    }
+
+    /// [`gaps`](Self::gaps) over a Rust range (docs/semantics.md, Conventions). An empty or
+    /// inverted range has no gaps.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.gaps_in(..).collect::<Vec<_>>(), [0..4096, 8192..u64::MAX]);
+    /// assert_eq!(cache.gaps_in(0..=4095).collect::<Vec<_>>(), [0..4096]);
+    /// ```
+    pub fn gaps_in(&self, range: impl RangeBounds<u64>) -> Gaps<'_, M> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
     /// Takes this exact extent out; see [`ExtentMap::remove`]. Returns what was lost (`None`
     /// when the extent was not there), so that removing a modified extent is never silent.
     ///
@@ -506,6 +539,27 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
         let (a, b) = around(start, end);
         self.execute(a, b, |w| plan::drop_range(w, start, end, skip_pinned))
+    }
+
+    /// [`drop_range`](Self::drop_range) over a Rust range (docs/semantics.md, Conventions):
+    /// `drop_in(a.., skip_pinned)` drops everything from `a` on. An empty or inverted range is
+    /// the same [`Error::InvalidArgument`] as from `drop_range`.
+    ///
+    /// ```
+    /// use extent_cache::{Error, ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 32768)).unwrap();
+    /// cache.drop_in(8192.., false).unwrap(); // truncate to 8K
+    /// assert_eq!(cache.last().unwrap().end(), 8192);
+    /// assert!(matches!(cache.drop_in(5..5, false), Err(Error::InvalidArgument { .. })));
+    /// ```
+    pub fn drop_in(
+        &self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        let (start, end) = plan::span(range);
+        self.drop_range(start, end, skip_pinned)
     }
 
     /// Drops the range of `new` and inserts `new`, as one atomic step; see

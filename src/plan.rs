@@ -15,7 +15,7 @@
 //! [`reference::ExtentMap`]: crate::reference::ExtentMap
 //! [`ExtentCache`]: crate::ExtentCache
 
-use core::ops::Range;
+use core::ops::{Bound, Range, RangeBounds};
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Flags, Location, Mapping};
@@ -416,6 +416,24 @@ pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
     let mut ov = Overlay::new(v);
     let answer = insert_into(&mut ov, ext, modified)?;
     done(ov, answer)
+}
+
+/// The half-open `[start, end)` a Rust range stands for (docs/semantics.md, Conventions):
+/// an unbounded start is 0, an unbounded end and an end of `..=u64::MAX` are `u64::MAX` (no
+/// extent holds `u64::MAX`, so both mean "to the end of the space"); an excluded start `s` is
+/// `s + 1`, and `Excluded(u64::MAX)` gives the empty `[u64::MAX, u64::MAX)`.
+pub(crate) fn span(r: impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match r.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match r.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
 }
 
 /// The gap around `offset`, which no extent of `v` covers (docs/semantics.md §2): from the end

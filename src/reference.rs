@@ -17,7 +17,7 @@
 //! ```
 
 use std::collections::{BTreeMap, btree_map};
-use std::ops::{Bound, Range};
+use std::ops::{Bound, Range, RangeBounds};
 use std::sync::{PoisonError, RwLock};
 
 use crate::error::Error;
@@ -279,6 +279,34 @@ impl<M: Mapping> ExtentMap<M> {
         self.read(plan::get_or_gap(self, offset))
     }
 
+    /// [`overlapping`](Self::overlapping) over a Rust range (docs/semantics.md, Conventions).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.overlapping_in(4096..).count(), 1);
+    /// assert_eq!(map.overlapping_in(..).count(), 2);
+    /// ```
+    pub fn overlapping_in(&self, range: impl RangeBounds<u64>) -> Iter<'_, M> {
+        let (start, end) = plan::span(range);
+        self.overlapping(start, end)
+    }
+
+    /// [`gaps`](Self::gaps) over a Rust range (docs/semantics.md, Conventions).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.gaps_in(..8192).collect::<Vec<_>>(), [0..4096]);
+    /// ```
+    pub fn gaps_in(&self, range: impl RangeBounds<u64>) -> Gaps<'_, M> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
     /// Takes this exact extent out of the map (docs/semantics.md §6.1). Returns what was lost,
     /// as [`drop_range`](Self::drop_range) does: `Some` report of the one extent when it was
     /// there (with [`Dropped::needs_full_sync`] for a modified one), `None` when it was not.
@@ -344,6 +372,25 @@ impl<M: Mapping> ExtentMap<M> {
         skip_pinned: bool,
     ) -> Result<Dropped, Error<M>> {
         self.run(|v| plan::drop_range(v, start, end, skip_pinned))
+    }
+
+    /// [`drop_range`](Self::drop_range) over a Rust range (docs/semantics.md, Conventions). An
+    /// empty or inverted range is the same [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 32768)).unwrap();
+    /// assert_eq!(map.drop_in(8192.., false).unwrap().extents, 1);
+    /// assert!(map.drop_in(8..8, false).is_err());
+    /// ```
+    pub fn drop_in(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        let (start, end) = plan::span(range);
+        self.drop_range(start, end, skip_pinned)
     }
 
     /// Drops the range of `new` and inserts `new`, as one step (docs/semantics.md §6.4). Unless
@@ -670,6 +717,20 @@ impl<M: Mapping> LockedExtentMap<M> {
         self.r().gaps(start, end).collect::<Vec<_>>().into_iter()
     }
 
+    /// See [`ExtentMap::gaps_in`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.gaps_in(..).collect::<Vec<_>>(), [0..u64::MAX]);
+    /// ```
+    pub fn gaps_in(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> impl DoubleEndedIterator<Item = Range<u64>> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
     /// See [`ExtentMap::get_or_gap`].
     ///
     /// ```
@@ -709,6 +770,20 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// ```
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
         self.w().drop_range(start, end, skip_pinned)
+    }
+
+    /// See [`ExtentMap::drop_in`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.drop_in(.., false).unwrap().extents, 0);
+    /// ```
+    pub fn drop_in(
+        &self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        self.w().drop_in(range, skip_pinned)
     }
 
     /// See [`ExtentMap::replace_range`].

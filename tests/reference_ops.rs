@@ -1886,3 +1886,50 @@ fn drop_range_never_leaves_an_inline_piece_away_from_zero() {
         e.validate().unwrap();
     }
 }
+
+// =============================================================================================
+// The range-taking forms (docs/semantics.md, Conventions)
+// =============================================================================================
+
+// map:     [0 .. 4K)      [8K .. 12K)
+#[test]
+#[allow(clippy::reversed_empty_ranges)]
+fn rust_ranges_mean_the_two_offset_forms_and_bad_ones_never_panic() {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let a = Extent::hole(0, 4 * K);
+    let b = Extent::hole(8 * K, 4 * K);
+    let map = map_of(&[(a, true), (b, true)]);
+    let ov = |r: (std::ops::Bound<u64>, std::ops::Bound<u64>)| map.overlapping_in(r).count();
+    assert_eq!(ov((Unbounded, Unbounded)), 2);
+    assert_eq!(ov((Included(4 * K), Unbounded)), 1);
+    assert_eq!(ov((Excluded(4 * K - 1), Unbounded)), 1);
+    assert_eq!(ov((Unbounded, Included(8 * K))), 2);
+    assert_eq!(ov((Unbounded, Excluded(8 * K))), 1);
+    assert_eq!(ov((Unbounded, Included(MAX))), 2);
+    assert_eq!(ov((Excluded(MAX), Unbounded)), 0);
+    assert_eq!(map.overlapping_in(8 * K..4 * K).count(), 0);
+    assert_eq!(
+        map.gaps_in(..).collect::<Vec<_>>(),
+        [4 * K..8 * K, 12 * K..MAX]
+    );
+    assert_eq!(
+        map.gaps_in(..=MAX).collect::<Vec<_>>(),
+        [4 * K..8 * K, 12 * K..MAX]
+    );
+    assert_eq!(map.gaps_in(5..5).count(), 0);
+    assert_eq!(map.gaps_in(9..3).count(), 0);
+    assert_eq!(map.gaps_in((Excluded(MAX), Unbounded)).count(), 0);
+    // An empty or inverted range is the drop_range error, and changes nothing.
+    let mut map = map;
+    let empty = map.drop_range(5, 5, false);
+    assert!(matches!(empty, Err(Error::InvalidArgument { .. })));
+    assert_eq!(unchanged(&mut map, |m| m.drop_in(5..5, false)), empty);
+    assert_eq!(unchanged(&mut map, |m| m.drop_in(9..3, false)), empty);
+    assert_eq!(
+        unchanged(&mut map, |m| m.drop_in((Excluded(MAX), Unbounded), false)),
+        empty
+    );
+    let dropped = map.drop_in(2 * K.., false).unwrap();
+    assert_eq!((dropped.extents, dropped.modified), (2, 2));
+    assert_eq!(map.iter().collect::<Vec<_>>(), [Extent::hole(0, 2 * K)]);
+}
