@@ -14,5 +14,5 @@ mod sync;
 
 pub use cache::{ExtentCache, Gaps, Iter};
 pub use error::Error;
-pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping};
+pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
 pub use plan::Dropped;
