@@ -16,6 +16,7 @@ use extent_cache::{Compression, Error, Extent, ExtentCache, Flags};
 
 #[path = "support/common.rs"]
 mod common;
+use common::lincheck::{Concurrent, Op, apply};
 use common::{Draw, Rng, check_extents, contiguous, seeded, size};
 
 const K: u64 = 1024;
@@ -621,74 +622,39 @@ fn random_mix_4_threads_tiny_pages() {
 // No lost update: disjoint regions, a deterministic outcome
 // ---------------------------------------------------------------------------------------------
 
-/// What a thread does to its own region; replayed on the reference afterwards.
-#[derive(Clone, Copy, Debug)]
-enum Write {
-    Insert(Extent, bool),
-    GetOrInsert(Extent, u64),
-    DropRange(u64, u64, bool),
-    ReplaceRange(Extent, bool),
-    Unpin(u64, u64, u64),
-    Remove(Extent),
-}
-
-/// A random write in blocks `[lo, hi)`, given what the thread's own reference holds.
-fn random_write(rng: &mut Rng, mine: &ExtentMap, lo: u64, hi: u64) -> Write {
+/// A random write in blocks `[lo, hi)`, given what the thread's own reference holds: one of
+/// the linearizability checker's operations, so that it is run and replayed by the same code.
+fn random_write(rng: &mut Rng, mine: &ExtentMap, lo: u64, hi: u64) -> Op {
     match rng.below(12) {
-        0 | 1 => Write::Insert(random_extent(rng, lo, hi), rng.chance(30)),
+        0 | 1 if rng.chance(30) => Op::InsertModified(random_extent(rng, lo, hi)),
+        0 | 1 => Op::Insert(random_extent(rng, lo, hi)),
         2 | 3 => {
             let cand = random_extent(rng, lo, hi).with_flags(Flags::empty());
             let off = cand.start() + rng.below(cand.len());
-            Write::GetOrInsert(cand, off)
+            Op::GetOrInsert(cand, off)
         }
         4..=6 => {
             let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
-            Write::DropRange(a, b, rng.chance(50))
+            Op::DropRange(a, b, rng.chance(50))
         }
-        7..=9 => Write::ReplaceRange(random_extent(rng, lo, hi), rng.chance(30)),
+        7..=9 => Op::ReplaceRange(random_extent(rng, lo, hi), rng.chance(30)),
         10 => {
             let (a, b) = rng.blocks(BLOCK, lo, hi, 2);
-            Write::Unpin(a, b - a, rng.below(8))
+            Op::Unpin(a, b - a, rng.below(8))
         }
         _ => {
             let present: Vec<Extent> = mine.overlapping(lo * BLOCK, hi * BLOCK).collect();
             match present.len() {
-                0 => Write::Remove(Extent::hole(lo * BLOCK, BLOCK)),
-                n => Write::Remove(present[rng.below(n as u64) as usize]),
+                0 => Op::Remove(Extent::hole(lo * BLOCK, BLOCK)),
+                n => Op::Remove(present[rng.below(n as u64) as usize]),
             }
         }
     }
 }
 
-/// Applies `w` to both maps (the cache and the thread's reference) and compares the answers.
-fn apply_both(cache: &ExtentCache, mine: &mut ExtentMap, w: Write) {
-    match w {
-        Write::Insert(e, false) => assert_eq!(cache.insert(e), mine.insert(e)),
-        Write::Insert(e, true) => assert_eq!(cache.insert_modified(e), mine.insert_modified(e)),
-        Write::GetOrInsert(e, off) => {
-            assert_eq!(cache.get_or_insert(e, off), mine.get_or_insert(e, off))
-        }
-        Write::DropRange(a, b, p) => {
-            assert_eq!(cache.drop_range(a, b, p), mine.drop_range(a, b, p))
-        }
-        Write::ReplaceRange(e, m) => {
-            assert_eq!(cache.replace_range(e, m), mine.replace_range(e, m))
-        }
-        Write::Unpin(s, l, g) => assert_eq!(cache.unpin(s, l, g), mine.unpin(s, l, g)),
-        Write::Remove(e) => assert_eq!(cache.remove(&e), mine.remove(&e)),
-    }
-}
-
-fn apply_reference(map: &mut ExtentMap, w: Write) {
-    match w {
-        Write::Insert(e, false) => drop(map.insert(e)),
-        Write::Insert(e, true) => drop(map.insert_modified(e)),
-        Write::GetOrInsert(e, off) => drop(map.get_or_insert(e, off)),
-        Write::DropRange(a, b, p) => drop(map.drop_range(a, b, p)),
-        Write::ReplaceRange(e, m) => drop(map.replace_range(e, m)),
-        Write::Unpin(s, l, g) => drop(map.unpin(s, l, g)),
-        Write::Remove(e) => drop(map.remove(&e)),
-    }
+/// Runs `op` on both maps (the cache and the thread's reference) and compares the answers.
+fn apply_both(cache: &ExtentCache, mine: &mut ExtentMap, op: &Op) {
+    assert_eq!(cache.run(op), apply(mine, op), "{op:?}");
 }
 
 /// Threads own disjoint regions (separated by one unused block, so nothing merges across) and
@@ -701,7 +667,7 @@ fn no_lost_update(threads: u64) {
     let cache = ExtentCache::new();
     let done = AtomicBool::new(false);
     let ops = size(4000, 60) / threads;
-    let logs: Vec<Vec<Write>> = thread::scope(|s| {
+    let logs: Vec<Vec<Op>> = thread::scope(|s| {
         let (cache, done) = (&cache, &done);
         let observer = s.spawn(move || observe(cache, done, size(2000, 10)));
         let workers: Vec<_> = (0..threads)
@@ -712,9 +678,9 @@ fn no_lost_update(threads: u64) {
                     let mut mine = ExtentMap::new();
                     let mut log = Vec::new();
                     for _ in 0..ops {
-                        let w = random_write(&mut rng, &mine, lo, hi);
-                        apply_both(cache, &mut mine, w);
-                        log.push(w);
+                        let op = random_write(&mut rng, &mine, lo, hi);
+                        apply_both(cache, &mut mine, &op);
+                        log.push(op);
                         if rng.chance(5) {
                             // Reads inside the region are deterministic too.
                             let off = (lo + rng.below(REGION)) * BLOCK;
@@ -738,8 +704,8 @@ fn no_lost_update(threads: u64) {
     });
     let mut reference = ExtentMap::new();
     for log in &logs {
-        for w in log {
-            apply_reference(&mut reference, *w);
+        for op in log {
+            apply(&mut reference, op);
         }
     }
     let snap = check_quiescent(&cache);
