@@ -837,7 +837,7 @@ fn tiles_move_under_iterators(cache: ExtentCache) {
     thread::scope(|s| {
         let (cache, done) = (&cache, &done);
         s.spawn(move || {
-            for round in 0..size(40, 2) {
+            for round in 0..size(200, 2) {
                 let shift = if round % 2 == 0 { TILE / 2 } else { 0 };
                 for i in 0..TILES - 1 {
                     cache.replace_range(tile(i, shift), false).unwrap();
