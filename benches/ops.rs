@@ -63,7 +63,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let mut rng = Rng(0xe7e7);
+        let mut rng = Rng::with_seed(0xe7e7);
         let file = File::from_rng(EXTENTS, &mut rng);
         let starts = &file.starts;
         let is_gap = |i: usize| i % GAP_EVERY == GAP_EVERY / 2;
@@ -80,15 +80,15 @@ impl Fixture {
         let inside = |pool: &[usize], rng: &mut Rng| -> Vec<u64> {
             (0..TABLE)
                 .map(|_| {
-                    let i = pool[rng.below(pool.len() as u64) as usize];
-                    starts[i] + rng.below(starts[i + 1] - starts[i])
+                    let i = pool[rng.u64(..pool.len() as u64) as usize];
+                    starts[i] + rng.u64(..starts[i + 1] - starts[i])
                 })
                 .collect()
         };
         let hit_offsets = inside(&cached, &mut rng);
         let miss_offsets = inside(&gaps, &mut rng);
         let end = starts[EXTENTS];
-        let any_offsets = (0..TABLE).map(|_| rng.below(end)).collect();
+        let any_offsets = (0..TABLE).map(|_| rng.u64(..end)).collect();
         Fixture {
             file,
             gaps,

@@ -96,7 +96,7 @@ fn seed() -> u64 {
 
 /// A new on-disk extent for a write of `[s, e)`, at a place nobody else writes.
 fn written(s: u64, e: u64, rng: &mut Rng) -> Extent {
-    let disk = NEW_DISK_BASE + (rng.below(1 << 32) * 128 * K);
+    let disk = NEW_DISK_BASE + (rng.u64(..1 << 32) * 128 * K);
     Extent::regular(s, e - s, disk, e - s, 0, e - s).with_generation(1)
 }
 
@@ -120,11 +120,11 @@ fn steady<T: Map>(
 /// Thread `t`'s share of a fill: every `threads`-th extent of `order` with a stretched
 /// candidate, then a sweep of its `threads`-th of the file until every byte there is cached.
 fn fill<T: Map>(map: &T, file: &File, order: &[u32], t: usize, threads: usize) -> u64 {
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::with_seed(seed());
     let mut errors = 0;
     for &i in order.iter().skip(t).step_by(threads) {
         let i = i as usize;
-        let offset = file.starts[i] + rng.below(file.starts[i + 1] - file.starts[i]);
+        let offset = file.starts[i] + rng.u64(..file.starts[i + 1] - file.starts[i]);
         match map.get_or_insert(file.stretched(i, &mut rng), offset) {
             Ok(e) if e.contains(offset) => {}
             _ => errors += 1,
@@ -191,7 +191,7 @@ fn bench_steady<T: Map>(g: &mut Group<'_>, w: Workload, file: &File, map: &OnceC
             let map = map.get_or_init(|| file.populate());
             b.iter_custom(|iters| {
                 on_threads(threads, |t| {
-                    let mut rng = Rng::new(seed());
+                    let mut rng = Rng::with_seed(seed());
                     steady(w, map, file, t, threads, iters * OPS, &mut rng)
                 })
             });
@@ -209,10 +209,10 @@ fn bench_floor<F: Floor>(g: &mut Group<'_>, name: &str, file: &File, build: impl
             let end = file.end();
             b.iter_custom(|iters| {
                 on_threads(threads, |_| {
-                    let mut rng = Rng::new(seed());
+                    let mut rng = Rng::with_seed(seed());
                     let mut errors = 0;
                     for _ in 0..iters * OPS {
-                        errors += u64::from(!floor.covers(rng.below(end)));
+                        errors += u64::from(!floor.covers(rng.u64(..end)));
                     }
                     errors
                 })
@@ -273,7 +273,7 @@ fn scaling(c: &mut Criterion) {
                 }
                 Workload::Fill => {
                     g.sample_size(10);
-                    let mut rng = Rng::new(0xf111);
+                    let mut rng = Rng::with_seed(0xf111);
                     let mut order: Vec<u32> = (0..n as u32).collect();
                     rng.shuffle(&mut order);
                     bench_fill::<ExtentCache>(&mut g, &file, &order);

@@ -90,15 +90,15 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// Uniform in `[0, n)`, by modulo (the churn's own draw, kept so its runs repeat).
+/// Uniform in `[0, n)`.
 fn pick(rng: &mut Rng, n: usize) -> usize {
-    (rng.next() % n as u64) as usize
+    rng.usize(..n)
 }
 
 /// Slot `i` is the block `[2i, 2i + 1)`: slots never touch, so extents never merge and the
 /// population stays exactly what the churn makes it.
 fn slot_extent(i: u64, rng: &mut Rng) -> Extent {
-    let disk = (rng.next() % (1 << 30)) * BLOCK;
+    let disk = rng.u64(..1 << 30) * BLOCK;
     Extent::regular(2 * i * BLOCK, BLOCK, disk, BLOCK, 0, BLOCK)
 }
 
@@ -145,7 +145,7 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
     let per = slots / threads;
     let mut shares: Vec<Share> = (0..threads)
         .map(|t| {
-            let mut rng = Rng(0x5EED + t);
+            let mut rng = Rng::with_seed(0x5EED + t);
             let all: Vec<u64> = (t * per..(t + 1) * per).collect();
             let keep = (args.extents / threads) as usize;
             let (used, free) = all.split_at(keep.min(all.len()));

@@ -260,7 +260,7 @@ fn run<T: Map>(workload: Workload, file: &File, threads: usize, seconds: f64) ->
         _ => {
             let map: T = file.populate();
             let (mut tally, elapsed) = timed(threads, Some(seconds), |t, stop| {
-                let mut rng = Rng::new(0x1234_5678 + t as u64);
+                let mut rng = Rng::with_seed(0x1234_5678 + t as u64);
                 steady(workload, &map, file, t, threads, &mut rng, stop)
             });
             tally.errors += check(&map, file, workload.always_covered());
@@ -307,7 +307,7 @@ fn run_fill<T: Map>(file: &File, threads: usize, seconds: f64) -> (Tally, f64) {
     // Each thread's order of the extents, drawn once, outside the timed part.
     let orders: Vec<Vec<u32>> = (0..threads)
         .map(|t| {
-            let mut rng = Rng::new(0xf111 + t as u64);
+            let mut rng = Rng::with_seed(0xf111 + t as u64);
             let mut order: Vec<u32> = (0..file.len() as u32).collect();
             rng.shuffle(&mut order);
             order
@@ -320,7 +320,7 @@ fn run_fill<T: Map>(file: &File, threads: usize, seconds: f64) -> (Tally, f64) {
         let map = T::empty();
         let limit = (round > 0).then_some(seconds - elapsed);
         let (tally, took) = timed(threads, limit, |t, stop| {
-            let mut rng = Rng::new(0xf177 + t as u64 + round * 1000);
+            let mut rng = Rng::with_seed(0xf177 + t as u64 + round * 1000);
             fill(&map, file, &orders[t], &mut rng, stop)
         });
         let completed = limit.is_none_or(|l| took < l);
@@ -353,7 +353,7 @@ fn fill<T: Map>(map: &T, file: &File, order: &[u32], rng: &mut Rng, stop: &Atomi
         }
         for &i in chunk {
             let i = i as usize;
-            let offset = file.starts[i] + rng.below(file.starts[i + 1] - file.starts[i]);
+            let offset = file.starts[i] + rng.u64(..file.starts[i + 1] - file.starts[i]);
             answer(file.stretched(i, rng), offset, &mut tally);
         }
     }

@@ -9,8 +9,9 @@ mod window;
 mod write;
 
 use std::fmt;
+use std::ops::{Range, RangeBounds};
 
-pub use iter::Iter;
+pub use iter::{Gaps, Iter};
 #[doc(hidden)]
 pub use write::retries_of_last_operation;
 
@@ -294,12 +295,15 @@ impl<M: Mapping> ExtentCache<M> {
             .flatten()
     }
 
-    /// All extents in start order.
+    /// All extents in start order; [`DoubleEndedIterator`], so `.rev()` and `next_back` walk
+    /// from the last extent down.
     ///
-    /// The iterator is *weakly consistent*: every extent it yields was in the cache at some
-    /// instant during the iteration; extents come in start order and never overlap each other;
-    /// an extent present for the whole iteration is yielded unless a change replaced it while
-    /// the iterator was passing it. For an exact picture use [`snapshot`](Self::snapshot).
+    /// The iterator is *weakly consistent* (docs/semantics.md §8): every extent it yields was in
+    /// the cache at some instant during the iteration; extents come in start order (from
+    /// either end) and never overlap each other, and none is yielded twice however `next` and
+    /// `next_back` are mixed; an extent present for the whole iteration is yielded unless a
+    /// change replaced it while the iterator was passing it. For an exact picture use
+    /// [`snapshot`](Self::snapshot).
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -308,13 +312,16 @@ impl<M: Mapping> ExtentCache<M> {
     /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
     /// let starts: Vec<u64> = cache.iter().map(|e| e.start()).collect();
     /// assert_eq!(starts, [0, 4096]);
+    /// let backwards: Vec<u64> = cache.iter().rev().map(|e| e.start()).collect();
+    /// assert_eq!(backwards, [4096, 0]);
     /// ```
     pub fn iter(&self) -> Iter<'_, M> {
         Iter::new(self, 0, u64::MAX, 0, false)
     }
 
-    /// The extents intersecting `[start, end)`, in start order, weakly consistent like
-    /// [`iter`](Self::iter).
+    /// The extents intersecting `[start, end)`, in start order (or from the back, like
+    /// [`iter`](Self::iter)), weakly consistent like `iter`. An empty or inverted range selects
+    /// nothing.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
@@ -322,6 +329,8 @@ impl<M: Mapping> ExtentCache<M> {
     /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
     /// cache.insert_modified(Extent::hole(4096, 4096)).unwrap();
     /// assert_eq!(cache.overlapping(4000, 4097).count(), 2);
+    /// // The last extent that starts before 8192 ("the last extent before EOF"):
+    /// assert_eq!(cache.overlapping(0, 8192).next_back().unwrap().start(), 4096);
     /// ```
     pub fn overlapping(&self, start: u64, end: u64) -> Iter<'_, M> {
         // Start from the extent containing `start`, if any: it overlaps the range too. A miss
@@ -335,21 +344,102 @@ impl<M: Mapping> ExtentCache<M> {
         it
     }
 
-    /// Takes this exact extent out; see [`ExtentMap::remove`].
+    /// The gaps of `[start, end)`: the ranges no extent covers, in order, each as large as it
+    /// can be inside `[start, end)` (docs/semantics.md §2). An empty or inverted range has no
+    /// gaps.
+    ///
+    /// The gaps are those between the extents [`overlapping`](Self::overlapping)`(start, end)`
+    /// yields, read in the same pass, so they are weakly consistent in the same way: no gap
+    /// intersects an extent that the pass saw, and every extent the pass saw was in the cache at
+    /// some instant during it. An offset covered for the whole pass lies in no gap, unless a
+    /// change replaced its extent while the pass was going by. For the gap around one offset at
+    /// one instant use [`get_or_gap`](Self::get_or_gap).
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// cache.insert(Extent::hole(12288, 4096)).unwrap();
+    /// let gaps: Vec<_> = cache.gaps(0, 20480).collect();
+    /// assert_eq!(gaps, [0..4096, 8192..12288, 16384..20480]);
+    /// assert_eq!(cache.gaps(5000, 6000).count(), 0);
+    /// assert_eq!(cache.gaps(0, 20480).next_back(), Some(16384..20480)); // from the back
+    /// ```
+    pub fn gaps(&self, start: u64, end: u64) -> Gaps<'_, M> {
+        Gaps::new(self.overlapping(start, end), start, end)
+    }
+
+    /// The extent containing `offset`, or else the gap around it: from the end of the extent
+    /// before it (or 0) to the start of the extent after it (or `u64::MAX`) (docs/semantics.md
+    /// §2). What a reader needs before it goes to disk: the range it may read and fill with
+    /// [`get_or_insert`](Self::get_or_insert).
+    ///
+    /// The answer holds at one instant, like [`get`](Self::get): the extent was in the cache,
+    /// or the gap was empty and its neighbours in place, at the same moment. Never waits.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.get_or_gap(5000).unwrap().start(), 4096);
+    /// assert_eq!(cache.get_or_gap(0), Err(0..4096));
+    /// assert_eq!(cache.get_or_gap(8192), Err(8192..u64::MAX));
+    /// ```
+    pub fn get_or_gap(&self, offset: u64) -> Result<Extent<M>, Range<u64>> {
+        // An empty map (no directory yet) is one gap.
+        self.query(offset, offset, |w| plan::get_or_gap(w, offset))
+            .unwrap_or(Err(0..u64::MAX))
+    }
+
+    /// [`overlapping`](Self::overlapping) over a Rust range (docs/semantics.md, Conventions):
+    /// `overlapping_in(a..b)` is `overlapping(a, b)`, `..` is the whole space. An empty or
+    /// inverted range selects nothing.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// cache.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.overlapping_in(4096..).count(), 1);
+    /// assert_eq!(cache.overlapping_in(..=4096).count(), 2);
+    /// assert_eq!(cache.overlapping_in(..).rev().next().unwrap().start(), 4096);
+    /// ```
+    pub fn overlapping_in(&self, range: impl RangeBounds<u64>) -> Iter<'_, M> {
+        let (start, end) = plan::span(range);
+        self.overlapping(start, end)
+    }
+
+    /// [`gaps`](Self::gaps) over a Rust range (docs/semantics.md, Conventions). An empty or
+    /// inverted range has no gaps.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(cache.gaps_in(..).collect::<Vec<_>>(), [0..4096, 8192..u64::MAX]);
+    /// assert_eq!(cache.gaps_in(0..=4095).collect::<Vec<_>>(), [0..4096]);
+    /// ```
+    pub fn gaps_in(&self, range: impl RangeBounds<u64>) -> Gaps<'_, M> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
+    /// Takes this exact extent out; see [`ExtentMap::remove`]. Returns what was lost (`None`
+    /// when the extent was not there), so that removing a modified extent is never silent.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};
     /// let cache = ExtentCache::new();
     /// let e = Extent::hole(0, 4096);
-    /// cache.insert(e).unwrap();
-    /// assert!(cache.remove(&e));
-    /// assert!(!cache.remove(&e));
+    /// cache.insert_modified(e).unwrap();
+    /// assert_eq!(cache.remove(&e).unwrap().modified, 1);
+    /// assert!(cache.remove(&e).is_none());
     /// ```
-    pub fn remove(&self, ext: &Extent<M>) -> bool {
+    pub fn remove(&self, ext: &Extent<M>) -> Option<Dropped> {
         let (a, b) = around(ext.start(), ext.start());
         let ext = ext.clone();
         self.execute(a, b, move |w| plan::remove(w, &ext))
-            .unwrap_or(false)
+            .unwrap_or(None)
     }
 
     /// Puts `new` where `cur` was, in one step; see [`ExtentMap::replace`].
@@ -386,6 +476,27 @@ impl<M: Mapping> ExtentCache<M> {
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
         let (a, b) = around(start, end);
         self.execute(a, b, move |w| plan::drop_range(w, start, end, skip_pinned))
+    }
+
+    /// [`drop_range`](Self::drop_range) over a Rust range (docs/semantics.md, Conventions):
+    /// `drop_in(a.., skip_pinned)` drops everything from `a` on. An empty or inverted range is
+    /// the same [`Error::InvalidArgument`] as from `drop_range`.
+    ///
+    /// ```
+    /// use extent_cache::{Error, ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 32768)).unwrap();
+    /// cache.drop_in(8192.., false).unwrap(); // truncate to 8K
+    /// assert_eq!(cache.last().unwrap().end(), 8192);
+    /// assert!(matches!(cache.drop_in(5..5, false), Err(Error::InvalidArgument { .. })));
+    /// ```
+    pub fn drop_in(
+        &self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        let (start, end) = plan::span(range);
+        self.drop_range(start, end, skip_pinned)
     }
 
     /// Drops the range of `new` and inserts `new`, as one atomic step; see

@@ -524,8 +524,59 @@ impl<M: fmt::Debug> fmt::Debug for Extent<M> {
     }
 }
 
+/// A regular on-disk extent with every field named, for a reader to check at a glance; it
+/// converts into an [`Extent`] (uncompressed until
+/// [`with_compression`](Extent::with_compression)). The fields are those of
+/// docs/semantics.md §1.2; [`Extent::regular`] takes the same values in this order.
+///
+/// ```
+/// use extent_cache::{Extent, RegularExtent};
+/// // File bytes [8K, 16K) are the second half of the 16K on-disk extent at 1 MiB.
+/// let e: Extent = RegularExtent {
+///     start: 8192,
+///     len: 8192,
+///     disk_bytenr: 1 << 20,
+///     disk_num_bytes: 16384,
+///     offset: 8192,
+///     ram_bytes: 16384,
+/// }
+/// .into();
+/// assert_eq!(e, Extent::regular(8192, 8192, 1 << 20, 16384, 8192, 16384));
+/// assert_eq!(e.block_start(), Some((1 << 20) + 8192));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RegularExtent {
+    /// The first file byte.
+    pub start: u64,
+    /// The number of file bytes.
+    pub len: u64,
+    /// The byte number of the whole on-disk extent.
+    pub disk_bytenr: u64,
+    /// The length of the whole on-disk extent (compressed size when compressed).
+    pub disk_num_bytes: u64,
+    /// Where this extent's data starts inside the (decompressed) on-disk extent.
+    pub offset: u64,
+    /// The decompressed size of the whole on-disk extent.
+    pub ram_bytes: u64,
+}
+
+impl From<RegularExtent> for Extent {
+    fn from(r: RegularExtent) -> Extent {
+        Extent::regular(
+            r.start,
+            r.len,
+            r.disk_bytenr,
+            r.disk_num_bytes,
+            r.offset,
+            r.ram_bytes,
+        )
+    }
+}
+
 impl Extent<BlockMapping> {
     /// A regular on-disk extent (uncompressed until [`with_compression`](Self::with_compression)).
+    /// The six values are `start, len, disk_bytenr, disk_num_bytes, offset, ram_bytes`;
+    /// [`RegularExtent`] names them.
     ///
     /// ```
     /// use extent_cache::Extent;

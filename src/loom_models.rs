@@ -255,7 +255,10 @@ fn loom_remove_races_get_or_insert() {
         let t1 = thread::spawn(move || c1.remove(&a));
         let c2 = cache.clone();
         let t2 = thread::spawn(move || c2.get_or_insert(c, 0).unwrap());
-        assert!(t1.join().unwrap(), "A was there until T1 removed it");
+        assert!(
+            t1.join().unwrap().is_some(),
+            "A was there until T1 removed it"
+        );
         let got = t2.join().unwrap();
         let fin = entries(&cache);
         if got == a {
@@ -335,8 +338,8 @@ fn loom_inserts_that_read_each_others_page() {
         for ext in [a, b, c, d, e] {
             cache.insert(ext).unwrap();
         }
-        assert!(cache.remove(&d));
-        assert!(cache.remove(&c));
+        assert!(cache.remove(&d).is_some());
+        assert!(cache.remove(&c).is_some());
         assert_eq!(cache.pages(), 2);
         let c1 = cache.clone();
         let t1 = thread::spawn(move || c1.insert(x).is_ok());
@@ -368,7 +371,7 @@ fn loom_reader_never_sees_a_pending_change() {
         for e in [a, b, c] {
             cache.insert(e).unwrap();
         }
-        assert!(cache.remove(&b));
+        assert!(cache.remove(&b).is_some());
         let c1 = cache.clone();
         let t1 = thread::spawn(move || c1.replace_range(n, false).unwrap());
         let c2 = cache.clone();

@@ -15,6 +15,8 @@
 //! [`reference::ExtentMap`]: crate::reference::ExtentMap
 //! [`ExtentCache`]: crate::ExtentCache
 
+use core::ops::{Bound, Range, RangeBounds};
+
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Flags, Location, Mapping};
 
@@ -243,6 +245,89 @@ impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
     }
 }
 
+/// The gaps of `[start, end)` between the extents a scan yields (docs/semantics.md §2,
+/// `gaps`): the arithmetic behind both maps' `Gaps` iterators. Extents are fed from the front
+/// in start order and from the back in reverse start order; each feed answers the gap it
+/// closes, if any.
+///
+/// Invariant: every gap answered so far lies outside `[lo, hi)`, and `[lo, hi)` is what is
+/// left to answer (empty once `lo >= hi`).
+#[derive(Clone, Debug)]
+pub(crate) struct Holes {
+    /// The end of the last extent fed from the front (at first `start`).
+    lo: u64,
+    /// The start of the last extent fed from the back (at first `end`).
+    hi: u64,
+}
+
+impl Holes {
+    /// The gaps of `[start, end)`; none when the range is empty or inverted.
+    pub(crate) fn new(start: u64, end: u64) -> Self {
+        Holes { lo: start, hi: end }
+    }
+
+    fn cut(&self, lo: u64, hi: u64) -> Option<Range<u64>> {
+        (lo < hi).then_some(lo..hi)
+    }
+
+    /// The next extent from the front: the gap before it, if any.
+    fn front<M: Mapping>(&mut self, ext: &Extent<M>) -> Option<Range<u64>> {
+        let gap = self.cut(self.lo, ext.start().min(self.hi));
+        self.lo = self.lo.max(ext.end());
+        gap
+    }
+
+    /// The next extent from the back: the gap after it, if any.
+    fn back<M: Mapping>(&mut self, ext: &Extent<M>) -> Option<Range<u64>> {
+        let gap = self.cut(ext.end().max(self.lo), self.hi);
+        self.hi = self.hi.min(ext.start());
+        gap
+    }
+
+    /// No extent is left between the two ends: what remains is one gap, if anything.
+    fn rest(&mut self) -> Option<Range<u64>> {
+        let gap = self.cut(self.lo, self.hi);
+        self.lo = self.hi;
+        gap
+    }
+
+    /// The next gap from the front, reading extents from `extents`.
+    pub(crate) fn next<M: Mapping>(
+        &mut self,
+        extents: &mut impl Iterator<Item = Extent<M>>,
+    ) -> Option<Range<u64>> {
+        while self.lo < self.hi {
+            match extents.next() {
+                Some(e) => {
+                    if let Some(gap) = self.front(&e) {
+                        return Some(gap);
+                    }
+                }
+                None => return self.rest(),
+            }
+        }
+        None
+    }
+
+    /// The next gap from the back, reading extents from the back of `extents`.
+    pub(crate) fn next_back<M: Mapping>(
+        &mut self,
+        extents: &mut impl DoubleEndedIterator<Item = Extent<M>>,
+    ) -> Option<Range<u64>> {
+        while self.lo < self.hi {
+            match extents.next_back() {
+                Some(e) => {
+                    if let Some(gap) = self.back(&e) {
+                        return Some(gap);
+                    }
+                }
+                None => return self.rest(),
+            }
+        }
+        None
+    }
+}
+
 /// A planned change and the answer the operation gives.
 pub(crate) struct Planned<M, R> {
     pub(crate) change: Change<M>,
@@ -341,6 +426,45 @@ pub(crate) fn insert<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
+/// The half-open `[start, end)` a Rust range stands for (docs/semantics.md, Conventions):
+/// an unbounded start is 0, an unbounded end and an end of `..=u64::MAX` are `u64::MAX` (no
+/// extent holds `u64::MAX`, so both mean "to the end of the space"); an excluded start `s` is
+/// `s + 1`, and `Excluded(u64::MAX)` gives the empty `[u64::MAX, u64::MAX)`.
+pub(crate) fn span(r: impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match r.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match r.end_bound() {
+        Bound::Included(&e) => e.saturating_add(1),
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// The gap around `offset`, which no extent of `v` covers (docs/semantics.md §2): from the end
+/// of the last extent before it (or 0) to the start of the first extent after it (or
+/// `u64::MAX`).
+fn gap_around<M: Mapping, V: View<M> + ?Sized>(v: &V, offset: u64) -> Probe<Range<u64>> {
+    let start = v.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
+    let end = v.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    Ok(start..end)
+}
+
+/// `get_or_gap(offset)` (docs/semantics.md §2): the extent containing `offset`, or the gap
+/// around it.
+pub(crate) fn get_or_gap<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    offset: u64,
+) -> Probe<Result<Extent<M>, Range<u64>>> {
+    match v.containing(offset)? {
+        Some(i) => Ok(Ok(i.ext)),
+        None => Ok(Err(gap_around(v, offset)?)),
+    }
+}
+
 /// Insert with conflict resolution (docs/semantics.md §5): the seed's rule.
 pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     v: &V,
@@ -363,8 +487,8 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
     // No extent covers the offset, so the one before it ends at or before it, and the gap
     // holds the offset.
-    let gap_start = ov.at_or_before(offset)?.map_or(0, |prev| prev.ext.end());
-    let gap_end = ov.after(offset)?.map_or(u64::MAX, |next| next.ext.start());
+    let gap = gap_around(&ov, offset)?;
+    let (gap_start, gap_end) = (gap.start, gap.end);
     let (s, e) = (
         candidate.start().max(gap_start),
         candidate.end().min(gap_end),
@@ -387,15 +511,21 @@ fn find_exact<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Probe<
         .filter(|i| i.ext.start() == ext.start() && i.ext == *ext))
 }
 
-/// `remove(em)` (docs/semantics.md §6.1). The answer says whether the extent was there.
-pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Plan<M, bool> {
+/// `remove(em)` (docs/semantics.md §6.1). The answer is what was lost, `None` when the extent
+/// was not there.
+pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ext: &Extent<M>,
+) -> Plan<M, Option<Dropped>> {
     let mut ov = Overlay::new(v);
     match find_exact(&ov, ext)? {
         Some(item) => {
             ov.remove(&item);
-            done(ov, true)
+            let mut report = Dropped::default();
+            report.count(&item);
+            done(ov, Some(report))
         }
-        None => done(ov, false),
+        None => done(ov, None),
     }
 }
 
@@ -416,7 +546,7 @@ pub(crate) fn replace<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
-/// What a `drop_range` took out of the map.
+/// What a `drop_range` or a `remove` took out of the map (docs/semantics.md §6.1, §6.3).
 ///
 /// ```
 /// use extent_cache::{reference::ExtentMap, Extent};
@@ -451,6 +581,19 @@ impl Dropped {
     }
 }
 
+impl Dropped {
+    /// Counts one more extent taken out or cut.
+    fn count<M: Mapping>(&mut self, item: &Item<M>) {
+        self.extents += 1;
+        if item.modified {
+            self.modified += 1;
+            let g = item.ext.generation();
+            self.max_modified_generation =
+                Some(self.max_modified_generation.map_or(g, |m| m.max(g)));
+        }
+    }
+}
+
 fn drop_into<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     start: u64,
@@ -463,15 +606,7 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
             continue;
         }
         ov.remove(&item);
-        report.extents += 1;
-        if item.modified {
-            report.modified += 1;
-            report.max_modified_generation = Some(
-                report
-                    .max_modified_generation
-                    .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
-            );
-        }
+        report.count(&item);
         // A piece the mapping cannot cut off (the back piece of an inline extent would be inline
         // data away from offset 0, docs/semantics.md §1.4; a custom mapping cut off its grid) does
         // not exist: the map forgets it (it is read again from the backing store when needed), and

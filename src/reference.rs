@@ -16,13 +16,13 @@
 //! assert_eq!((got.start(), got.end()), (0, 8192)); // the existing map, never `Exists`
 //! ```
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::{BTreeMap, btree_map};
+use std::ops::{Bound, Range, RangeBounds};
 use std::sync::{PoisonError, RwLock};
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
-use crate::plan::{self, Change, Dropped, Item, Plan, PlanError, Probe, View};
+use crate::plan::{self, Change, Dropped, Holes, Item, Plan, PlanError, Probe, View};
 
 /// The sequential extent map: the semantics on a `BTreeMap`, `&mut self`.
 ///
@@ -201,7 +201,7 @@ impl<M: Mapping> ExtentMap<M> {
         self.read(plan::search(self, start))
     }
 
-    /// All extents, in start order.
+    /// All extents, in start order (or in reverse, from the back).
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -210,12 +210,16 @@ impl<M: Mapping> ExtentMap<M> {
     /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
     /// let starts: Vec<u64> = map.iter().map(|e| e.start()).collect();
     /// assert_eq!(starts, [0, 4096]);
+    /// assert_eq!(map.iter().next_back().unwrap().start(), 4096);
     /// ```
-    pub fn iter(&self) -> impl Iterator<Item = Extent<M>> + '_ {
-        self.items.values().map(|i| i.ext.clone())
+    pub fn iter(&self) -> Iter<'_, M> {
+        Iter {
+            items: self.items.range(..),
+        }
     }
 
-    /// The extents intersecting `[start, end)`, in start order.
+    /// The extents intersecting `[start, end)`, in start order (or in reverse, from the back).
+    /// An empty or inverted range selects nothing.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -225,7 +229,8 @@ impl<M: Mapping> ExtentMap<M> {
     /// assert_eq!(map.overlapping(4000, 4097).count(), 2);
     /// assert_eq!(map.overlapping(4096, 4096).count(), 0);
     /// ```
-    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = Extent<M>> + '_ {
+    pub fn overlapping(&self, start: u64, end: u64) -> Iter<'_, M> {
+        // The extent containing `start`, if any, overlaps the range too.
         let from = self
             .items
             .range(..=start)
@@ -234,25 +239,92 @@ impl<M: Mapping> ExtentMap<M> {
             .map_or(start, |(k, _)| *k);
         // An empty or inverted range selects nothing (and must not reach `range`, which panics).
         let (lo, hi) = if start < end { (from, end) } else { (0, 0) };
-        self.items
-            .range(lo..hi)
-            .map(|(_, i)| i.ext.clone())
-            .filter(move |e| e.overlaps(start, end))
+        Iter {
+            items: self.items.range(lo..hi),
+        }
     }
 
-    /// Takes this exact extent out of the map. Returns whether it was there. Removing a pinned
-    /// extent is allowed (btrfs warns); the caller is responsible for what was pinned.
+    /// The gaps of `[start, end)`: the ranges no extent covers, in order, each as large as it
+    /// can be inside `[start, end)` (docs/semantics.md §2). An empty or inverted range has no
+    /// gaps.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
     /// let mut map = ExtentMap::new();
-    /// let e = Extent::hole(0, 4096);
-    /// map.insert(e).unwrap();
-    /// assert!(map.remove(&e));
-    /// assert!(!map.remove(&e));
+    /// map.insert(Extent::hole(4096, 4096)).unwrap();
+    /// let gaps: Vec<_> = map.gaps(0, 16384).collect();
+    /// assert_eq!(gaps, [0..4096, 8192..16384]);
+    /// assert_eq!(map.gaps(0, u64::MAX).last(), Some(8192..u64::MAX));
     /// ```
-    pub fn remove(&mut self, ext: &Extent<M>) -> bool {
-        self.run(|v| plan::remove(v, ext)).unwrap_or(false)
+    pub fn gaps(&self, start: u64, end: u64) -> Gaps<'_, M> {
+        Gaps {
+            extents: self.overlapping(start, end),
+            holes: Holes::new(start, end),
+        }
+    }
+
+    /// The extent containing `offset`, or else the gap around it: from the end of the extent
+    /// before it (or 0) to the start of the extent after it (or `u64::MAX`) (docs/semantics.md
+    /// §2).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.get_or_gap(4096).unwrap().start(), 4096);
+    /// assert_eq!(map.get_or_gap(100), Err(0..4096));
+    /// assert_eq!(map.get_or_gap(u64::MAX), Err(8192..u64::MAX));
+    /// ```
+    pub fn get_or_gap(&self, offset: u64) -> Result<Extent<M>, Range<u64>> {
+        self.read(plan::get_or_gap(self, offset))
+    }
+
+    /// [`overlapping`](Self::overlapping) over a Rust range (docs/semantics.md, Conventions).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.overlapping_in(4096..).count(), 1);
+    /// assert_eq!(map.overlapping_in(..).count(), 2);
+    /// ```
+    pub fn overlapping_in(&self, range: impl RangeBounds<u64>) -> Iter<'_, M> {
+        let (start, end) = plan::span(range);
+        self.overlapping(start, end)
+    }
+
+    /// [`gaps`](Self::gaps) over a Rust range (docs/semantics.md, Conventions).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(4096, 4096)).unwrap();
+    /// assert_eq!(map.gaps_in(..8192).collect::<Vec<_>>(), [0..4096]);
+    /// ```
+    pub fn gaps_in(&self, range: impl RangeBounds<u64>) -> Gaps<'_, M> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
+    /// Takes this exact extent out of the map (docs/semantics.md §6.1). Returns what was lost,
+    /// as [`drop_range`](Self::drop_range) does: `Some` report of the one extent when it was
+    /// there (with [`Dropped::needs_full_sync`] for a modified one), `None` when it was not.
+    /// Removing a pinned extent is allowed (btrfs warns); the caller is responsible for what
+    /// was pinned.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// let e = Extent::hole(0, 4096).with_generation(7);
+    /// map.insert_modified(e).unwrap();
+    /// let lost = map.remove(&e).unwrap();
+    /// assert_eq!((lost.extents, lost.modified), (1, 1));
+    /// assert!(lost.needs_full_sync(7)); // a modified extent of this transaction was dropped
+    /// assert_eq!(map.remove(&e), None);
+    /// ```
+    pub fn remove(&mut self, ext: &Extent<M>) -> Option<Dropped> {
+        self.run(|v| plan::remove(v, ext)).unwrap_or(None)
     }
 
     /// Puts `new` where `cur` was, in one step (docs/semantics.md §6.2). `new` must not overlap any
@@ -300,6 +372,25 @@ impl<M: Mapping> ExtentMap<M> {
         skip_pinned: bool,
     ) -> Result<Dropped, Error<M>> {
         self.run(|v| plan::drop_range(v, start, end, skip_pinned))
+    }
+
+    /// [`drop_range`](Self::drop_range) over a Rust range (docs/semantics.md, Conventions). An
+    /// empty or inverted range is the same [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 32768)).unwrap();
+    /// assert_eq!(map.drop_in(8192.., false).unwrap().extents, 1);
+    /// assert!(map.drop_in(8..8, false).is_err());
+    /// ```
+    pub fn drop_in(
+        &mut self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        let (start, end) = plan::span(range);
+        self.drop_range(start, end, skip_pinned)
     }
 
     /// Drops the range of `new` and inserts `new`, as one step (docs/semantics.md §6.4). Unless
@@ -612,17 +703,51 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
     /// assert_eq!(map.iter().count(), 0);
     /// ```
-    pub fn iter(&self) -> impl Iterator<Item = Extent<M>> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Extent<M>> {
         self.r().iter().collect::<Vec<_>>().into_iter()
+    }
+
+    /// See [`ExtentMap::gaps`]: the gaps at one instant (read under the read lock).
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.gaps(0, 4096).collect::<Vec<_>>(), [0..4096]);
+    /// ```
+    pub fn gaps(&self, start: u64, end: u64) -> impl DoubleEndedIterator<Item = Range<u64>> {
+        self.r().gaps(start, end).collect::<Vec<_>>().into_iter()
+    }
+
+    /// See [`ExtentMap::gaps_in`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.gaps_in(..).collect::<Vec<_>>(), [0..u64::MAX]);
+    /// ```
+    pub fn gaps_in(
+        &self,
+        range: impl RangeBounds<u64>,
+    ) -> impl DoubleEndedIterator<Item = Range<u64>> {
+        let (start, end) = plan::span(range);
+        self.gaps(start, end)
+    }
+
+    /// See [`ExtentMap::get_or_gap`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.get_or_gap(7), Err(0..u64::MAX));
+    /// ```
+    pub fn get_or_gap(&self, offset: u64) -> Result<Extent<M>, Range<u64>> {
+        self.r().get_or_gap(offset)
     }
 
     /// See [`ExtentMap::remove`].
     ///
     /// ```
     /// let map = extent_cache::reference::LockedExtentMap::new();
-    /// assert!(!map.remove(&extent_cache::Extent::hole(0, 1)));
+    /// assert!(map.remove(&extent_cache::Extent::hole(0, 1)).is_none());
     /// ```
-    pub fn remove(&self, ext: &Extent<M>) -> bool {
+    pub fn remove(&self, ext: &Extent<M>) -> Option<Dropped> {
         self.w().remove(ext)
     }
 
@@ -645,6 +770,20 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// ```
     pub fn drop_range(&self, start: u64, end: u64, skip_pinned: bool) -> Result<Dropped, Error<M>> {
         self.w().drop_range(start, end, skip_pinned)
+    }
+
+    /// See [`ExtentMap::drop_in`].
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(map.drop_in(.., false).unwrap().extents, 0);
+    /// ```
+    pub fn drop_in(
+        &self,
+        range: impl RangeBounds<u64>,
+        skip_pinned: bool,
+    ) -> Result<Dropped, Error<M>> {
+        self.w().drop_in(range, skip_pinned)
     }
 
     /// See [`ExtentMap::replace_range`].
@@ -734,5 +873,63 @@ impl LockedExtentMap<BlockMapping> {
     /// ```
     pub fn split(&self, start: u64, len: u64, pre: u64, new_disk_bytenr: u64) -> Result<(), Error> {
         self.w().split(start, len, pre, new_disk_bytenr)
+    }
+}
+
+/// Iterator over the extents of an [`ExtentMap`], in start order; see [`ExtentMap::iter`] and
+/// [`ExtentMap::overlapping`].
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert(Extent::hole(0, 1)).unwrap();
+/// let mut it = map.iter();
+/// assert!(it.next().is_some());
+/// assert!(it.next().is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Iter<'a, M> {
+    items: btree_map::Range<'a, u64, Item<M>>,
+}
+
+impl<M: Mapping> Iterator for Iter<'_, M> {
+    type Item = Extent<M>;
+
+    fn next(&mut self) -> Option<Extent<M>> {
+        self.items.next().map(|(_, i)| i.ext.clone())
+    }
+}
+
+impl<M: Mapping> DoubleEndedIterator for Iter<'_, M> {
+    fn next_back(&mut self) -> Option<Extent<M>> {
+        self.items.next_back().map(|(_, i)| i.ext.clone())
+    }
+}
+
+/// Iterator over the gaps of a range of an [`ExtentMap`]; see [`ExtentMap::gaps`].
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert(Extent::hole(0, 4096)).unwrap();
+/// assert_eq!(map.gaps(0, 8192).next(), Some(4096..8192));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Gaps<'a, M> {
+    extents: Iter<'a, M>,
+    holes: Holes,
+}
+
+impl<M: Mapping> Iterator for Gaps<'_, M> {
+    type Item = Range<u64>;
+
+    fn next(&mut self) -> Option<Range<u64>> {
+        self.holes.next(&mut self.extents)
+    }
+}
+
+impl<M: Mapping> DoubleEndedIterator for Gaps<'_, M> {
+    fn next_back(&mut self) -> Option<Range<u64>> {
+        self.holes.next_back(&mut self.extents)
     }
 }

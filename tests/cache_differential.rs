@@ -13,6 +13,7 @@ use extent_cache::{
     BlockMapping, Compression, Error, Extent, ExtentCache, Flags, Location, Mapping,
 };
 use proptest::prelude::*;
+use std::ops::Bound;
 
 const K: u64 = 1024;
 const BLOCK: u64 = 4 * K;
@@ -163,6 +164,15 @@ enum Op {
     Lookup(u64, u64),
     Search(u64, u64),
     Overlapping(u64, u64),
+    Gaps(u64, u64),
+    GetOrGap(u64),
+    /// `overlapping` (or `iter` when `None`) and `gaps` driven from both ends: bit `k` of the
+    /// mask says whether the `k`-th step is `next_back` (the pattern repeats every 64 steps).
+    Scan(Option<(u64, u64)>, u64),
+    /// The range-taking forms, against the `(start, end)` forms of the reference.
+    OverlappingIn(Bounds),
+    GapsIn(Bounds),
+    DropIn(Bounds, bool),
     /// Remove the `i`-th extent of the map (modulo its length).
     RemovePresent(usize),
     Remove(Extent),
@@ -185,6 +195,44 @@ enum Op {
     Clear,
 }
 
+type Bounds = (Bound<u64>, Bound<u64>);
+
+/// A Rust range over the grid, sometimes unbounded, inverted, empty or at `u64::MAX`.
+fn bounds() -> impl Strategy<Value = Bounds> {
+    let point = || {
+        prop_oneof![
+            8 => (0..BLOCKS + 2).prop_map(|b| b * BLOCK),
+            1 => 0..FILE,
+            1 => (0..2u64).prop_map(|k| MAX - k),
+        ]
+    };
+    let bound = move || {
+        prop_oneof![
+            2 => point().prop_map(Bound::Included),
+            2 => point().prop_map(Bound::Excluded),
+            1 => Just(Bound::Unbounded),
+        ]
+    };
+    (bound(), bound())
+}
+
+/// The half-open `[start, end)` a Rust range stands for (docs/semantics.md, Conventions),
+/// spelled out case by case.
+fn half_open(b: &Bounds) -> (u64, u64) {
+    let start = match b.0 {
+        Bound::Unbounded => 0,
+        Bound::Included(s) => s,
+        Bound::Excluded(MAX) => return (MAX, MAX),
+        Bound::Excluded(s) => s + 1,
+    };
+    let end = match b.1 {
+        Bound::Unbounded | Bound::Included(MAX) => MAX,
+        Bound::Included(e) => e + 1,
+        Bound::Excluded(e) => e,
+    };
+    (start, end)
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let idx = any::<usize>();
     prop_oneof![
@@ -199,6 +247,13 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (offset(), length()).prop_map(|(o, l)| Op::Lookup(o, l)),
         3 => (offset(), length()).prop_map(|(o, l)| Op::Search(o, l)),
         2 => range().prop_map(|(s, e)| Op::Overlapping(s, e)),
+        2 => range().prop_map(|(s, e)| Op::Gaps(s, e)),
+        3 => offset().prop_map(Op::GetOrGap),
+        3 => (prop::option::weighted(0.7, range()), any::<u64>())
+            .prop_map(|(r, mask)| Op::Scan(r, mask)),
+        1 => bounds().prop_map(Op::OverlappingIn),
+        1 => bounds().prop_map(Op::GapsIn),
+        2 => (bounds(), any::<bool>()).prop_map(|(b, p)| Op::DropIn(b, p)),
         3 => idx.prop_map(Op::RemovePresent),
         2 => extent().prop_map(Op::Remove),
         3 => (idx, extent(), any::<bool>()).prop_map(|(i, e, m)| Op::ReplacePresent(i, e, m)),
@@ -247,10 +302,59 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
             cache.overlapping(*s, *e).collect::<Vec<_>>(),
             reference.overlapping(*s, *e).collect::<Vec<_>>()
         ),
+        Op::Gaps(s, e) => assert_eq!(
+            cache.gaps(*s, *e).collect::<Vec<_>>(),
+            reference.gaps(*s, *e).collect::<Vec<_>>()
+        ),
+        Op::GetOrGap(off) => assert_eq!(cache.get_or_gap(*off), reference.get_or_gap(*off)),
+        Op::OverlappingIn(b) => {
+            let (s, e) = half_open(b);
+            assert_eq!(
+                cache.overlapping_in(*b).collect::<Vec<_>>(),
+                reference.overlapping(s, e).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                reference.overlapping_in(*b).collect::<Vec<_>>(),
+                reference.overlapping(s, e).collect::<Vec<_>>()
+            );
+        }
+        Op::GapsIn(b) => {
+            let (s, e) = half_open(b);
+            let want = reference.gaps(s, e).collect::<Vec<_>>();
+            assert_eq!(cache.gaps_in(*b).collect::<Vec<_>>(), want);
+            assert_eq!(reference.gaps_in(*b).collect::<Vec<_>>(), want);
+        }
+        Op::DropIn(b, p) => {
+            let (s, e) = half_open(b);
+            let mut twin = reference.clone();
+            let want = reference.drop_range(s, e, *p);
+            assert_eq!(twin.drop_in(*b, *p), want);
+            assert_eq!(cache.drop_in(*b, *p), want);
+        }
+        Op::Scan(range, mask) => {
+            let (got, want) = match *range {
+                Some((s, e)) => (
+                    both_ends(cache.overlapping(s, e), *mask),
+                    both_ends(reference.overlapping(s, e), *mask),
+                ),
+                None => (
+                    both_ends(cache.iter(), *mask),
+                    both_ends(reference.iter(), *mask),
+                ),
+            };
+            assert_eq!(got, want, "scan {range:?}, mask {mask:#x}");
+            let (s, e) = range.unwrap_or((0, u64::MAX));
+            assert_eq!(
+                both_ends(cache.gaps(s, e), *mask),
+                both_ends(reference.gaps(s, e), *mask),
+                "gaps {range:?}, mask {mask:#x}"
+            );
+        }
         Op::RemovePresent(i) => {
             if let Some(e) = nth(reference, *i) {
-                assert!(cache.remove(&e));
-                assert!(reference.remove(&e));
+                let lost = cache.remove(&e);
+                assert!(lost.is_some());
+                assert_eq!(lost, reference.remove(&e));
             }
         }
         Op::Remove(e) => assert_eq!(cache.remove(e), reference.remove(e)),
@@ -327,6 +431,28 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
     }
 }
 
+/// Drives `it` from both ends, `next_back` where `mask` has a bit set, until both ends meet;
+/// returns each step's answer (the `None` that ends the scan included).
+fn both_ends<T>(mut it: impl DoubleEndedIterator<Item = T>, mask: u64) -> Vec<Option<T>> {
+    let mut out = Vec::new();
+    for k in 0.. {
+        let got = if mask >> (k % 64) & 1 == 1 {
+            it.next_back()
+        } else {
+            it.next()
+        };
+        let end = got.is_none();
+        out.push(got);
+        if end {
+            // Both ends say so once they have met.
+            out.push(it.next());
+            out.push(it.next_back());
+            return out;
+        }
+    }
+    unreachable!()
+}
+
 /// The cache holds exactly what the reference holds.
 fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(cache.snapshot().entries(), reference.entries());
@@ -336,8 +462,16 @@ fn same_contents(cache: &ExtentCache, reference: &ExtentMap) {
     assert_eq!(cache.first(), reference.first());
     assert_eq!(cache.last(), reference.last());
     assert_eq!(
+        cache.gaps(0, u64::MAX).collect::<Vec<_>>(),
+        reference.gaps(0, u64::MAX).collect::<Vec<_>>()
+    );
+    assert_eq!(
         cache.iter().collect::<Vec<_>>(),
         reference.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        cache.iter().rev().collect::<Vec<_>>(),
+        reference.iter().rev().collect::<Vec<_>>()
     );
 }
 

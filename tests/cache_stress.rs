@@ -16,6 +16,7 @@ use extent_cache::{Compression, Error, Extent, ExtentCache, Flags};
 
 #[path = "support/common.rs"]
 mod common;
+use common::lincheck::{Concurrent, Op, apply};
 use common::{Draw, Rng, check_extents, contiguous, seeded, size};
 
 const K: u64 = 1024;
@@ -428,13 +429,41 @@ fn observe(cache: &ExtentCache, done: &AtomicBool, max: u64) -> u64 {
     while rounds < max && !done.load(Ordering::Relaxed) {
         check_snapshot(&cache.snapshot());
         check_extents("iter", cache.iter());
+        check_extents("iter from the back", both_ends(cache.iter(), u64::MAX));
+        check_extents("iter from both ends", both_ends(cache.iter(), rounds));
         check_extents("overlapping", cache.overlapping(16 * K, 48 * K));
+        check_extents(
+            "overlapping from both ends",
+            both_ends(cache.overlapping(16 * K, 48 * K), rounds.rotate_left(7)),
+        );
         for e in cache.overlapping(16 * K, 48 * K) {
             assert!(e.overlaps(16 * K, 48 * K), "{e:?} outside the range");
         }
         rounds += 1;
     }
     rounds
+}
+
+/// Drives `it` from both ends until they meet (`next_back` where bit `k % 64` of `mask` is
+/// set) and returns what it yielded in start order: what the front yielded, then what the back
+/// yielded, reversed.
+fn both_ends(mut it: impl DoubleEndedIterator<Item = Extent>, mask: u64) -> Vec<Extent> {
+    let (mut front, mut back) = (Vec::new(), Vec::new());
+    for k in 0.. {
+        let from_back = mask >> (k % 64) & 1 == 1;
+        let got = if from_back { it.next_back() } else { it.next() };
+        match got {
+            Some(e) if from_back => back.push(e),
+            Some(e) => front.push(e),
+            None => break,
+        }
+    }
+    assert!(
+        it.next().is_none() && it.next_back().is_none(),
+        "the ends met"
+    );
+    front.extend(back.into_iter().rev());
+    front
 }
 
 /// One random operation on blocks `[lo, hi)`, with the checks that hold whatever the other
@@ -593,74 +622,39 @@ fn random_mix_4_threads_tiny_pages() {
 // No lost update: disjoint regions, a deterministic outcome
 // ---------------------------------------------------------------------------------------------
 
-/// What a thread does to its own region; replayed on the reference afterwards.
-#[derive(Clone, Copy, Debug)]
-enum Write {
-    Insert(Extent, bool),
-    GetOrInsert(Extent, u64),
-    DropRange(u64, u64, bool),
-    ReplaceRange(Extent, bool),
-    Unpin(u64, u64, u64),
-    Remove(Extent),
-}
-
-/// A random write in blocks `[lo, hi)`, given what the thread's own reference holds.
-fn random_write(rng: &mut Rng, mine: &ExtentMap, lo: u64, hi: u64) -> Write {
+/// A random write in blocks `[lo, hi)`, given what the thread's own reference holds: one of
+/// the linearizability checker's operations, so that it is run and replayed by the same code.
+fn random_write(rng: &mut Rng, mine: &ExtentMap, lo: u64, hi: u64) -> Op {
     match rng.below(12) {
-        0 | 1 => Write::Insert(random_extent(rng, lo, hi), rng.chance(30)),
+        0 | 1 if rng.chance(30) => Op::InsertModified(random_extent(rng, lo, hi)),
+        0 | 1 => Op::Insert(random_extent(rng, lo, hi)),
         2 | 3 => {
             let cand = random_extent(rng, lo, hi).with_flags(Flags::empty());
             let off = cand.start() + rng.below(cand.len());
-            Write::GetOrInsert(cand, off)
+            Op::GetOrInsert(cand, off)
         }
         4..=6 => {
             let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
-            Write::DropRange(a, b, rng.chance(50))
+            Op::DropRange(a, b, rng.chance(50))
         }
-        7..=9 => Write::ReplaceRange(random_extent(rng, lo, hi), rng.chance(30)),
+        7..=9 => Op::ReplaceRange(random_extent(rng, lo, hi), rng.chance(30)),
         10 => {
             let (a, b) = rng.blocks(BLOCK, lo, hi, 2);
-            Write::Unpin(a, b - a, rng.below(8))
+            Op::Unpin(a, b - a, rng.below(8))
         }
         _ => {
             let present: Vec<Extent> = mine.overlapping(lo * BLOCK, hi * BLOCK).collect();
             match present.len() {
-                0 => Write::Remove(Extent::hole(lo * BLOCK, BLOCK)),
-                n => Write::Remove(present[rng.below(n as u64) as usize]),
+                0 => Op::Remove(Extent::hole(lo * BLOCK, BLOCK)),
+                n => Op::Remove(present[rng.below(n as u64) as usize]),
             }
         }
     }
 }
 
-/// Applies `w` to both maps (the cache and the thread's reference) and compares the answers.
-fn apply_both(cache: &ExtentCache, mine: &mut ExtentMap, w: Write) {
-    match w {
-        Write::Insert(e, false) => assert_eq!(cache.insert(e), mine.insert(e)),
-        Write::Insert(e, true) => assert_eq!(cache.insert_modified(e), mine.insert_modified(e)),
-        Write::GetOrInsert(e, off) => {
-            assert_eq!(cache.get_or_insert(e, off), mine.get_or_insert(e, off))
-        }
-        Write::DropRange(a, b, p) => {
-            assert_eq!(cache.drop_range(a, b, p), mine.drop_range(a, b, p))
-        }
-        Write::ReplaceRange(e, m) => {
-            assert_eq!(cache.replace_range(e, m), mine.replace_range(e, m))
-        }
-        Write::Unpin(s, l, g) => assert_eq!(cache.unpin(s, l, g), mine.unpin(s, l, g)),
-        Write::Remove(e) => assert_eq!(cache.remove(&e), mine.remove(&e)),
-    }
-}
-
-fn apply_reference(map: &mut ExtentMap, w: Write) {
-    match w {
-        Write::Insert(e, false) => drop(map.insert(e)),
-        Write::Insert(e, true) => drop(map.insert_modified(e)),
-        Write::GetOrInsert(e, off) => drop(map.get_or_insert(e, off)),
-        Write::DropRange(a, b, p) => drop(map.drop_range(a, b, p)),
-        Write::ReplaceRange(e, m) => drop(map.replace_range(e, m)),
-        Write::Unpin(s, l, g) => drop(map.unpin(s, l, g)),
-        Write::Remove(e) => drop(map.remove(&e)),
-    }
+/// Runs `op` on both maps (the cache and the thread's reference) and compares the answers.
+fn apply_both(cache: &ExtentCache, mine: &mut ExtentMap, op: &Op) {
+    assert_eq!(cache.run(op), apply(mine, op), "{op:?}");
 }
 
 /// Threads own disjoint regions (separated by one unused block, so nothing merges across) and
@@ -673,7 +667,7 @@ fn no_lost_update(threads: u64) {
     let cache = ExtentCache::new();
     let done = AtomicBool::new(false);
     let ops = size(4000, 60) / threads;
-    let logs: Vec<Vec<Write>> = thread::scope(|s| {
+    let logs: Vec<Vec<Op>> = thread::scope(|s| {
         let (cache, done) = (&cache, &done);
         let observer = s.spawn(move || observe(cache, done, size(2000, 10)));
         let workers: Vec<_> = (0..threads)
@@ -684,9 +678,9 @@ fn no_lost_update(threads: u64) {
                     let mut mine = ExtentMap::new();
                     let mut log = Vec::new();
                     for _ in 0..ops {
-                        let w = random_write(&mut rng, &mine, lo, hi);
-                        apply_both(cache, &mut mine, w);
-                        log.push(w);
+                        let op = random_write(&mut rng, &mine, lo, hi);
+                        apply_both(cache, &mut mine, &op);
+                        log.push(op);
                         if rng.chance(5) {
                             // Reads inside the region are deterministic too.
                             let off = (lo + rng.below(REGION)) * BLOCK;
@@ -710,8 +704,8 @@ fn no_lost_update(threads: u64) {
     });
     let mut reference = ExtentMap::new();
     for log in &logs {
-        for w in log {
-            apply_reference(&mut reference, *w);
+        for op in log {
+            apply(&mut reference, op);
         }
     }
     let snap = check_quiescent(&cache);
@@ -812,20 +806,38 @@ fn churn_keeps_the_pages_bounded_tiny_pages() {
 /// node with a larger key) and yields it too, although it overlaps what it already yielded:
 /// `Iter::refill` only skips extents that end at or before the last end it yielded. (It also
 /// yields `[a, b)` followed by `[a, c)`: a newer node with the same start.)
+///
+/// Scans from the back and from both ends at once must hold to the same, and yield every
+/// extent that no writer touches (pinned holes past the tiles) exactly once.
 #[test]
 fn iter_never_yields_overlapping_extents() {
+    tiles_move_under_iterators(ExtentCache::new());
+}
+
+/// The same with pages of 4 extents: the ends cross many slots, and changes span several.
+#[test]
+fn iter_never_yields_overlapping_extents_tiny_pages() {
+    tiles_move_under_iterators(ExtentCache::with_page_capacity(4));
+}
+
+fn tiles_move_under_iterators(cache: ExtentCache) {
     const TILES: u64 = 64;
     const TILE: u64 = 8 * BLOCK;
-    let cache = ExtentCache::new();
     let tile = |i: u64, shift: u64| Extent::hole(i * TILE + shift, TILE).with_flags(Flags::PINNED);
     for i in 0..TILES {
         cache.insert(tile(i, 0)).unwrap();
+    }
+    let still: Vec<Extent> = (0..8)
+        .map(|i| Extent::hole((TILES + 2) * TILE + 2 * i * BLOCK, BLOCK).with_flags(Flags::PINNED))
+        .collect();
+    for e in &still {
+        cache.insert(*e).unwrap();
     }
     let done = AtomicBool::new(false);
     thread::scope(|s| {
         let (cache, done) = (&cache, &done);
         s.spawn(move || {
-            for round in 0..size(40, 2) {
+            for round in 0..size(200, 2) {
                 let shift = if round % 2 == 0 { TILE / 2 } else { 0 };
                 for i in 0..TILES - 1 {
                     cache.replace_range(tile(i, shift), false).unwrap();
@@ -838,5 +850,24 @@ fn iter_never_yields_overlapping_extents() {
                 check_extents("iter", cache.iter());
             }
         });
+        for seed in 0..2 {
+            let still = &still;
+            s.spawn(move || {
+                let mut rng = seeded(seed);
+                while !done.load(Ordering::Relaxed) {
+                    let mask = if rng.one_in(4) {
+                        u64::MAX
+                    } else {
+                        rng.next_u64()
+                    };
+                    let seen = both_ends(cache.iter(), mask);
+                    check_extents("iter from both ends", seen.iter().copied());
+                    for e in still {
+                        let n = seen.iter().filter(|x| *x == e).count();
+                        assert_eq!(n, 1, "{e:?} yielded {n} times (mask {mask:#x})");
+                    }
+                }
+            });
+        }
     });
 }

@@ -845,3 +845,32 @@ fn empty_extents_never_merge() {
     assert!(a.merged_with(&b).is_none());
     assert!(Extent::hole(0, 4096).merged_with(&b).is_none());
 }
+
+// ---------------------------------------------------------------------------------------------
+// RegularExtent: the six values by name (docs/semantics.md §1.2)
+// ---------------------------------------------------------------------------------------------
+
+proptest::proptest! {
+    /// Each named field lands where `Extent::regular` puts the value in its position.
+    #[test]
+    fn regular_extent_names_the_fields_of_regular(
+        start: u64, len: u64, disk_bytenr: u64, disk_num_bytes: u64, offset: u64, ram_bytes: u64
+    ) {
+        let named: Extent = extent_cache::RegularExtent {
+            start,
+            len,
+            disk_bytenr,
+            disk_num_bytes,
+            offset,
+            ram_bytes,
+        }
+        .into();
+        proptest::prop_assert_eq!(named, reg(start, len, disk_bytenr, disk_num_bytes, offset, ram_bytes));
+        proptest::prop_assert_eq!((named.start(), named.len()), (start, len));
+        proptest::prop_assert_eq!(
+            named.location(),
+            loc(disk_bytenr, disk_num_bytes, offset, ram_bytes)
+        );
+        proptest::prop_assert_eq!(named.compression(), Compression::None);
+    }
+}

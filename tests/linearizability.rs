@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Extent, ExtentCache};
+use extent_cache::{Dropped, Extent, ExtentCache};
 use lincheck::{
     BLOCK, Concurrent, Event, Gen, History, Op, Ret, Rng, Verdict, check, check_invariants,
     prepare, prepare_tiny, record,
@@ -133,6 +133,39 @@ fn a_read_that_goes_back_in_time_is_rejected() {
             ev(2, Op::Get(0), 3, 4, Ret::Found(None)),
         ],
     );
+    assert!(check(&h).is_rejected(), "accepted\n{h}");
+}
+
+//   initial            [8K .. 12K) (modified)
+//   t0  |--- drop_range [8K, 12K) ---|
+//   t1     |-- get_or_gap 0 -> gap [0, 8K) --|
+//   t2                                         |-- get_or_gap 0 -> gap [0, u64::MAX) --|
+//   t3                                            |-- get_or_gap 0 -> gap [0, 8K) --|
+//
+// Not linearizable: t3 starts after the drop returned, yet sees [8K, 12K) still bounding the
+// gap. (Without t3 the history is fine: t1 before the drop, t2 after it.)
+#[test]
+fn a_gap_bounded_by_a_dropped_extent_is_rejected() {
+    let e = Extent::hole(2 * BLOCK, BLOCK);
+    let mut events = vec![
+        ev(
+            0,
+            Op::DropRange(2 * BLOCK, 3 * BLOCK, false),
+            0,
+            5,
+            Ret::Dropped(Ok(Dropped {
+                extents: 1,
+                modified: 1,
+                max_modified_generation: Some(0),
+            })),
+        ),
+        ev(1, Op::GetOrGap(0), 1, 4, Ret::OrGap(Err(0..2 * BLOCK))),
+        ev(2, Op::GetOrGap(0), 6, 9, Ret::OrGap(Err(0..u64::MAX))),
+    ];
+    let fine = history(&[e], events.clone());
+    assert!(check(&fine).is_linearizable(), "rejected\n{fine}");
+    events.push(ev(3, Op::GetOrGap(0), 7, 8, Ret::OrGap(Err(0..2 * BLOCK))));
+    let h = history(&[e], events);
     assert!(check(&h).is_rejected(), "accepted\n{h}");
 }
 

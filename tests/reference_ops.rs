@@ -843,12 +843,34 @@ fn remove_takes_exact_extent_out() {
         a.with_flags(Flags::PINNED),
         Extent::hole(0, 4 * K).with_generation(2),
     ] {
-        assert!(!unchanged(&mut map, |m| m.remove(&near)), "{near:?}");
+        assert!(
+            unchanged(&mut map, |m| m.remove(&near)).is_none(),
+            "{near:?}"
+        );
     }
-    assert!(map.remove(&a));
+    // The modified extent is not lost silently: the report says the next fsync must be full.
+    let lost = map.remove(&a).expect("a is in the map");
+    assert_eq!(
+        lost,
+        Dropped {
+            extents: 1,
+            modified: 1,
+            max_modified_generation: Some(2)
+        }
+    );
+    assert!(lost.needs_full_sync(2));
+    assert!(!lost.needs_full_sync(3));
+    assert_eq!(
+        map.remove(&b),
+        Some(Dropped {
+            extents: 1,
+            ..Dropped::default()
+        })
+    );
+    map.insert(b).unwrap();
     assert_eq!(map.entries(), [(b, false)]);
     assert!(map.modified().is_empty());
-    assert!(!unchanged(&mut map, |m| m.remove(&a)));
+    assert!(unchanged(&mut map, |m| m.remove(&a)).is_none());
 }
 
 // before:  [0 .. 4K)PM
@@ -858,7 +880,7 @@ fn remove_takes_exact_extent_out() {
 fn remove_pinned_is_allowed() {
     let p = reg(0, 4 * K).with_flags(Flags::PINNED);
     let mut map = map_of(&[(p, true)]);
-    assert!(map.remove(&p));
+    assert!(map.remove(&p).is_some());
     assert!(map.is_empty());
 }
 
@@ -1844,7 +1866,7 @@ fn locked_map_from_several_threads() {
     let logged = map.take_modified();
     assert_eq!(logged, [Extent::hole(0, 8 * K).with_flags(Flags::LOGGING)]);
     assert_eq!(map.clear_logging(&logged[0]), Ok(Extent::hole(0, 8 * K)));
-    assert!(map.remove(&Extent::hole(0, 8 * K)));
+    assert!(map.remove(&Extent::hole(0, 8 * K)).is_some());
     assert_eq!(map.unpin(0, 4 * K, 1), Err(Error::NotFound));
     assert_eq!(map.len(), 2);
 }
@@ -1863,4 +1885,51 @@ fn drop_range_never_leaves_an_inline_piece_away_from_zero() {
     for (e, _) in map.entries() {
         e.validate().unwrap();
     }
+}
+
+// =============================================================================================
+// The range-taking forms (docs/semantics.md, Conventions)
+// =============================================================================================
+
+// map:     [0 .. 4K)      [8K .. 12K)
+#[test]
+#[allow(clippy::reversed_empty_ranges)]
+fn rust_ranges_mean_the_two_offset_forms_and_bad_ones_never_panic() {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let a = Extent::hole(0, 4 * K);
+    let b = Extent::hole(8 * K, 4 * K);
+    let map = map_of(&[(a, true), (b, true)]);
+    let ov = |r: (std::ops::Bound<u64>, std::ops::Bound<u64>)| map.overlapping_in(r).count();
+    assert_eq!(ov((Unbounded, Unbounded)), 2);
+    assert_eq!(ov((Included(4 * K), Unbounded)), 1);
+    assert_eq!(ov((Excluded(4 * K - 1), Unbounded)), 1);
+    assert_eq!(ov((Unbounded, Included(8 * K))), 2);
+    assert_eq!(ov((Unbounded, Excluded(8 * K))), 1);
+    assert_eq!(ov((Unbounded, Included(MAX))), 2);
+    assert_eq!(ov((Excluded(MAX), Unbounded)), 0);
+    assert_eq!(map.overlapping_in(8 * K..4 * K).count(), 0);
+    assert_eq!(
+        map.gaps_in(..).collect::<Vec<_>>(),
+        [4 * K..8 * K, 12 * K..MAX]
+    );
+    assert_eq!(
+        map.gaps_in(..=MAX).collect::<Vec<_>>(),
+        [4 * K..8 * K, 12 * K..MAX]
+    );
+    assert_eq!(map.gaps_in(5..5).count(), 0);
+    assert_eq!(map.gaps_in(9..3).count(), 0);
+    assert_eq!(map.gaps_in((Excluded(MAX), Unbounded)).count(), 0);
+    // An empty or inverted range is the drop_range error, and changes nothing.
+    let mut map = map;
+    let empty = map.drop_range(5, 5, false);
+    assert!(matches!(empty, Err(Error::InvalidArgument { .. })));
+    assert_eq!(unchanged(&mut map, |m| m.drop_in(5..5, false)), empty);
+    assert_eq!(unchanged(&mut map, |m| m.drop_in(9..3, false)), empty);
+    assert_eq!(
+        unchanged(&mut map, |m| m.drop_in((Excluded(MAX), Unbounded), false)),
+        empty
+    );
+    let dropped = map.drop_in(2 * K.., false).unwrap();
+    assert_eq!((dropped.extents, dropped.modified), (2, 2));
+    assert_eq!(map.iter().collect::<Vec<_>>(), [Extent::hole(0, 2 * K)]);
 }

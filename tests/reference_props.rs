@@ -152,6 +152,27 @@ impl Model {
             self.cells[s] = None;
         }
     }
+
+    /// The uncovered parts of the address space: runs of empty slots, each as one range.
+    fn gaps(&self) -> Vec<std::ops::Range<u64>> {
+        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+        for s in (0..NSLOTS).filter(|&s| self.cells[s].is_none()) {
+            match out.last_mut() {
+                Some(g) if g.end == bound(s) => g.end = bound(s + 1),
+                _ => out.push(bound(s)..bound(s + 1)),
+            }
+        }
+        out
+    }
+
+    /// The uncovered parts of `[start, end)`.
+    fn gaps_in(&self, start: u64, end: u64) -> Vec<std::ops::Range<u64>> {
+        self.gaps()
+            .into_iter()
+            .map(|g| g.start.max(start)..g.end.min(end))
+            .filter(|g| g.start < g.end)
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -524,6 +545,56 @@ fn check(map: &ExtentMap, model: &Model) -> Result<(), TestCaseError> {
         }
         prop_assert_eq!(map.get(lo), found.map(|(e, _)| *e));
         prop_assert_eq!(map.get(hi - 1), found.map(|(e, _)| *e));
+        // get_or_gap: the extent, or the run of empty slots around the offset.
+        let want = match found {
+            Some((e, _)) => Ok(*e),
+            None => Err(model
+                .gaps()
+                .into_iter()
+                .find(|g| g.contains(&lo))
+                .expect("an empty slot lies in a gap")),
+        };
+        prop_assert_eq!(map.get_or_gap(lo), want.clone(), "get_or_gap({})", lo);
+        prop_assert_eq!(map.get_or_gap(hi - 1), want, "get_or_gap({})", hi - 1);
+    }
+    // Nothing holds u64::MAX: its gap runs from the end of the last extent.
+    prop_assert_eq!(
+        map.get_or_gap(MAX),
+        Err(entries.last().map_or(0, |(e, _)| e.end())..MAX)
+    );
+    // gaps: over the whole space, over ranges on and off the slot boundaries, and over empty
+    // and inverted ranges (none).
+    prop_assert_eq!(map.gaps(0, MAX).collect::<Vec<_>>(), model.gaps());
+    // From the back: the same, reversed.
+    let mut back = model.gaps();
+    back.reverse();
+    prop_assert_eq!(map.gaps(0, MAX).rev().collect::<Vec<_>>(), back);
+    let mut back: Vec<Extent> = entries.iter().map(|(e, _)| *e).collect();
+    back.reverse();
+    prop_assert_eq!(map.iter().rev().collect::<Vec<_>>(), back);
+    for (i, j) in [
+        (0, 1),
+        (3, 9),
+        (10, 40),
+        (0, SMALL),
+        (SMALL, NB - 1),
+        (5, NB - 3),
+    ] {
+        for (a, b) in [
+            (bound(i), bound(j)),
+            (bound(i) + 1, bound(j) - 1),
+            (bound(i) + BLOCK / 2, bound(j)),
+        ] {
+            prop_assert_eq!(
+                map.gaps(a, b).collect::<Vec<_>>(),
+                model.gaps_in(a, b),
+                "gaps({}, {})",
+                a,
+                b
+            );
+        }
+        prop_assert_eq!(map.gaps(bound(j), bound(i)).count(), 0);
+        prop_assert_eq!(map.gaps(bound(i), bound(i)).count(), 0);
     }
     prop_assert_eq!(map.len(), entries.len());
     prop_assert_eq!(map.is_empty(), entries.is_empty());
@@ -639,13 +710,19 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
         }
         Op::Remove { pick, made } => {
             let e = pick_from(&before, *pick).map_or_else(|| build(made), |(e, _)| e);
-            let present = before.iter().any(|(x, _)| *x == e);
+            let present = before.iter().find(|(x, _)| *x == e).copied();
             let r = map.remove(&e);
-            prop_assert_eq!(r, present);
-            if present {
+            // What was lost: the one extent, modified or not.
+            let want = present.map(|(x, m)| Dropped {
+                extents: 1,
+                modified: usize::from(m),
+                max_modified_generation: m.then_some(x.generation()),
+            });
+            prop_assert_eq!(r, want);
+            if present.is_some() {
                 model.empty(e.start(), e.end());
             }
-            !r
+            r.is_none()
         }
         Op::Replace {
             pick,

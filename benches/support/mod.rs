@@ -97,35 +97,10 @@ pub fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // Randomness.
 
-/// SplitMix64: one add, two multiplies; plenty for picking offsets. `Rng(state)` starts from
-/// that raw state, [`Rng::new`] from a scrambled seed.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, n)` (`n > 0`), by multiply-high.
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-
-    /// Fisher–Yates.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i as u64 + 1) as usize);
-        }
-    }
-}
+/// The random source of the benchmarks and examples: fastrand's seedable generator (wyrand, a
+/// few instructions per number), seeded so that every run draws the same numbers. `u64(..n)`
+/// is uniform in `[0, n)`.
+pub use fastrand::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // The file.
@@ -139,9 +114,9 @@ pub struct File {
 }
 
 impl File {
-    /// A file of `extents` extents of random sizes drawn from `Rng::new(seed)`.
+    /// A file of `extents` extents of random sizes drawn from `Rng::with_seed(seed)`.
     pub fn new(extents: usize, seed: u64) -> File {
-        File::from_rng(extents, &mut Rng::new(seed))
+        File::from_rng(extents, &mut Rng::with_seed(seed))
     }
 
     /// A file of `extents` extents of random sizes drawn from `rng`.
@@ -150,7 +125,7 @@ impl File {
         let mut at = 0;
         for _ in 0..extents {
             starts.push(at);
-            at += (1 + rng.below(16)) * BLOCK;
+            at += (1 + rng.u64(..16)) * BLOCK;
         }
         starts.push(at);
         let n = extents.min(16);
@@ -190,12 +165,12 @@ impl File {
     pub fn stretched(&self, i: usize, rng: &mut Rng) -> Extent {
         let (s, e) = (self.starts[i], self.starts[i + 1]);
         let before = if i > 0 {
-            rng.below((s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
+            rng.u64(..(s - self.starts[i - 1]) / BLOCK + 1) * BLOCK
         } else {
             0
         };
         let after = if i + 1 < self.len() {
-            rng.below((self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
+            rng.u64(..(self.starts[i + 2] - e) / BLOCK + 1) * BLOCK
         } else {
             0
         };
@@ -206,8 +181,8 @@ impl File {
 
     /// A random 4 KiB-aligned range of `min..=max` blocks inside the file.
     pub fn random_range(&self, rng: &mut Rng, min: u64, max: u64) -> (u64, u64) {
-        let start = rng.below(self.end() / BLOCK) * BLOCK;
-        let len = (min + rng.below(max - min + 1)) * BLOCK;
+        let start = rng.u64(..self.end() / BLOCK) * BLOCK;
+        let len = (min + rng.u64(..max - min + 1)) * BLOCK;
         (start, (start + len).min(self.end()))
     }
 
@@ -273,19 +248,19 @@ pub fn steady_op<T: Map>(
 ) -> u64 {
     let end = file.end();
     match w {
-        Workload::Read => must_get(map, rng.below(end)),
+        Workload::Read => must_get(map, rng.u64(..end)),
         Workload::Hot => {
-            let (s, len) = file.hot[rng.below(file.hot.len() as u64) as usize];
-            must_get(map, s + rng.below(len))
+            let (s, len) = file.hot[rng.u64(..file.hot.len() as u64) as usize];
+            must_get(map, s + rng.u64(..len))
         }
         Workload::Mixed => {
-            let r = rng.next();
+            let r = rng.u64(..);
             if r % 10 == 0 {
                 let (s, e) = file.random_range(rng, 1, 16);
                 let ext = new(s, e, rng);
                 u64::from(map.replace_range(ext, r & (1 << 32) != 0).is_err())
             } else {
-                must_get(map, rng.below(end))
+                must_get(map, rng.u64(..end))
             }
         }
         Workload::SeedRace => {
@@ -302,7 +277,7 @@ pub fn steady_op<T: Map>(
                 };
                 u64::from(result.is_err())
             } else {
-                let offset = rng.below(end);
+                let offset = rng.u64(..end);
                 match map.get(offset) {
                     Some(e) => u64::from(!e.contains(offset)),
                     None => {

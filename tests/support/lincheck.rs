@@ -37,6 +37,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,6 +56,8 @@ pub enum Op {
     Lookup(u64, u64),
     /// `search(start, len)`
     Search(u64, u64),
+    /// `get_or_gap(offset)`
+    GetOrGap(u64),
     /// `insert(ext)`
     Insert(Extent),
     /// `insert_modified(ext)`
@@ -74,7 +77,10 @@ pub enum Op {
 impl Op {
     /// Whether the operation can never change the map (its answer still matters).
     pub fn is_read(&self) -> bool {
-        matches!(self, Op::Get(_) | Op::Lookup(..) | Op::Search(..))
+        matches!(
+            self,
+            Op::Get(_) | Op::Lookup(..) | Op::Search(..) | Op::GetOrGap(_)
+        )
     }
 }
 
@@ -87,8 +93,10 @@ pub enum Ret {
     Done(Result<(), Error>),
     /// `get_or_insert`.
     Got(Result<Extent, Error>),
+    /// `get_or_gap`.
+    OrGap(Result<Extent, Range<u64>>),
     /// `remove`.
-    Removed(bool),
+    Removed(Option<Dropped>),
     /// `drop_range`.
     Dropped(Result<Dropped, Error>),
 }
@@ -112,6 +120,7 @@ impl Concurrent for ExtentCache {
             Op::Get(o) => Ret::Found(self.get(*o)),
             Op::Lookup(s, l) => Ret::Found(self.lookup(*s, *l)),
             Op::Search(s, l) => Ret::Found(self.search(*s, *l)),
+            Op::GetOrGap(o) => Ret::OrGap(self.get_or_gap(*o)),
             Op::Insert(e) => Ret::Done(self.insert(*e)),
             Op::InsertModified(e) => Ret::Done(self.insert_modified(*e)),
             Op::GetOrInsert(e, o) => Ret::Got(self.get_or_insert(*e, *o)),
@@ -133,6 +142,7 @@ pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
         Op::Get(o) => Ret::Found(map.get(*o)),
         Op::Lookup(s, l) => Ret::Found(map.lookup(*s, *l)),
         Op::Search(s, l) => Ret::Found(map.search(*s, *l)),
+        Op::GetOrGap(o) => Ret::OrGap(map.get_or_gap(*o)),
         Op::Insert(e) => Ret::Done(map.insert(*e)),
         Op::InsertModified(e) => Ret::Done(map.insert_modified(*e)),
         Op::GetOrInsert(e, o) => Ret::Got(map.get_or_insert(*e, *o)),
@@ -490,7 +500,8 @@ impl Gen {
     /// A random operation.
     pub fn op(&mut self) -> Op {
         match self.rng.below(20) {
-            0..=2 => Op::Get(self.offset() + self.rng.below(2) * (BLOCK - 1)),
+            0 | 1 => Op::Get(self.offset() + self.rng.below(2) * (BLOCK - 1)),
+            2 => Op::GetOrGap(self.offset() + self.rng.below(2) * (BLOCK - 1)),
             3 => Op::Lookup(self.offset(), self.len()),
             4 => Op::Search(self.offset(), self.len()),
             5..=6 => Op::Insert(self.extent()),
