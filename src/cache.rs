@@ -18,7 +18,7 @@ pub use write::retries_of_last_operation;
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::page::{self, Shape};
-use crate::plan::{self, Dropped, Probe, View};
+use crate::plan::{self, Dropped, Evict, Evicted, Probe, View};
 use crate::reference::ExtentMap;
 use crate::store::Store;
 use crate::sync::epoch::{Guard, pin};
@@ -497,6 +497,33 @@ impl<M: Mapping> ExtentCache<M> {
     ) -> Result<Dropped, Error<M>> {
         let (start, end) = plan::span(range);
         self.drop_range(start, end, skip_pinned)
+    }
+
+    /// Evicts up to `max` whole extents overlapping `[start, end)`, never pinned, logging or
+    /// (with [`Evict::Clean`]) modified ones; see [`ExtentMap::evict`]. One atomic step, over
+    /// the few pages it visits: readers see all of it or none.
+    ///
+    /// ```
+    /// use extent_cache::{Evict, ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// cache.insert_modified(Extent::hole(8192, 4096)).unwrap();
+    /// let ev = cache.evict(0, u64::MAX, 10, Evict::Clean).unwrap();
+    /// assert_eq!(ev.extents, 1);
+    /// assert!(cache.get(8192).is_some()); // modified: kept for fsync
+    /// let ev = cache.evict(0, u64::MAX, 10, Evict::AllowModified).unwrap();
+    /// assert!(ev.needs_full_sync(0));
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn evict(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        policy: Evict,
+    ) -> Result<Evicted, Error<M>> {
+        let (a, b) = around(start, start);
+        self.execute(a, b, move |w| plan::evict(w, start, end, max, policy))
     }
 
     /// Drops the range of `new` and inserts `new`, as one atomic step; see

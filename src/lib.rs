@@ -17,4 +17,4 @@ pub use cache::retries_of_last_operation;
 pub use cache::{ExtentCache, Gaps, Iter};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
-pub use plan::Dropped;
+pub use plan::{Dropped, Evict, Evicted};

@@ -594,6 +594,116 @@ impl Dropped {
     }
 }
 
+/// Which extents [`evict`](crate::ExtentCache::evict) may drop (docs/semantics.md §7.4).
+/// Pinned and logging extents are never evicted, whatever the policy.
+///
+/// ```
+/// assert_eq!(extent_cache::Evict::default(), extent_cache::Evict::Clean);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Evict {
+    /// Only extents outside the modified set: nothing an fsync still needs is dropped.
+    #[default]
+    Clean,
+    /// Modified extents too; [`Evicted::needs_full_sync`] then says whether the next fsync
+    /// must be a full one, as after a [`drop_range`](crate::ExtentCache::drop_range).
+    AllowModified,
+}
+
+/// What an [`evict`](crate::ExtentCache::evict) dropped, and where to go on.
+///
+/// ```
+/// use extent_cache::{reference::ExtentMap, Evict, Extent};
+/// let mut map = ExtentMap::new();
+/// map.insert(Extent::hole(0, 4096)).unwrap();
+/// map.insert(Extent::hole(8192, 4096)).unwrap();
+/// let ev = map.evict(0, u64::MAX, 1, Evict::Clean).unwrap();
+/// assert_eq!((ev.extents, ev.resume_at), (1, Some(8192)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    /// Extents dropped (whole: eviction never cuts an extent).
+    pub extents: usize,
+    /// The bytes those extents took in the map's storage (each is one stored item).
+    pub bytes: usize,
+    /// How many of them were in the modified set (only with [`Evict::AllowModified`]).
+    pub modified: usize,
+    /// The largest generation among those modified extents.
+    pub max_modified_generation: Option<u64>,
+    /// Where a next call should start to go on through the range: `None` when the whole
+    /// range was visited.
+    pub resume_at: Option<u64>,
+}
+
+impl Evicted {
+    /// Whether the next fsync must be a full one (docs/semantics.md §7.4): a modified extent
+    /// whose generation is not older than `current_generation` was dropped.
+    ///
+    /// ```
+    /// assert!(!extent_cache::Evicted::default().needs_full_sync(0));
+    /// ```
+    pub fn needs_full_sync(&self, current_generation: u64) -> bool {
+        self.max_modified_generation
+            .is_some_and(|g| g >= current_generation)
+    }
+}
+
+/// How many extents one `evict` looks at, at most, for `max` evictions: the call stays short
+/// even in a range of extents it may not drop.
+pub(crate) fn evict_scan_limit(max: usize) -> usize {
+    max.saturating_mul(4).saturating_add(64)
+}
+
+/// `evict(start, end, max, policy)` (docs/semantics.md §7.4): drop up to `max` whole extents
+/// overlapping `[start, end)`, never pinned or logging ones, modified ones only when allowed.
+pub(crate) fn evict<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    start: u64,
+    end: u64,
+    max: usize,
+    policy: Evict,
+) -> Plan<M, Evicted> {
+    check_range(start, end)?;
+    if max == 0 {
+        return Err(Error::invalid("evict of at most 0 extents").into());
+    }
+    let mut ov = Overlay::new(v);
+    let mut report = Evicted::default();
+    let mut next = match v.at_or_before(start)? {
+        Some(i) if i.ext.end() > start => Some(i),
+        _ => v.after(start)?,
+    };
+    let mut seen = 0;
+    while let Some(item) = next.take() {
+        if item.ext.start() >= end {
+            break;
+        }
+        if report.extents == max || seen == evict_scan_limit(max) {
+            report.resume_at = Some(item.ext.start());
+            break;
+        }
+        seen += 1;
+        let held = item.ext.flags().contains(Flags::PINNED)
+            || item.ext.flags().contains(Flags::LOGGING)
+            || (item.modified && policy == Evict::Clean);
+        if !held {
+            report.extents += 1;
+            report.bytes += core::mem::size_of::<Item<M>>();
+            if item.modified {
+                report.modified += 1;
+                report.max_modified_generation = Some(
+                    report
+                        .max_modified_generation
+                        .map_or(item.ext.generation(), |g| g.max(item.ext.generation())),
+                );
+            }
+            ov.remove(&item);
+        }
+        next = v.after(item.ext.start())?;
+    }
+    done(ov, report)
+}
+
 fn drop_into<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     start: u64,

@@ -22,7 +22,9 @@ use std::sync::{PoisonError, RwLock};
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
-use crate::plan::{self, Change, Dropped, Holes, Item, Plan, PlanError, Probe, View};
+use crate::plan::{
+    self, Change, Dropped, Evict, Evicted, Holes, Item, Plan, PlanError, Probe, View,
+};
 
 /// The sequential extent map: the semantics on a `BTreeMap`, `&mut self`.
 ///
@@ -348,6 +350,32 @@ impl<M: Mapping> ExtentMap<M> {
         modified: bool,
     ) -> Result<(), Error<M>> {
         self.run(|v| plan::replace(v, cur, new, modified)).map(drop)
+    }
+
+    /// Evicts up to `max` whole extents overlapping `[start, end)` (docs/semantics.md §7.4):
+    /// never a pinned or logging one, and a modified one only with [`Evict::AllowModified`].
+    /// At most `4 * max + 64` extents are looked at; [`Evicted::resume_at`] says where the
+    /// next call goes on. `end = u64::MAX` means "to the end".
+    ///
+    /// Errors: [`Error::InvalidArgument`] when `start >= end` or `max == 0`.
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Evict, Extent};
+    /// let mut map = ExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// map.insert_modified(Extent::hole(8192, 4096)).unwrap();
+    /// let ev = map.evict(0, u64::MAX, 10, Evict::Clean).unwrap();
+    /// assert_eq!((ev.extents, ev.resume_at), (1, None));
+    /// assert_eq!(map.len(), 1); // the modified extent stays for fsync
+    /// ```
+    pub fn evict(
+        &mut self,
+        start: u64,
+        end: u64,
+        max: usize,
+        policy: Evict,
+    ) -> Result<Evicted, Error<M>> {
+        self.run(|v| plan::evict(v, start, end, max, policy))
     }
 
     /// Drops `[start, end)` (docs/semantics.md §6.3): afterwards no extent intersects it, except
@@ -760,6 +788,24 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// ```
     pub fn replace(&self, cur: &Extent<M>, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
         self.w().replace(cur, new, modified)
+    }
+
+    /// See [`ExtentMap::evict`].
+    ///
+    /// ```
+    /// use extent_cache::{reference::LockedExtentMap, Evict, Extent};
+    /// let map = LockedExtentMap::new();
+    /// map.insert(Extent::hole(0, 4096)).unwrap();
+    /// assert_eq!(map.evict(0, u64::MAX, 1, Evict::Clean).unwrap().extents, 1);
+    /// ```
+    pub fn evict(
+        &self,
+        start: u64,
+        end: u64,
+        max: usize,
+        policy: Evict,
+    ) -> Result<Evicted, Error<M>> {
+        self.w().evict(start, end, max, policy)
     }
 
     /// See [`ExtentMap::drop_range`].

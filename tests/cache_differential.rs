@@ -10,7 +10,7 @@
 
 use extent_cache::reference::ExtentMap;
 use extent_cache::{
-    BlockMapping, Compression, Error, Extent, ExtentCache, Flags, Location, Mapping,
+    BlockMapping, Compression, Error, Evict, Extent, ExtentCache, Flags, Location, Mapping,
 };
 use proptest::prelude::*;
 use std::ops::Bound;
@@ -180,6 +180,8 @@ enum Op {
     ReplacePresent(usize, Extent, bool),
     Replace(Extent, Extent, bool),
     DropRange(u64, u64, bool),
+    /// `evict(start, end, max, allow_modified)`; `max == 0` is the bad input.
+    Evict(u64, u64, usize, bool),
     ReplaceRange(Extent, bool),
     /// Unpin the `i`-th extent of the map (its start, its length or one block).
     UnpinPresent(usize, bool, u64),
@@ -259,6 +261,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (idx, extent(), any::<bool>()).prop_map(|(i, e, m)| Op::ReplacePresent(i, e, m)),
         1 => (extent(), extent(), any::<bool>()).prop_map(|(c, n, m)| Op::Replace(c, n, m)),
         6 => (range(), any::<bool>()).prop_map(|((s, e), p)| Op::DropRange(s, e, p)),
+        3 => (range(), 0..5usize, any::<bool>()).prop_map(|((s, e), n, m)| Op::Evict(s, e, n, m)),
         7 => (extent(), any::<bool>()).prop_map(|(e, m)| Op::ReplaceRange(e, m)),
         3 => (idx, any::<bool>(), 0..6u64).prop_map(|(i, w, g)| Op::UnpinPresent(i, w, g)),
         1 => (offset(), length(), 0..6u64).prop_map(|(o, l, g)| Op::Unpin(o, l, g)),
@@ -370,6 +373,17 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
             assert_eq!(
                 cache.replace(cur, *new, *m),
                 reference.replace(cur, *new, *m)
+            )
+        }
+        Op::Evict(s, e, n, m) => {
+            let policy = if *m {
+                Evict::AllowModified
+            } else {
+                Evict::Clean
+            };
+            assert_eq!(
+                cache.evict(*s, *e, *n, policy),
+                reference.evict(*s, *e, *n, policy)
             )
         }
         Op::DropRange(s, e, p) => {

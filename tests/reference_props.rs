@@ -15,7 +15,7 @@
 //! overlap, made of well-formed extents, and say exactly what the model says about every slot.
 
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Compression, Dropped, Error, Extent, Flags, Location};
+use extent_cache::{Compression, Dropped, Error, Evict, Evicted, Extent, Flags, Location};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -355,6 +355,14 @@ enum Op {
         skip_pinned: bool,
     },
     ReplaceRange(Spec, bool),
+    /// `max == 0` is the bad input.
+    Evict {
+        i: usize,
+        d: usize,
+        to_end: bool,
+        max: usize,
+        allow_modified: bool,
+    },
     Unpin {
         pick: Option<Index>,
         i: usize,
@@ -402,6 +410,14 @@ fn op() -> impl Strategy<Value = Op> {
                 skip_pinned
             }),
         2 => (spec(), any::<bool>()).prop_map(|(s, m)| Op::ReplaceRange(s, m)),
+        2 => (start_index(), span(), prop::bool::weighted(0.2), 0..5usize, any::<bool>())
+            .prop_map(|(i, d, to_end, max, allow_modified)| Op::Evict {
+                i,
+                d,
+                to_end,
+                max,
+                allow_modified
+            }),
         // A write: a new pinned, modified, uncompressed extent replaces the range (what split
         // and unpin then work on).
         3 => (start_index(), 1..8usize, 0..3u64, 0..3u64, any::<bool>()).prop_map(
@@ -747,6 +763,68 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
                 model.fill(&n, *modified);
             }
             r.is_err()
+        }
+        Op::Evict {
+            i,
+            d,
+            to_end,
+            max,
+            allow_modified,
+        } => {
+            let start = bound(*i);
+            let end = if *to_end {
+                MAX
+            } else {
+                bound((i + d).min(NB - 1))
+            };
+            let policy = if *allow_modified {
+                Evict::AllowModified
+            } else {
+                Evict::Clean
+            };
+            let r = map.evict(start, end, *max, policy);
+            if start >= end || *max == 0 {
+                prop_assert!(is_invalid(&r), "{:?}", r);
+                true
+            } else {
+                // The extents overlapping the range, in order; the first `max` it may drop go,
+                // among the first `4 * max + 64` looked at.
+                let mut expected = Evicted::default();
+                let overlapping = before.iter().filter(|(e, _)| e.overlaps(start, end));
+                for (seen, (e, m)) in overlapping.enumerate() {
+                    if expected.extents == *max || seen == 4 * max + 64 {
+                        expected.resume_at = Some(e.start());
+                        break;
+                    }
+                    let held = e.flags().contains(Flags::PINNED)
+                        || e.flags().contains(Flags::LOGGING)
+                        || (*m && !*allow_modified);
+                    if held {
+                        continue;
+                    }
+                    expected.extents += 1;
+                    if *m {
+                        expected.modified += 1;
+                        expected.max_modified_generation =
+                            expected.max_modified_generation.max(Some(e.generation()));
+                    }
+                    // Whole: the slots of the extent empty, also outside the range.
+                    model.empty(e.start(), e.end());
+                }
+                let got = r.expect("a valid evict does not fail");
+                prop_assert_eq!(got.bytes % got.extents.max(1), 0, "{:?}", got);
+                expected.bytes = got.bytes;
+                prop_assert_eq!(got, expected);
+                for (e, _) in &before {
+                    // Nothing the policy protects left the map.
+                    let protected =
+                        e.flags().contains(Flags::PINNED) || e.flags().contains(Flags::LOGGING);
+                    if protected {
+                        prop_assert!(map.iter().any(|x| x == *e), "evict dropped {:?}", e);
+                    }
+                }
+                false
+            }
         }
         Op::DropRange {
             i,
