@@ -676,6 +676,31 @@ impl<M: Mapping> ExtentCache<M> {
         self.len() == 0
     }
 
+    /// What the cache holds in memory now: its extents, the heap bytes its structures take, and
+    /// the bytes it retired that wait for their grace period. O(1): kept by every change.
+    ///
+    /// Exact when no change is in flight; while changes run, each figure may be off by what
+    /// the changes in flight add or remove (a change counts when it commits). The bytes are
+    /// what the cache asked the allocator for (the allocator's own overhead is not in them),
+    /// not counting the `ExtentCache` itself (256 bytes, wherever it lives).
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// assert_eq!(cache.memory().live_bytes, 0); // an empty cache allocates nothing
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// let m = cache.memory();
+    /// assert_eq!(m.extents, 1);
+    /// assert!(m.live_bytes > 0);
+    /// ```
+    pub fn memory(&self) -> MemoryUsage {
+        MemoryUsage {
+            extents: self.len(),
+            live_bytes: self.store.live_bytes(),
+            retired_bytes: self.store.retired_bytes(),
+        }
+    }
+
     /// Removes every extent, in one atomic step.
     ///
     /// ```
@@ -759,6 +784,36 @@ impl ExtentCache<BlockMapping> {
             plan::split(w, start, len, pre, new_disk_bytenr)
         })
         .map(drop)
+    }
+}
+
+/// What an [`ExtentCache`] holds in memory; see [`ExtentCache::memory`].
+///
+/// ```
+/// let m = extent_cache::ExtentCache::<extent_cache::BlockMapping>::new().memory();
+/// assert_eq!(m, extent_cache::MemoryUsage::default());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Extents in the cache (as [`ExtentCache::len`]).
+    pub extents: usize,
+    /// Heap bytes of the cache's structures now: its directory, the directory's slots and
+    /// their pages.
+    pub live_bytes: usize,
+    /// Heap bytes the cache retired (replaced pages and directories, finished changes) that
+    /// wait for the epoch's grace period before they are freed.
+    pub retired_bytes: usize,
+}
+
+impl MemoryUsage {
+    /// `live_bytes + retired_bytes`: what the cache costs the heap now.
+    ///
+    /// ```
+    /// let m = extent_cache::MemoryUsage { extents: 1, live_bytes: 200, retired_bytes: 56 };
+    /// assert_eq!(m.total_bytes(), 256);
+    /// ```
+    pub fn total_bytes(&self) -> usize {
+        self.live_bytes + self.retired_bytes
     }
 }
 

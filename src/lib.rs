@@ -14,7 +14,7 @@ mod sync;
 
 #[doc(hidden)]
 pub use cache::retries_of_last_operation;
-pub use cache::{ExtentCache, Gaps, Iter};
+pub use cache::{ExtentCache, Gaps, Iter, MemoryUsage};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
 pub use plan::{Dropped, Evict, Evicted};

@@ -89,6 +89,11 @@ impl<M> Page<M> {
         unsafe { alloc::dealloc(page.cast_mut().cast::<u8>(), layout) };
     }
 
+    /// The bytes this page's allocation takes.
+    pub(crate) fn bytes(&self) -> usize {
+        Self::layout(self.len).0.size()
+    }
+
     /// The items, in start order.
     pub(crate) fn items(&self) -> &[Item<M>] {
         // SAFETY: `items` points at `len` initialized items in this page's allocation, which

@@ -322,6 +322,8 @@ pub(crate) struct Publish<M> {
 pub(crate) struct Delta {
     pub(crate) extents: isize,
     pub(crate) modified: isize,
+    /// Heap bytes of pages that become reachable minus those that stop being reachable.
+    pub(crate) bytes: isize,
 }
 
 impl Delta {
@@ -331,6 +333,7 @@ impl Delta {
         Delta {
             extents: change.add.len() as isize - change.remove.len() as isize,
             modified: modified(&change.add) - modified(&change.remove),
+            bytes: 0,
         }
     }
 }
@@ -378,6 +381,9 @@ struct Counters<M> {
     len: AtomicIsize,
     /// Number of visible extents in the modified set (exact when no change is in flight).
     modified: AtomicIsize,
+    /// Heap bytes of the directory, its slots and their pages (exact when no change is in
+    /// flight). Descriptors of changes in flight and their new pages are not in it.
+    live: AtomicIsize,
     /// Source of tickets.
     tickets: AtomicU64,
     /// The announced change every writer finishes before its own, or null (see
@@ -411,6 +417,7 @@ impl<M: Mapping> Store<M> {
                 shape,
                 len: AtomicIsize::new(0),
                 modified: AtomicIsize::new(0),
+                live: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
                 announced: AtomicPtr::new(core::ptr::null_mut()),
             }),
@@ -433,6 +440,17 @@ impl<M: Mapping> Store<M> {
     pub(crate) fn len(&self) -> usize {
         // Relaxed: an approximate count (see `ExtentCache::len`); it orders nothing.
         self.counters.len.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Heap bytes reachable from the directory: see `Counters::live`.
+    pub(crate) fn live_bytes(&self) -> usize {
+        // Relaxed: a count, like `len`.
+        self.counters.live.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Heap bytes retired and not freed yet.
+    pub(crate) fn retired_bytes(&self) -> usize {
+        self.graveyard.retired_bytes()
     }
 
     /// A fresh ticket (relaxed: uniqueness and rough age are all that matter).
@@ -642,6 +660,11 @@ impl<M: Mapping> Store<M> {
         guard: &Guard,
     ) -> Outcome {
         let page = Page::alloc(items);
+        // SAFETY: `page` is ours; `old` was read from the slot under `guard`.
+        let delta = Delta {
+            bytes: unsafe { (*page).bytes() as isize - (*old).bytes() as isize },
+            ..delta
+        };
         // SAFETY: `slot` came from a directory loaded under `guard`.
         let s = unsafe { &*slot };
         match s
@@ -669,12 +692,17 @@ impl<M: Mapping> Store<M> {
             unreachable!("an empty map is rebuilt into new slots");
         };
         let dir = Box::into_raw(Box::new(self.new_dir(pages)));
+        // SAFETY: ours until published.
+        let bytes = unsafe { dir_and_slots_bytes(&*dir) };
         match self
             .dir
             .compare_exchange(core::ptr::null_mut(), dir, ORD, ORD)
         {
             Ok(_) => {
-                self.add_len(p.delta);
+                self.add_len(Delta {
+                    bytes: bytes as isize,
+                    ..p.delta
+                });
                 Outcome::Committed
             }
             Err(_) => {
@@ -702,7 +730,7 @@ impl<M: Mapping> Store<M> {
     /// A descriptor for `p`, holding its owner's reference (and, for an attempt of an
     /// announced change, the announcement's).
     fn build_desc(&self, p: Publish<M>, ticket: u64, answer: Option<Answer>) -> *mut Desc<M> {
-        let (entries, successors) = match p.rebuilt {
+        let (entries, successors): (Vec<Entry<M>>, Vec<*const Slot<M>>) = match p.rebuilt {
             Rebuilt::InPlace(new) => {
                 let entries = p
                     .read
@@ -736,14 +764,17 @@ impl<M: Mapping> Store<M> {
                 (entries, successors)
             }
         };
+        // SAFETY: the old pages were read under a guard the caller holds; the new pages and
+        // the successors are ours.
+        let bytes = unsafe { committed_bytes(&entries, &successors) };
         Box::into_raw(Box::new(Desc {
             status: AtomicUsize::new(Status::Pending as usize),
             refs: AtomicUsize::new(1 + usize::from(answer.is_some())),
             ticket,
-            entries,
+            entries: entries.into_boxed_slice(),
             successors: successors.into_boxed_slice(),
             bound: p.bound,
-            delta: p.delta,
+            delta: Delta { bytes, ..p.delta },
             answer,
         }))
     }
@@ -753,10 +784,18 @@ impl<M: Mapping> Store<M> {
         self.counters
             .len
             .fetch_add(delta.extents, Ordering::Relaxed);
+        self.add_live(delta.bytes);
         if delta.modified != 0 {
             self.counters
                 .modified
                 .fetch_add(delta.modified, Ordering::Relaxed);
+        }
+    }
+
+    fn add_live(&self, bytes: isize) {
+        if bytes != 0 {
+            // Relaxed: a statistic.
+            self.counters.live.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 
@@ -972,6 +1011,13 @@ impl<M: Mapping> Store<M> {
             }));
             match self.dir.compare_exchange(cur, new, ORD, ORD) {
                 Ok(_) => {
+                    // The directory and the slots: the pages moved at the commit.
+                    // SAFETY: both directories are alive (we are pinned).
+                    let slot = core::mem::size_of::<Slot<M>>() as isize;
+                    self.add_live(unsafe {
+                        dir_bytes(&*new) as isize - dir_bytes(dir) as isize
+                            + (d.successors.len() as isize - n as isize) * slot
+                    });
                     // SAFETY: the swap made the old directory, `d`'s old slots, their pages
                     // and `d` itself unreachable for threads that pin from now on (a
                     // forwarded slot is reachable only through a directory holding it).
@@ -1098,8 +1144,12 @@ impl<M: Mapping> Store<M> {
         // SAFETY: out of the slot, so unreachable for threads that pin from now on; freed
         // once, here. The operation is `Send`.
         unsafe {
-            self.graveyard
-                .retire(guard, Deferred::new(move || drop(Box::from_raw(mine))))
+            let bytes = core::mem::size_of::<Announcement<M>>() + core::mem::size_of_val(&*ann.op);
+            self.graveyard.retire(
+                guard,
+                bytes,
+                Deferred::new(move || drop(Box::from_raw(mine))),
+            )
         };
         (answer, attempts)
     }
@@ -1190,8 +1240,9 @@ impl<M: Mapping> Store<M> {
         // SAFETY: `Page<M>` is `Send` (mappings are `Send + Sync`); per the caller it is
         // unreachable for new guards.
         unsafe {
+            let bytes = (*page).bytes();
             self.graveyard
-                .retire(guard, Deferred::new(move || Page::free(page)))
+                .retire(guard, bytes, Deferred::new(move || Page::free(page)))
         };
     }
 
@@ -1245,11 +1296,19 @@ impl<M: Mapping> Store<M> {
                 }
             }
         };
+        // SAFETY: all alive until the frees below run.
+        let (bytes, late_bytes) = unsafe {
+            let desc = &*d;
+            let pages: usize = desc.entries.iter().map(|e| (*e.old).bytes()).sum();
+            let slots = desc.entries.len() * core::mem::size_of::<Slot<M>>();
+            let own = if free_d { desc_bytes(desc) } else { 0 };
+            (dir_bytes(&*old) + pages, slots + own)
+        };
         // SAFETY: per the caller; the contents are `Send`.
         unsafe {
-            self.graveyard.retire(guard, Deferred::new(free));
+            self.graveyard.retire(guard, bytes, Deferred::new(free));
             self.graveyard
-                .retire_after_two(guard, Deferred::new(free_late));
+                .retire_after_two(guard, late_bytes, Deferred::new(free_late));
         }
     }
 
@@ -1284,8 +1343,11 @@ impl<M: Mapping> Store<M> {
             // nothing else any more (its successors are in the directory, its old pages
             // retired by the swap); the contents are `Send`.
             unsafe {
-                self.graveyard
-                    .retire_after_two(guard, Deferred::new(move || drop(Box::from_raw(d))))
+                self.graveyard.retire_after_two(
+                    guard,
+                    desc_bytes(desc),
+                    Deferred::new(move || drop(Box::from_raw(d))),
+                )
             };
             return;
         }
@@ -1293,8 +1355,11 @@ impl<M: Mapping> Store<M> {
         // taken (the count is zero); the contents are `Send`. After the grace period nothing
         // reaches it, and only the last reference frees it.
         unsafe {
-            self.graveyard
-                .retire(guard, Deferred::new(move || free_decided(d, status)))
+            self.graveyard.retire(
+                guard,
+                decided_bytes(desc, status),
+                Deferred::new(move || free_decided(d, status)),
+            )
         };
     }
 
@@ -1359,6 +1424,109 @@ unsafe fn free_slot_and_page<M>(s: *const Slot<M>) {
         // SAFETY: per the caller.
         unsafe { Page::free(p) };
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sizes, for the books (`ExtentCache::memory`): what each allocation asked for.
+
+/// The directory's own allocations: the struct and its two arrays.
+fn dir_bytes<M>(d: &Dir<M>) -> usize {
+    core::mem::size_of::<Dir<M>>()
+        + core::mem::size_of_val(&*d.keys)
+        + core::mem::size_of_val(&*d.slots)
+}
+
+/// A directory with its slots and their pages.
+///
+/// # Safety
+///
+/// Every slot of `d` is alive and holds a page.
+unsafe fn dir_and_slots_bytes<M>(d: &Dir<M>) -> usize {
+    let slots: usize = d
+        .slots
+        .iter()
+        // SAFETY: per the caller.
+        .map(|&s| unsafe { slot_and_page_bytes(s) })
+        .sum();
+    dir_bytes(d) + slots
+}
+
+/// A slot and the page it holds (none while it is claimed).
+///
+/// # Safety
+///
+/// `s` is alive.
+unsafe fn slot_and_page_bytes<M>(s: *const Slot<M>) -> usize {
+    // SAFETY: per the caller.
+    let page = match tag::decode::<M>(unsafe { &*s }.word.load(ORD)) {
+        // SAFETY: a slot's page lives as long as the slot holds it.
+        tag::Decoded::Page(p) => unsafe { (*p).bytes() },
+        tag::Decoded::Desc(_) => 0,
+    };
+    core::mem::size_of::<Slot<M>>() + page
+}
+
+/// A descriptor's own allocations (not its pages or successors).
+fn desc_bytes<M>(d: &Desc<M>) -> usize {
+    core::mem::size_of::<Desc<M>>()
+        + core::mem::size_of_val(&*d.entries)
+        + core::mem::size_of_val(&*d.successors)
+        + d.answer
+            .as_ref()
+            .map_or(0, |a| core::mem::size_of_val(&**a))
+}
+
+/// What a change's commit adds to the pages reachable from the directory: its new pages (or
+/// its successors' pages) minus the pages they replace.
+///
+/// # Safety
+///
+/// The pages of `entries` and the successors are alive.
+unsafe fn committed_bytes<M>(entries: &[Entry<M>], successors: &[*const Slot<M>]) -> isize {
+    // SAFETY: per the caller.
+    let page = |p: *const Page<M>| unsafe { (*p).bytes() as isize };
+    if successors.is_empty() {
+        entries
+            .iter()
+            .filter(|e| !core::ptr::eq(e.old, e.new))
+            .map(|e| page(e.new) - page(e.old))
+            .sum()
+    } else {
+        let slot = core::mem::size_of::<Slot<M>>() as isize;
+        // SAFETY: per the caller.
+        let new: isize = successors
+            .iter()
+            .map(|&s| unsafe { slot_and_page_bytes(s) } as isize - slot)
+            .sum();
+        new - entries.iter().map(|e| page(e.old)).sum::<isize>()
+    }
+}
+
+/// What [`free_decided`] frees.
+///
+/// # Safety
+///
+/// As `free_decided`, except that `d` is only read.
+unsafe fn decided_bytes<M>(d: &Desc<M>, status: Status) -> usize {
+    let mut bytes = desc_bytes(d);
+    for e in d.entries.iter() {
+        if !core::ptr::eq(e.old, e.new) {
+            let gone = if status == Status::Committed {
+                e.old
+            } else {
+                e.new
+            };
+            // SAFETY: per the caller, `gone` is alive until the free.
+            bytes += unsafe { (*gone).bytes() };
+        }
+    }
+    if status != Status::Committed {
+        for &s in d.successors.iter() {
+            // SAFETY: an aborted change's successors are alive until the free.
+            bytes += unsafe { slot_and_page_bytes(s) };
+        }
+    }
+    bytes
 }
 
 /// Frees a directory, its slots and their pages.
@@ -1428,6 +1596,10 @@ mod tests {
             );
             assert_eq!(dir.slot(i).key, dir.keys[i]);
         }
+        // Quiet: the books agree with the structure.
+        // SAFETY: every slot holds a page (checked above) and we are pinned.
+        let bytes = unsafe { dir_and_slots_bytes(dir) };
+        assert_eq!(cache.store.live_bytes(), bytes, "{what}: live bytes");
     }
 
     /// Two threads on tiny pages; afterwards no slot is forwarded.

@@ -41,12 +41,56 @@ pub(crate) mod epoch {
         Guard(())
     }
 
-    /// Where a cache sends what it retires. In a normal build it is empty and retirement goes
-    /// to crossbeam-epoch's global collector; under loom it keeps the objects until its drop.
+    /// Where a cache sends what it retires. In a normal build retirement goes to
+    /// crossbeam-epoch's global collector; under loom the graveyard keeps the objects until its
+    /// drop. Either way it keeps the books: how many bytes wait for their grace period.
     #[derive(Default)]
     pub(crate) struct Graveyard {
+        /// Allocated at the first retirement (an empty cache allocates nothing).
+        ledger: std::sync::atomic::AtomicPtr<Ledger>,
         #[cfg(loom)]
         dead: loom::sync::Mutex<Vec<Deferred<BoxedFree>>>,
+    }
+
+    /// The bytes a cache retired and the epoch has not freed yet. Garbage may outlive its
+    /// cache, so the ledger lives on its own: whoever leaves it with no bytes after its cache
+    /// is gone frees it (the cache's drop, or the last free).
+    ///
+    /// Its atomics are `std`'s even under loom: they are bookkeeping, and loom's stand-in epoch
+    /// frees everything on one thread when the cache is dropped.
+    struct Ledger {
+        /// Bytes waiting, with [`OWNER_GONE`] set once the cache is dropped.
+        bytes: std::sync::atomic::AtomicU64,
+    }
+
+    const OWNER_GONE: u64 = 1 << 63;
+
+    impl Ledger {
+        /// Books `n` more bytes waiting.
+        fn retired(&self, n: usize) {
+            // Relaxed: a count; the lifetime of the ledger is settled by `freed` and `Drop`.
+            self.bytes
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// Books `n` bytes freed; frees the ledger when that leaves it empty and orphaned.
+        ///
+        /// # Safety
+        ///
+        /// `ledger` is alive and `n` bytes of it were booked by [`retired`](Self::retired)
+        /// and not freed yet.
+        unsafe fn freed(ledger: *const Ledger, n: usize) {
+            // AcqRel: as `Arc`'s drop, so that the thread that frees the ledger sees every
+            // other use of it first.
+            // SAFETY: per the caller.
+            let before = unsafe { &*ledger }
+                .bytes
+                .fetch_sub(n as u64, std::sync::atomic::Ordering::AcqRel);
+            if before == n as u64 | OWNER_GONE {
+                // SAFETY: the cache is gone and no bytes wait: nobody uses the ledger again.
+                drop(unsafe { Box::from_raw(ledger.cast_mut()) });
+            }
+        }
     }
 
     /// A free kept by the loom graveyard.
@@ -78,8 +122,64 @@ pub(crate) mod epoch {
     }
 
     impl Graveyard {
-        /// Runs `free` once every guard alive now has been dropped. A closure of up to three
-        /// words is stored inline by crossbeam-epoch: retiring one page allocates nothing.
+        /// Bytes retired and not freed yet.
+        pub(crate) fn retired_bytes(&self) -> usize {
+            let ledger = self.ledger.load(std::sync::atomic::Ordering::Acquire);
+            // SAFETY: the ledger outlives the graveyard's owner, which is borrowed here.
+            unsafe { ledger.as_ref() }.map_or(0, |l| {
+                (l.bytes.load(std::sync::atomic::Ordering::Relaxed) & !OWNER_GONE) as usize
+            })
+        }
+
+        /// The ledger, allocated at the first call.
+        fn ledger(&self) -> *const Ledger {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            let cur = self.ledger.load(Acquire);
+            if !cur.is_null() {
+                return cur;
+            }
+            let new = Box::into_raw(Box::new(Ledger {
+                bytes: std::sync::atomic::AtomicU64::new(0),
+            }));
+            match self
+                .ledger
+                .compare_exchange(core::ptr::null_mut(), new, AcqRel, Acquire)
+            {
+                Ok(_) => new,
+                Err(now) => {
+                    // SAFETY: never shared.
+                    drop(unsafe { Box::from_raw(new) });
+                    now
+                }
+            }
+        }
+
+        /// Books `bytes` as waiting and wraps `free` so that it books them freed.
+        ///
+        /// # Safety
+        ///
+        /// As [`Deferred::new`] for `free`.
+        unsafe fn booked<F: FnOnce()>(
+            &self,
+            bytes: usize,
+            free: Deferred<F>,
+        ) -> Deferred<impl FnOnce() + use<F>> {
+            let ledger = self.ledger();
+            // SAFETY: the ledger lives until its bytes are freed (this booking holds it).
+            unsafe { &*ledger }.retired(bytes);
+            let ledger = ledger as usize;
+            let run = move || {
+                free.run();
+                // SAFETY: booked above, freed once (the closure runs once).
+                unsafe { Ledger::freed(ledger as *const Ledger, bytes) };
+            };
+            // SAFETY: `free`'s objects are `Send` per the caller; the ledger is only atomics.
+            unsafe { Deferred::new(run) }
+        }
+
+        /// Runs `free` once every guard alive now has been dropped, and books `bytes` (what
+        /// it frees) as waiting until then. A closure of up to three words is stored inline by
+        /// crossbeam-epoch: retiring one page allocates nothing.
         ///
         /// # Safety
         ///
@@ -88,8 +188,21 @@ pub(crate) mod epoch {
         pub(crate) unsafe fn retire<F: FnOnce() + 'static>(
             &self,
             guard: &Guard,
+            bytes: usize,
             free: Deferred<F>,
         ) {
+            // SAFETY: per the caller.
+            let free = unsafe { self.booked(bytes, free) };
+            // SAFETY: per the caller.
+            unsafe { self.retire_unbooked(guard, free) }
+        }
+
+        /// [`retire`](Self::retire) without the books.
+        ///
+        /// # Safety
+        ///
+        /// As `retire`.
+        unsafe fn retire_unbooked<F: FnOnce() + 'static>(&self, guard: &Guard, free: Deferred<F>) {
             #[cfg(not(loom))]
             {
                 // SAFETY: per the caller, only guards pinned now can reach the objects, and
@@ -116,8 +229,11 @@ pub(crate) mod epoch {
         pub(crate) unsafe fn retire_after_two<F: FnOnce() + 'static>(
             &self,
             guard: &Guard,
+            bytes: usize,
             free: Deferred<F>,
         ) {
+            // SAFETY: per the caller.
+            let free = unsafe { self.booked(bytes, free) };
             #[cfg(not(loom))]
             {
                 let second = move || {
@@ -132,16 +248,29 @@ pub(crate) mod epoch {
             #[cfg(loom)]
             {
                 // SAFETY: the graveyard frees nothing before the cache is dropped.
-                unsafe { self.retire(guard, free) };
+                unsafe { self.retire_unbooked(guard, free) };
             }
         }
     }
 
-    #[cfg(loom)]
     impl Drop for Graveyard {
         fn drop(&mut self) {
+            #[cfg(loom)]
             for free in self.dead.lock().unwrap().drain(..) {
                 free.run();
+            }
+            let ledger = *self.ledger.get_mut();
+            if ledger.is_null() {
+                return;
+            }
+            // AcqRel: as in `Ledger::freed`.
+            // SAFETY: the ledger lives until it is empty and orphaned, which only this marks.
+            let before = unsafe { &*ledger }
+                .bytes
+                .fetch_or(OWNER_GONE, std::sync::atomic::Ordering::AcqRel);
+            if before == 0 {
+                // SAFETY: no bytes wait, and the owner is gone: nobody uses the ledger again.
+                drop(unsafe { Box::from_raw(ledger) });
             }
         }
     }
