@@ -501,3 +501,55 @@ fn loom_announced_change_races_a_single_page_write() {
         assert!(finals.contains(&entries(&cache)), "{}", cache.dump());
     });
 }
+
+//   before:  [0 .. 4K) X   [8K .. 12K) Y(modified)   [16K .. 20K) Z    (pages of two: X Y | Z)
+//   T1:      evict(0, MAX, 2, Clean): X and Z go, over two pages, in one step
+//   T2:      get_or_insert(stale [0 ........ 12K) F, 2K): meets X, or the gap X left
+//   T3:      get(17K): Z or nothing; and if nothing, X is gone too (one step)
+//   after:   one of the two orders
+#[test]
+fn loom_evict_races_a_fill_and_a_reader() {
+    use crate::Evict;
+    model(|| {
+        let x = ext(0, K, 1);
+        let y = ext(2 * K, K, 2);
+        let z = ext(4 * K, K, 3);
+        let f = ext(0, 3 * K, 4);
+        let cache = Arc::new(tiny());
+        cache.insert(x).unwrap();
+        cache.insert_modified(y).unwrap();
+        cache.insert(z).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.evict(0, u64::MAX, 2, Evict::Clean).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get_or_insert(f, K / 2).unwrap());
+        let c3 = cache.clone();
+        let t3 = thread::spawn(move || {
+            let z_seen = c3.get(4 * K + 1).is_some();
+            let x_seen = c3.get(1).is_some_and(|e| e == x);
+            assert!(z_seen || !x_seen, "half an eviction: Z gone, X still there");
+        });
+        let ev = t1.join().unwrap();
+        let got = t2.join().unwrap();
+        t3.join().unwrap();
+        assert!(got.contains(K / 2), "{got:?}");
+        assert_no_overlap(&cache);
+        let mut init = ExtentMap::new();
+        init.insert(x).unwrap();
+        init.insert_modified(y).unwrap();
+        init.insert(z).unwrap();
+        // Evict first: X and Z go, the fill gets [0, 8K) of F. Fill first: X is the answer,
+        // then X and Z go.
+        let mut finals = Vec::new();
+        let mut m = init.clone();
+        let ev_first = m.evict(0, u64::MAX, 2, Evict::Clean).unwrap();
+        let got_first = m.get_or_insert(f, K / 2).unwrap();
+        finals.push((m.entries(), ev_first, got_first));
+        let mut m = init.clone();
+        let got_second = m.get_or_insert(f, K / 2).unwrap();
+        let ev_second = m.evict(0, u64::MAX, 2, Evict::Clean).unwrap();
+        finals.push((m.entries(), ev_second, got_second));
+        let now = (entries(&cache), ev, got);
+        assert!(finals.contains(&now), "{now:?} {}", cache.dump());
+    });
+}
