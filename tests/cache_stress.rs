@@ -16,7 +16,7 @@ use extent_cache::{Compression, Error, Extent, ExtentCache, Flags};
 
 #[path = "support/common.rs"]
 mod common;
-use common::lincheck::{Concurrent, Op, apply};
+use common::lincheck::{Concurrent, Op, Ret, answer_fits, apply};
 use common::{Draw, Rng, check_extents, contiguous, seeded, size};
 
 const K: u64 = 1024;
@@ -466,19 +466,16 @@ fn both_ends(mut it: impl DoubleEndedIterator<Item = Extent>, mask: u64) -> Vec<
     front
 }
 
-/// One random operation on blocks `[lo, hi)`, with the checks that hold whatever the other
-/// threads do.
-fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) {
+/// One random operation on blocks `[lo, hi)`, drawn as the linearizability checker's [`Op`]:
+/// every kind, the four point reads sharing one weight. `remove`, `replace` and `unpin` name
+/// the extent at a random offset a moment ago (which another thread may have changed since),
+/// or read the gap there when there is none.
+fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) -> Op {
     let off = (lo + rng.below(hi - lo)) * BLOCK + rng.below(2) * rng.below(BLOCK);
+    let here = || cache.get(off);
     match rng.below(20) {
-        0 | 1 => match cache.insert(random_extent(rng, lo, hi)) {
-            Ok(()) | Err(Error::Exists { .. }) => {}
-            Err(e) => panic!("insert: {e}"),
-        },
-        2 => match cache.insert_modified(random_extent(rng, lo, hi)) {
-            Ok(()) | Err(Error::Exists { .. }) => {}
-            Err(e) => panic!("insert_modified: {e}"),
-        },
+        0 | 1 => Op::Insert(random_extent(rng, lo, hi)),
+        2 => Op::InsertModified(random_extent(rng, lo, hi)),
         3..=5 => {
             let mut cand = random_extent(rng, lo, hi);
             let off = if cand.contains(off) {
@@ -489,78 +486,82 @@ fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) {
             if rng.chance(50) {
                 cand = cand.with_flags(Flags::empty());
             }
-            let got = cache.get_or_insert(cand, off).unwrap();
-            assert!(got.contains(off), "{got:?} does not cover {off}");
+            Op::GetOrInsert(cand, off)
         }
-        6 | 7 => {
-            if let Some(e) = cache.get(off) {
-                assert!(e.contains(off));
-            }
-            if let Some(e) = cache.lookup(off, 2 * BLOCK) {
-                assert!(e.overlaps(off, off + 2 * BLOCK), "lookup({off}) = {e:?}");
-            }
-            if let Some(e) = cache.search(off, 1) {
-                assert_eq!(e.validate(), Ok(()));
-            }
-        }
-        8 => {
-            if let Some(e) = cache.get(off) {
-                // Present a moment ago; another thread may have changed it since.
-                let _ = cache.remove(&e);
-            }
-        }
-        9 => {
-            if let Some(cur) = cache.get(off) {
+        6 | 7 => match rng.below(4) {
+            0 => Op::Get(off),
+            1 => Op::Lookup(off, 2 * BLOCK),
+            2 => Op::Search(off, 1),
+            _ => Op::GetOrGap(off),
+        },
+        8 => match here() {
+            Some(e) => Op::Remove(e),
+            None => Op::GetOrGap(off),
+        },
+        9 => match here() {
+            Some(cur) => {
                 let new = at_disk(cur.start(), cur.end(), 1 << 43);
-                match cache.replace(&cur, new, rng.chance(50)) {
-                    Ok(()) | Err(Error::NotFound) | Err(Error::Exists { .. }) => {}
-                    Err(e) => panic!("replace: {e}"),
-                }
+                Op::Replace(cur, new, rng.chance(50))
             }
-        }
+            None => Op::GetOrGap(off),
+        },
         10 | 11 => {
             let (a, b) = rng.blocks(BLOCK, lo, hi, 8);
-            cache.drop_range(a, b, rng.chance(50)).unwrap();
+            Op::DropRange(a, b, rng.chance(50))
         }
-        12..=14 => cache
-            .replace_range(random_extent(rng, lo, hi), rng.chance(50))
-            .unwrap(),
-        15 => {
-            if let Some(e) = cache.get(off) {
-                match cache.unpin(e.start(), e.len(), rng.below(8)) {
-                    Ok(()) | Err(Error::NotFound) | Err(Error::Unclean { .. }) => {}
-                    Err(e) => panic!("unpin: {e}"),
-                }
-            }
-        }
-        16 => {
-            for logged in cache.take_modified() {
-                assert!(logged.flags().contains(Flags::LOGGING));
-                match cache.clear_logging(&logged) {
-                    Ok(e) => assert!(!e.flags().contains(Flags::LOGGING)),
-                    Err(Error::NotFound) => {}
-                    Err(e) => panic!("clear_logging: {e}"),
-                }
-            }
-        }
+        12..=14 => Op::ReplaceRange(random_extent(rng, lo, hi), rng.chance(50)),
+        15 => match here() {
+            Some(e) => Op::Unpin(e.start(), e.len(), rng.below(8)),
+            None => Op::GetOrGap(off),
+        },
+        16 => Op::TakeModified,
         17 => {
+            // A zoned write: `run_op` splits it once it is in.
             let (a, b) = rng.blocks(BLOCK, lo, hi, 4);
-            let e = at_disk(a, b, 1 << 45).with_flags(Flags::PINNED);
-            if cache.insert_modified(e).is_ok() && b - a >= 2 * BLOCK {
-                match cache.split(a, b - a, BLOCK, 1 << 46) {
-                    Ok(()) | Err(Error::NotFound) | Err(Error::InvalidArgument { .. }) => {}
-                    Err(e) => panic!("split: {e}"),
-                }
+            Op::InsertModified(at_disk(a, b, 1 << 45).with_flags(Flags::PINNED))
+        }
+        18 => Op::Overlapping(lo * BLOCK, hi * BLOCK),
+        _ if rng.chance(10) => Op::Clear,
+        _ => Op::Get(off),
+    }
+}
+
+/// Whether `err` is an answer `op` may give, whatever the other threads do, when its extents
+/// are well formed: a conflict, or the extent it names gone or changed.
+fn expected_error(op: &Op, err: &Error) -> bool {
+    match op {
+        Op::Insert(_) | Op::InsertModified(_) => matches!(err, Error::Exists { .. }),
+        Op::Replace(..) => matches!(err, Error::NotFound | Error::Exists { .. }),
+        Op::Unpin(..) => matches!(err, Error::NotFound | Error::Unclean { .. }),
+        Op::ClearLogging(_) => matches!(err, Error::NotFound),
+        Op::Split(..) => matches!(err, Error::NotFound | Error::InvalidArgument { .. }),
+        _ => false,
+    }
+}
+
+/// Runs `op` on the cache and checks its answer ([`answer_fits`], [`expected_error`]), then
+/// what a thread does next with that answer: clears `logging` on each extent it took for the
+/// log, and splits a pinned extent it just put in the modified set (a zoned write).
+fn run_op(cache: &ExtentCache, op: &Op) {
+    let ret = cache.run(op);
+    if let Err(why) = answer_fits(op, &ret) {
+        panic!("{why}");
+    }
+    if let Some(err) = ret.error() {
+        assert!(expected_error(op, err), "{op:?}: {err}");
+    }
+    match (op, ret) {
+        (Op::TakeModified, Ret::Taken(logged)) => {
+            for e in logged {
+                run_op(cache, &Op::ClearLogging(e));
             }
         }
-        18 => {
-            check_extents("overlapping", cache.overlapping(lo * BLOCK, hi * BLOCK));
+        (Op::InsertModified(e), Ret::Done(Ok(())))
+            if e.flags().contains(Flags::PINNED) && e.len() >= 2 * BLOCK =>
+        {
+            run_op(cache, &Op::Split(e.start(), e.len(), BLOCK, 1 << 46));
         }
-        _ => {
-            if rng.chance(10) {
-                cache.clear();
-            }
-        }
+        _ => {}
     }
 }
 
@@ -579,7 +580,7 @@ fn random_mix(threads: u64, cap: usize) {
                 s.spawn(move || {
                     let mut rng = seeded(threads * 100 + t);
                     for _ in 0..ops {
-                        random_op(cache, &mut rng, 0, FILE);
+                        run_op(cache, &random_op(cache, &mut rng, 0, FILE));
                     }
                 })
             })

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Dropped, Extent, ExtentCache};
+use extent_cache::{Dropped, Extent, ExtentCache, Flags};
 use lincheck::{
     BLOCK, Concurrent, Event, Gen, History, Op, Ret, Rng, Verdict, check, check_invariants,
     prepare, prepare_tiny, record,
@@ -239,6 +239,43 @@ fn two_winners_of_one_insert_are_rejected() {
         ],
     );
     assert!(check(&one).is_linearizable(), "rejected\n{one}");
+}
+
+//   initial  [0 ---- pinned, modified, at 1M ---- 8K)
+//   t0  |--- split [0, 8K) at 4K ---|
+//   t1      |-- get 4K -> [0, 8K) --|
+//   t2                                 |-- get 4K -> [0, 8K) --|
+//
+// Not linearizable: once the split returned, 4K lies in the new [4K, 8K). Without t2 the
+// history is fine: t1 before the split.
+#[test]
+fn a_read_of_the_unsplit_extent_after_a_split_is_rejected() {
+    let whole =
+        Extent::regular(0, 2 * BLOCK, 1 << 20, 2 * BLOCK, 0, 2 * BLOCK).with_flags(Flags::PINNED);
+    let split = Op::Split(0, 2 * BLOCK, BLOCK, 1 << 30);
+    let mut events = vec![
+        ev(0, split, 0, 5, Ret::Done(Ok(()))),
+        ev(1, Op::Get(BLOCK), 1, 4, Ret::Found(Some(whole))),
+    ];
+    let fine = history(&[whole], events.clone());
+    assert!(check(&fine).is_linearizable(), "rejected\n{fine}");
+    events.push(ev(2, Op::Get(BLOCK), 6, 7, Ret::Found(Some(whole))));
+    let h = history(&[whole], events);
+    assert!(check(&h).is_rejected(), "accepted\n{h}");
+}
+
+// `take_modified` takes the set extent by extent, not at one instant: the checker cannot place
+// it and refuses the history rather than judge it.
+#[test]
+#[should_panic(expected = "is not atomic")]
+fn a_history_holding_take_modified_is_refused() {
+    let e = Extent::hole(0, BLOCK);
+    let logged = e.with_flags(Flags::LOGGING);
+    let h = history(
+        &[e],
+        vec![ev(0, Op::TakeModified, 0, 1, Ret::Taken(vec![logged]))],
+    );
+    check(&h);
 }
 
 // The final map is an observation too: answers alone may fit, the state may not.

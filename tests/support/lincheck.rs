@@ -24,6 +24,13 @@
 //!   that was explored once is never explored again. The history is linearizable when every
 //!   operation has been placed.
 //!
+//! Two operations are not atomic as a whole and cannot be placed at one instant:
+//! `take_modified` (each extent leaves the modified set atomically, the set does not) and
+//! `overlapping` (a weakly consistent scan). [`Op`] holds them so that one enum runs every
+//! operation (the stress tests draw from all of it), [`apply`] and [`Concurrent::run`] run them,
+//! [`answer_fits`] checks what can be checked of their answers, and [`check`] refuses a history
+//! that holds one ([`Op::is_atomic`]); [`Gen`] never draws them.
+//!
 //! Histories are not partitioned by offset range: merges, splits and the gap fitting of
 //! `get_or_insert` all look at neighbours, so two operations on "different" ranges can still
 //! interact. Histories are kept small (at most [`MAX_OPS`] operations) instead.
@@ -72,6 +79,19 @@ pub enum Op {
     DropRange(u64, u64, bool),
     /// `unpin(start, len, generation)`
     Unpin(u64, u64, u64),
+    /// `replace(&cur, new, modified)`
+    Replace(Extent, Extent, bool),
+    /// `split(start, len, pre, new_disk_bytenr)`
+    Split(u64, u64, u64, u64),
+    /// `take_modified()`: not atomic as a whole (see [`Op::is_atomic`]).
+    TakeModified,
+    /// `clear_logging(&ext)`
+    ClearLogging(Extent),
+    /// `clear()`
+    Clear,
+    /// `overlapping(start, end)`, collected: a weakly consistent scan, not atomic (see
+    /// [`Op::is_atomic`]).
+    Overlapping(u64, u64),
 }
 
 impl Op {
@@ -79,8 +99,15 @@ impl Op {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Op::Get(_) | Op::Lookup(..) | Op::Search(..) | Op::GetOrGap(_)
+            Op::Get(_) | Op::Lookup(..) | Op::Search(..) | Op::GetOrGap(_) | Op::Overlapping(..)
         )
+    }
+
+    /// Whether the operation takes effect at one instant, so that [`check`] can place it:
+    /// every operation but `take_modified` (the set is taken extent by extent) and `overlapping`
+    /// (a weakly consistent scan).
+    pub fn is_atomic(&self) -> bool {
+        !matches!(self, Op::TakeModified | Op::Overlapping(..))
     }
 }
 
@@ -89,9 +116,10 @@ impl Op {
 pub enum Ret {
     /// `get`, `lookup`, `search`.
     Found(Option<Extent>),
-    /// `insert`, `insert_modified`, `replace_range`, `unpin`.
+    /// `insert`, `insert_modified`, `replace_range`, `unpin`, `replace`, `split`, and `clear`
+    /// (always `Ok`).
     Done(Result<(), Error>),
-    /// `get_or_insert`.
+    /// `get_or_insert`, `clear_logging`.
     Got(Result<Extent, Error>),
     /// `get_or_gap`.
     OrGap(Result<Extent, Range<u64>>),
@@ -99,6 +127,20 @@ pub enum Ret {
     Removed(Option<Dropped>),
     /// `drop_range`.
     Dropped(Result<Dropped, Error>),
+    /// `take_modified`: the extents taken, as logged.
+    Taken(Vec<Extent>),
+    /// `overlapping`: the extents the scan yielded.
+    Scanned(Vec<Extent>),
+}
+
+impl Ret {
+    /// The error the operation answered, if any (a gap of `get_or_gap` is not an error).
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            Ret::Done(Err(e)) | Ret::Got(Err(e)) | Ret::Dropped(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// A map that several threads can share: the thing under test.
@@ -128,6 +170,15 @@ impl Concurrent for ExtentCache {
             Op::ReplaceRange(e, m) => Ret::Done(self.replace_range(*e, *m)),
             Op::DropRange(s, e, p) => Ret::Dropped(self.drop_range(*s, *e, *p)),
             Op::Unpin(s, l, g) => Ret::Done(self.unpin(*s, *l, *g)),
+            Op::Replace(c, n, m) => Ret::Done(self.replace(c, *n, *m)),
+            Op::Split(s, l, p, d) => Ret::Done(self.split(*s, *l, *p, *d)),
+            Op::TakeModified => Ret::Taken(self.take_modified()),
+            Op::ClearLogging(e) => Ret::Got(self.clear_logging(e)),
+            Op::Clear => {
+                self.clear();
+                Ret::Done(Ok(()))
+            }
+            Op::Overlapping(s, e) => Ret::Scanned(self.overlapping(*s, *e).collect()),
         }
     }
 
@@ -150,6 +201,99 @@ pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
         Op::ReplaceRange(e, m) => Ret::Done(map.replace_range(*e, *m)),
         Op::DropRange(s, e, p) => Ret::Dropped(map.drop_range(*s, *e, *p)),
         Op::Unpin(s, l, g) => Ret::Done(map.unpin(*s, *l, *g)),
+        Op::Replace(c, n, m) => Ret::Done(map.replace(c, *n, *m)),
+        Op::Split(s, l, p, d) => Ret::Done(map.split(*s, *l, *p, *d)),
+        Op::TakeModified => Ret::Taken(map.take_modified()),
+        Op::ClearLogging(e) => Ret::Got(map.clear_logging(e)),
+        Op::Clear => {
+            map.clear();
+            Ret::Done(Ok(()))
+        }
+        Op::Overlapping(s, e) => Ret::Scanned(map.overlapping(*s, *e).collect()),
+    }
+}
+
+/// Checks what an answer must satisfy whatever other threads did, without a reference: the
+/// answer is of the operation's kind, every extent in it is well formed, an extent found for an
+/// offset covers it (a gap around an offset holds it), an extent found for a range overlaps it,
+/// a scan comes sorted and inside its range, a drop reports no more modified extents than
+/// extents, taken extents are marked logging and extents cleared of it are not.
+pub fn answer_fits(op: &Op, ret: &Ret) -> Result<(), String> {
+    let well_formed = |e: &Extent| {
+        e.validate()
+            .map_err(|r| format!("{op:?}: ill-formed answer {e:?}: {r}"))
+    };
+    let covers = |e: &Extent, o: u64| {
+        well_formed(e)?;
+        if e.contains(o) {
+            Ok(())
+        } else {
+            Err(format!("{op:?}: {e:?} does not cover {o}"))
+        }
+    };
+    match (op, ret) {
+        (Op::Get(o), Ret::Found(found)) => found.iter().try_for_each(|e| covers(e, *o)),
+        (Op::Lookup(s, l), Ret::Found(found)) => found.iter().try_for_each(|e| {
+            well_formed(e)?;
+            let end = s.saturating_add(*l);
+            if *l == 0 || e.overlaps(*s, end) {
+                Ok(())
+            } else {
+                Err(format!("{op:?}: {e:?} outside [{s}, {end})"))
+            }
+        }),
+        (Op::Search(..), Ret::Found(found)) => found.iter().try_for_each(well_formed),
+        (Op::GetOrGap(o), Ret::OrGap(Ok(e))) | (Op::GetOrInsert(_, o), Ret::Got(Ok(e))) => {
+            covers(e, *o)
+        }
+        (Op::GetOrGap(o), Ret::OrGap(Err(gap))) if !gap.contains(o) => {
+            Err(format!("{op:?}: the gap {gap:?} does not hold {o}"))
+        }
+        (Op::GetOrGap(_), Ret::OrGap(Err(_))) => Ok(()),
+        (
+            Op::Insert(_)
+            | Op::InsertModified(_)
+            | Op::ReplaceRange(..)
+            | Op::Unpin(..)
+            | Op::Replace(..)
+            | Op::Split(..)
+            | Op::Clear,
+            Ret::Done(_),
+        )
+        | (Op::GetOrInsert(..), Ret::Got(Err(_)))
+        | (Op::ClearLogging(_), Ret::Got(Err(_))) => Ok(()),
+        (Op::ClearLogging(_), Ret::Got(Ok(e))) if e.flags().contains(Flags::LOGGING) => {
+            Err(format!("{op:?}: {e:?} is still logging"))
+        }
+        (Op::ClearLogging(_), Ret::Got(Ok(e))) => well_formed(e),
+        (Op::Remove(_), Ret::Removed(None)) => Ok(()),
+        (Op::Remove(_), Ret::Removed(Some(d))) if d.extents != 1 || d.modified > 1 => {
+            Err(format!("{op:?}: removing one extent lost {d:?}"))
+        }
+        (Op::Remove(_), Ret::Removed(Some(_))) | (Op::DropRange(..), Ret::Dropped(Err(_))) => {
+            Ok(())
+        }
+        (Op::DropRange(..), Ret::Dropped(Ok(d))) if d.modified > d.extents => Err(format!(
+            "{op:?}: {d:?} reports more modified extents than extents"
+        )),
+        (Op::DropRange(..), Ret::Dropped(Ok(_))) => Ok(()),
+        (Op::TakeModified, Ret::Taken(taken)) => {
+            if let Some(e) = taken.iter().find(|e| !e.flags().contains(Flags::LOGGING)) {
+                return Err(format!("{op:?}: {e:?} taken but not marked logging"));
+            }
+            check_sorted(taken.iter().copied())
+                .map(drop)
+                .map_err(|why| format!("{op:?}: {why}"))
+        }
+        (Op::Overlapping(s, end), Ret::Scanned(seen)) => {
+            if let Some(e) = seen.iter().find(|e| !e.overlaps(*s, *end)) {
+                return Err(format!("{op:?}: {e:?} outside the range"));
+            }
+            check_sorted(seen.iter().copied())
+                .map(drop)
+                .map_err(|why| format!("{op:?}: {why}"))
+        }
+        _ => Err(format!("{op:?} cannot answer {ret:?}")),
     }
 }
 
@@ -302,8 +446,8 @@ struct Search<'h> {
 ///
 /// # Panics
 ///
-/// When the history holds more than [`MAX_OPS`] operations, or an event whose `ret` is not
-/// after its `call`.
+/// When the history holds more than [`MAX_OPS`] operations, an event whose `ret` is not
+/// after its `call`, or an operation that is not atomic ([`Op::is_atomic`]).
 pub fn check_with_budget(history: &History, budget: u64) -> Verdict {
     let events = &history.events[..];
     assert!(
@@ -312,6 +456,9 @@ pub fn check_with_budget(history: &History, budget: u64) -> Verdict {
         events.len()
     );
     assert!(events.iter().all(|e| e.call < e.ret), "ret before call");
+    if let Some(e) = events.iter().find(|e| !e.op.is_atomic()) {
+        panic!("{:?} is not atomic: a history cannot hold it", e.op);
+    }
     let mut search = Search {
         events,
         last: history.last.as_ref().map(ExtentMap::entries),
@@ -442,8 +589,14 @@ pub struct Gen {
     pub rng: Rng,
     /// Size of the file in blocks.
     pub blocks: u64,
-    /// Extents handed out so far (`Remove` picks from them, so that it sometimes hits).
+    /// Extents handed out so far (`Remove` and `Replace` pick from them, so that they sometimes
+    /// hit).
     pub pool: Vec<Extent>,
+    /// Extents handed out for the modified set (`Split` picks the pinned ones).
+    pub modified: Vec<Extent>,
+    /// The set-up's modified extents as they were taken for logging (`ClearLogging` picks
+    /// from them).
+    pub logged: Vec<Extent>,
 }
 
 impl Gen {
@@ -453,6 +606,8 @@ impl Gen {
             rng: Rng::new(seed),
             blocks,
             pool: Vec::new(),
+            modified: Vec::new(),
+            logged: Vec::new(),
         }
     }
 
@@ -470,6 +625,11 @@ impl Gen {
     pub fn extent(&mut self) -> Extent {
         let start = self.offset();
         let len = self.len();
+        self.extent_at(start, len)
+    }
+
+    /// A random extent of `[start, start + len)`, as [`extent`](Self::extent) draws them.
+    pub fn extent_at(&mut self, start: u64, len: u64) -> Extent {
         let mut e = match self.rng.below(10) {
             0..=3 => Extent::hole(start, len),
             4 if start == 0 => Extent::inline(1 + self.rng.below(2 * BLOCK)),
@@ -497,15 +657,35 @@ impl Gen {
         e
     }
 
-    /// A random operation.
+    /// An extent handed out before (so that an operation naming it sometimes hits), now and
+    /// then a new one; a pinned one when `pinned` and there is one.
+    /// An extent of `from` (so that an operation naming it sometimes hits), now and then a new
+    /// one.
+    fn pick(&mut self, from: &[Extent]) -> Extent {
+        if from.is_empty() || self.rng.one_in(4) {
+            self.extent()
+        } else {
+            from[self.rng.below(from.len() as u64) as usize]
+        }
+    }
+
+    /// An extent for the modified set.
+    fn modified_extent(&mut self) -> Extent {
+        let e = self.extent();
+        self.modified.push(e);
+        e
+    }
+
+    /// A random atomic operation (never `take_modified` or `overlapping`, see
+    /// [`Op::is_atomic`]).
     pub fn op(&mut self) -> Op {
-        match self.rng.below(20) {
+        match self.rng.below(24) {
             0 | 1 => Op::Get(self.offset() + self.rng.below(2) * (BLOCK - 1)),
             2 => Op::GetOrGap(self.offset() + self.rng.below(2) * (BLOCK - 1)),
             3 => Op::Lookup(self.offset(), self.len()),
             4 => Op::Search(self.offset(), self.len()),
             5..=6 => Op::Insert(self.extent()),
-            7 => Op::InsertModified(self.extent()),
+            7 => Op::InsertModified(self.modified_extent()),
             8..=10 => {
                 let e = self.extent();
                 // Mostly an offset inside the candidate (the seed's case), sometimes not.
@@ -534,22 +714,64 @@ impl Gen {
                 };
                 Op::DropRange(s, e, self.rng.one_in(2))
             }
-            _ => Op::Unpin(self.offset(), self.len(), 3 + self.rng.below(3)),
+            17..=19 => Op::Unpin(self.offset(), self.len(), 3 + self.rng.below(3)),
+            20 | 23 if !self.rng.one_in(4) => {
+                // The same range with another mapping, or its first block.
+                let cur = self.pick(&self.pool.clone());
+                let len = if self.rng.one_in(3) { BLOCK } else { cur.len() };
+                let new = self.extent_at(cur.start(), len);
+                Op::Replace(cur, new, self.rng.one_in(2))
+            }
+            21 => {
+                let pinned: Vec<Extent> = (self.modified.iter())
+                    .filter(|e| e.flags().contains(Flags::PINNED) && e.len() > BLOCK)
+                    .copied()
+                    .collect();
+                let cur = self.pick(&pinned);
+                let blocks = (cur.len() / BLOCK).max(2);
+                let pre = (1 + self.rng.below(blocks - 1)) * BLOCK;
+                Op::Split(cur.start(), cur.len(), pre, 1 << 31)
+            }
+            22 => {
+                let e = self.pick(&self.logged.clone());
+                Op::ClearLogging(e.with_flags(e.flags() | Flags::LOGGING))
+            }
+            _ => Op::Clear,
         }
     }
 
-    /// Operations that build a random starting map (see [`prepare`]).
+    /// Operations that build a random starting map (see [`prepare`]): inserts, pinned extents
+    /// mostly into the modified set and in one map in two, first, a pinned modified extent of
+    /// several blocks (where `split` applies), and in one map in three the modified set taken for
+    /// logging at the end (where `clear_logging` applies).
     pub fn setup(&mut self) -> Vec<Op> {
-        (0..self.rng.below(7))
-            .map(|_| {
-                let e = self.extent();
-                if self.rng.one_in(3) {
-                    Op::InsertModified(e)
-                } else {
-                    Op::Insert(e)
-                }
-            })
-            .collect()
+        let mut ops = Vec::new();
+        if self.rng.one_in(2) {
+            // What a zoned write leaves: a pinned modified extent that `split` applies to.
+            let start = self.offset();
+            let len = (2 + self.rng.below(3)) * BLOCK;
+            let disk = (1 << 20) + start;
+            let e = Extent::regular(start, len, disk, len, 0, len).with_flags(Flags::PINNED);
+            self.modified.push(e);
+            ops.push(Op::InsertModified(e));
+        }
+        ops.extend((0..self.rng.below(7)).map(|_| {
+            let e = self.extent();
+            let pinned = e.flags().contains(Flags::PINNED);
+            if self.rng.one_in(3) || (pinned && !self.rng.one_in(4)) {
+                self.modified.push(e);
+                Op::InsertModified(e)
+            } else {
+                Op::Insert(e)
+            }
+        }));
+        if self.rng.one_in(3) {
+            ops.push(Op::TakeModified);
+            self.logged = (self.modified.iter())
+                .map(|e| e.with_flags(e.flags() | Flags::LOGGING))
+                .collect();
+        }
+        ops
     }
 
     /// A plan for `threads` threads with `total` operations in all.
