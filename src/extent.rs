@@ -24,12 +24,45 @@ pub struct Flags(u8);
 
 impl Flags {
     /// Not yet on disk (being written): never dropped by eviction, merged, or skipped silently.
+    ///
+    /// ```
+    /// use extent_cache::{Evict, Extent, ExtentCache, Flags};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 4096).with_flags(Flags::PINNED)).unwrap();
+    /// assert_eq!(cache.evict(0, u64::MAX, 8, Evict::Clean).unwrap().extents, 0);
+    /// assert!(cache.get(0).is_some());
+    /// ```
     pub const PINNED: Flags = Flags(1 << 0);
     /// Being written to the fsync log right now: not merged.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCache, Flags};
+    /// let cache = ExtentCache::new();
+    /// cache.insert_modified(Extent::hole(0, 4096)).unwrap();
+    /// assert!(cache.take_modified()[0].flags().contains(Flags::LOGGING));
+    /// ```
     pub const LOGGING: Flags = Flags(1 << 1);
     /// The extent is the result of a merge (informational; ignored when comparing flags).
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCache, Flags};
+    /// let cache = ExtentCache::new();
+    /// cache.insert(Extent::hole(0, 4096)).unwrap();
+    /// cache.insert(Extent::hole(4096, 4096)).unwrap();
+    /// let whole = cache.get(0).unwrap();
+    /// assert_eq!(whole.len(), 8192);
+    /// assert!(whole.flags().contains(Flags::MERGED));
+    /// ```
     pub const MERGED: Flags = Flags(1 << 2);
     /// A preallocated, unwritten extent.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCache, Flags};
+    /// let cache = ExtentCache::new();
+    /// let e = Extent::regular(0, 4096, 1 << 20, 4096, 0, 4096).with_flags(Flags::PREALLOC);
+    /// cache.insert(e).unwrap();
+    /// assert!(cache.get(0).unwrap().flags().contains(Flags::PREALLOC));
+    /// ```
     pub const PREALLOC: Flags = Flags(1 << 3);
 
     /// No flag set.
@@ -240,28 +273,66 @@ impl fmt::Debug for Flags {
 pub trait Mapping: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Checks that this mapping is well formed for the extent `[start, start + len)`.
     /// `len > 0` is already checked. Returns a short reason when it is not.
+    ///
+    /// ```
+    /// use extent_cache::{BlockMapping, Extent, Mapping};
+    /// let e = Extent::regular(0, 8192, 1 << 20, 8192, 0, 8192);
+    /// let m: &BlockMapping = e.mapping();
+    /// assert!(m.validate(0, 8192).is_ok());
+    /// assert!(m.validate(0, 16384).is_err()); // more file bytes than the disk extent holds
+    /// ```
     fn validate(&self, start: u64, len: u64) -> Result<(), &'static str>;
 
     /// The mapping of the piece that starts `by` bytes into the extent (its front cut off), or
     /// `None` when this mapping cannot be cut there (see [Cutting](#cutting)).
     /// `0 < by <` the extent's length.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, Mapping};
+    /// let e = Extent::regular(0, 8192, 1 << 20, 8192, 0, 8192);
+    /// assert_eq!(e.mapping().skip(4096).unwrap().block_start(), Some((1 << 20) + 4096));
+    /// assert!(Extent::inline(100).mapping().skip(50).is_none()); // inline data keeps its start
+    /// ```
     fn skip(&self, by: u64) -> Option<Self>;
 
     /// The mapping of the first `len` bytes of the extent (its back cut off), or `None` when
     /// this mapping cannot be cut there (see [Cutting](#cutting)). `0 < len <` the extent's
     /// length. Most mappings do not change; the default returns `self`.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, Mapping};
+    /// let e = Extent::regular(0, 8192, 1 << 20, 8192, 0, 8192);
+    /// assert_eq!(e.mapping().front(4096).as_ref(), Some(e.mapping())); // the front stays put
+    /// ```
     fn front(&self, len: u64) -> Option<Self> {
         let _ = len;
         Some(self.clone())
     }
 
     /// Whether this mapping may take part in a merge at all (btrfs: not when compressed).
+    ///
+    /// ```
+    /// use extent_cache::{Compression, Extent, Mapping};
+    /// let plain = Extent::regular(0, 4096, 1 << 20, 4096, 0, 4096);
+    /// assert!(plain.mapping().may_merge());
+    /// assert!(!plain.with_compression(Compression::Zstd).mapping().may_merge());
+    /// ```
     fn may_merge(&self) -> bool {
         true
     }
 
     /// The mapping of `self` (an extent of `len` bytes) joined with `next`, the mapping of the
     /// extent that starts right where this one ends, or `None` when the two do not join.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, Mapping};
+    /// let a = Extent::regular(0, 4096, 1 << 20, 4096, 0, 4096);
+    /// let b = Extent::regular(4096, 4096, (1 << 20) + 4096, 4096, 0, 4096);
+    /// let joined = a.mapping().merge(a.len(), b.mapping(), b.len()).unwrap();
+    /// assert_eq!(joined.block_start(), Some(1 << 20));
+    /// let far = Extent::regular(4096, 4096, 1 << 30, 4096, 0, 4096);
+    /// assert!(a.mapping().merge(a.len(), far.mapping(), far.len()).is_none());
+    /// ```
     fn merge(&self, len: u64, next: &Self, next_len: u64) -> Option<Self>;
 }
 

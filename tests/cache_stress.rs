@@ -473,7 +473,7 @@ fn both_ends(mut it: impl DoubleEndedIterator<Item = Extent>, mask: u64) -> Vec<
 fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) -> Op {
     let off = (lo + rng.below(hi - lo)) * BLOCK + rng.below(2) * rng.below(BLOCK);
     let here = || cache.get(off);
-    match rng.below(20) {
+    match rng.below(21) {
         0 | 1 => Op::Insert(random_extent(rng, lo, hi)),
         2 => Op::InsertModified(random_extent(rng, lo, hi)),
         3..=5 => {
@@ -521,6 +521,10 @@ fn random_op(cache: &ExtentCache, rng: &mut Rng, lo: u64, hi: u64) -> Op {
             Op::InsertModified(at_disk(a, b, 1 << 45).with_flags(Flags::PINNED))
         }
         18 => Op::Overlapping(lo * BLOCK, hi * BLOCK),
+        19 => {
+            let (a, b) = rng.blocks(BLOCK, lo, hi, 16);
+            Op::Evict(a, b, 1 + rng.below(8) as usize, rng.chance(30))
+        }
         _ if rng.chance(10) => Op::Clear,
         _ => Op::Get(off),
     }

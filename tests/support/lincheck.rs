@@ -49,7 +49,7 @@ use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use extent_cache::reference::ExtentMap;
-use extent_cache::{Compression, Dropped, Error, Extent, ExtentCache, Flags};
+use extent_cache::{Compression, Dropped, Error, Evict, Evicted, Extent, ExtentCache, Flags};
 
 /// The largest history [`check`] accepts (the linearized set is a `u128` bitmap).
 pub const MAX_OPS: usize = 128;
@@ -77,6 +77,8 @@ pub enum Op {
     ReplaceRange(Extent, bool),
     /// `drop_range(start, end, skip_pinned)`
     DropRange(u64, u64, bool),
+    /// `evict(start, end, max, policy)`, `true` for `Evict::AllowModified`.
+    Evict(u64, u64, usize, bool),
     /// `unpin(start, len, generation)`
     Unpin(u64, u64, u64),
     /// `replace(&cur, new, modified)`
@@ -127,6 +129,8 @@ pub enum Ret {
     Removed(Option<Dropped>),
     /// `drop_range`.
     Dropped(Result<Dropped, Error>),
+    /// `evict`.
+    Evicted(Result<Evicted, Error>),
     /// `take_modified`: the extents taken, as logged.
     Taken(Vec<Extent>),
     /// `overlapping`: the extents the scan yielded.
@@ -137,7 +141,9 @@ impl Ret {
     /// The error the operation answered, if any (a gap of `get_or_gap` is not an error).
     pub fn error(&self) -> Option<&Error> {
         match self {
-            Ret::Done(Err(e)) | Ret::Got(Err(e)) | Ret::Dropped(Err(e)) => Some(e),
+            Ret::Done(Err(e)) | Ret::Got(Err(e)) | Ret::Dropped(Err(e)) | Ret::Evicted(Err(e)) => {
+                Some(e)
+            }
             _ => None,
         }
     }
@@ -169,6 +175,7 @@ impl Concurrent for ExtentCache {
             Op::Remove(e) => Ret::Removed(self.remove(e)),
             Op::ReplaceRange(e, m) => Ret::Done(self.replace_range(*e, *m)),
             Op::DropRange(s, e, p) => Ret::Dropped(self.drop_range(*s, *e, *p)),
+            Op::Evict(s, e, n, m) => Ret::Evicted(self.evict(*s, *e, *n, policy(*m))),
             Op::Unpin(s, l, g) => Ret::Done(self.unpin(*s, *l, *g)),
             Op::Replace(c, n, m) => Ret::Done(self.replace(c, *n, *m)),
             Op::Split(s, l, p, d) => Ret::Done(self.split(*s, *l, *p, *d)),
@@ -187,6 +194,15 @@ impl Concurrent for ExtentCache {
     }
 }
 
+/// The eviction policy an `Op::Evict` names.
+fn policy(allow_modified: bool) -> Evict {
+    if allow_modified {
+        Evict::AllowModified
+    } else {
+        Evict::Clean
+    }
+}
+
 /// Runs one operation on the sequential reference.
 pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
     match op {
@@ -200,6 +216,7 @@ pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
         Op::Remove(e) => Ret::Removed(map.remove(e)),
         Op::ReplaceRange(e, m) => Ret::Done(map.replace_range(*e, *m)),
         Op::DropRange(s, e, p) => Ret::Dropped(map.drop_range(*s, *e, *p)),
+        Op::Evict(s, e, n, m) => Ret::Evicted(map.evict(*s, *e, *n, policy(*m))),
         Op::Unpin(s, l, g) => Ret::Done(map.unpin(*s, *l, *g)),
         Op::Replace(c, n, m) => Ret::Done(map.replace(c, *n, *m)),
         Op::Split(s, l, p, d) => Ret::Done(map.split(*s, *l, *p, *d)),
@@ -277,6 +294,12 @@ pub fn answer_fits(op: &Op, ret: &Ret) -> Result<(), String> {
             "{op:?}: {d:?} reports more modified extents than extents"
         )),
         (Op::DropRange(..), Ret::Dropped(Ok(_))) => Ok(()),
+        (Op::Evict(_, _, n, m), Ret::Evicted(Ok(ev)))
+            if ev.extents > *n || ev.modified > ev.extents || (!m && ev.modified > 0) =>
+        {
+            Err(format!("{op:?}: {ev:?} is more than the eviction allows"))
+        }
+        (Op::Evict(..), Ret::Evicted(_)) => Ok(()),
         (Op::TakeModified, Ret::Taken(taken)) => {
             if let Some(e) = taken.iter().find(|e| !e.flags().contains(Flags::LOGGING)) {
                 return Err(format!("{op:?}: {e:?} taken but not marked logging"));
@@ -705,6 +728,15 @@ impl Gen {
                 Op::Remove(e)
             }
             12..=14 => Op::ReplaceRange(self.extent(), self.rng.one_in(2)),
+            16 if self.rng.one_in(2) => {
+                let s = self.offset();
+                let e = if self.rng.one_in(4) {
+                    u64::MAX
+                } else {
+                    s + self.len()
+                };
+                Op::Evict(s, e, self.rng.below(4) as usize, self.rng.one_in(2))
+            }
             15..=16 => {
                 let s = self.offset();
                 let e = if self.rng.one_in(8) {
