@@ -623,6 +623,15 @@ fn check(map: &ExtentMap, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The end of the range of `d` slots from slot `i`, or of the address space (`to_end`).
+fn range_end(i: usize, d: usize, to_end: bool) -> u64 {
+    if to_end {
+        MAX
+    } else {
+        bound((i + d).min(NB - 1))
+    }
+}
+
 fn pick_from(entries: &Entries, pick: Option<Index>) -> Option<(Extent, bool)> {
     match pick {
         Some(ix) if !entries.is_empty() => Some(entries[ix.index(entries.len())]),
@@ -771,12 +780,7 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             max,
             allow_modified,
         } => {
-            let start = bound(*i);
-            let end = if *to_end {
-                MAX
-            } else {
-                bound((i + d).min(NB - 1))
-            };
+            let (start, end) = (bound(*i), range_end(*i, *d, *to_end));
             let policy = if *allow_modified {
                 Evict::AllowModified
             } else {
@@ -833,12 +837,7 @@ fn step(map: &mut ExtentMap, model: &mut Model, op: &Op) -> Result<(), TestCaseE
             inverted,
             skip_pinned,
         } => {
-            let start = bound(*i);
-            let end = if *to_end {
-                MAX
-            } else {
-                bound((i + d).min(NB - 1))
-            };
+            let (start, end) = (bound(*i), range_end(*i, *d, *to_end));
             let (start, end) = if *inverted {
                 (end, start)
             } else {
