@@ -746,7 +746,15 @@ impl<M: Mapping> ExtentCache<M> {
                 };
                 let ticket = self.store.ticket();
                 return self
-                    .announced(0, u64::MAX, copy, ticket, tries - 1, guard)
+                    .announced(
+                        0,
+                        u64::MAX,
+                        Margin::default(),
+                        copy,
+                        ticket,
+                        tries - 1,
+                        guard,
+                    )
                     .unwrap_or_else(|_| unreachable!("a copy does not fail"));
             }
             let Some(w) = Window::for_read(&self.store, dir, 0, u64::MAX, m, guard) else {

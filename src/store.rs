@@ -1197,15 +1197,21 @@ impl<M: Mapping> Store<M> {
                 }
             }
             let (publish, answer) = ann.op.attempt(self, guard);
+            if ann.attempt.load(ORD) != cur {
+                // Another thread installed the next attempt while we planned: no pages to build.
+                continue;
+            }
             let d = self.build_desc(publish, ann.ticket, Some(answer));
+            // Counted before the install, so that whoever sees the attempt (the owner, after
+            // its commit) sees it counted. Relaxed: the install CAS orders it.
+            ann.attempts.fetch_add(1, Ordering::Relaxed);
             if ann.attempt.compare_exchange(cur, d, ORD, ORD).is_err() {
                 // Another thread installed the next attempt first.
+                ann.attempts.fetch_sub(1, Ordering::Relaxed);
                 // SAFETY: never shared.
                 unsafe { free_decided(d, Status::Aborted) };
                 continue;
             }
-            // Relaxed: a statistic.
-            ann.attempts.fetch_add(1, Ordering::Relaxed);
             if !cur.is_null() {
                 // SAFETY: the announcement's reference to the attempt we replaced (aborted:
                 // nobody can commit it any more).
@@ -1336,9 +1342,9 @@ impl<M: Mapping> Store<M> {
                 return; // the swap retires it
             }
             // An announced attempt: the swap retired its slots and pages but left the
-            // descriptor to its references. The swap came first (every holder that could
-            // still swap it in holds a reference until it did), and forwarded slots may be
-            // read for two grace periods after it, so the descriptor waits two as well.
+            // descriptor to its references. The swap came first (its builder swaps it in, in
+            // `cleanup`, before it lets go of its reference), and forwarded slots may be read
+            // for two grace periods after it, so the descriptor waits two as well.
             // SAFETY: no new reference can be taken (the count is zero); the descriptor owns
             // nothing else any more (its successors are in the directory, its old pages
             // retired by the swap); the contents are `Send`.

@@ -164,14 +164,15 @@ pub(crate) mod epoch {
             bytes: usize,
             free: Deferred<F>,
         ) -> Deferred<impl FnOnce() + use<F>> {
+            // The ledger lives while it holds bytes: a booking of none would not keep it.
+            debug_assert!(bytes > 0, "every retired object has a size");
             let ledger = self.ledger();
             // SAFETY: the ledger lives until its bytes are freed (this booking holds it).
             unsafe { &*ledger }.retired(bytes);
-            let ledger = ledger as usize;
             let run = move || {
                 free.run();
                 // SAFETY: booked above, freed once (the closure runs once).
-                unsafe { Ledger::freed(ledger as *const Ledger, bytes) };
+                unsafe { Ledger::freed(ledger, bytes) };
             };
             // SAFETY: `free`'s objects are `Send` per the caller; the ledger is only atomics.
             unsafe { Deferred::new(run) }

@@ -36,8 +36,10 @@ pub fn retries_of_last_operation() -> u64 {
 impl<M: Mapping> ExtentCache<M> {
     /// Plans an operation on the window around `[a, b]` and publishes its change; retries on a
     /// stale window. Answers that change nothing (errors included) are confirmed by a second
-    /// read of the window, so they too hold at one instant. After [`ANNOUNCE_AFTER`] losses the
-    /// operation is announced, and every writer helps it through (`Store::announce`).
+    /// read of the window, so they too hold at one instant. After [`ANNOUNCE_AFTER`] losses (a
+    /// publish that found its window changed, or an answer whose second read disagreed) the
+    /// operation is announced, and every writer helps it through (`Store::announce`). Widening
+    /// the window or helping a change in flight is not a loss.
     pub(super) fn execute<R, F>(&self, a: u64, b: u64, f: F) -> Result<R, Error<M>>
     where
         F: Fn(&Window<'_, M>) -> Plan<M, R> + Send + Sync + 'static,
@@ -46,14 +48,15 @@ impl<M: Mapping> ExtentCache<M> {
         let mut ticket = None;
         let mut m = Margin::default();
         let mut tries = 0;
+        let mut lost = 0;
         loop {
             retried(&mut tries);
             let guard = &pin();
             self.store.help_announced(guard);
             let dir = self.store.dir(guard);
-            if tries > ANNOUNCE_AFTER && dir.is_some() {
+            if lost >= ANNOUNCE_AFTER && dir.is_some() {
                 let ticket = *ticket.get_or_insert_with(|| self.store.ticket());
-                return self.announced(a, b, f, ticket, tries - 1, guard);
+                return self.announced(a, b, m, f, ticket, lost, guard);
             }
             let w = match dir {
                 Some(dir) => match Window::for_write(&self.store, dir, a, b, m, guard) {
@@ -71,31 +74,37 @@ impl<M: Mapping> ExtentCache<M> {
                 Prepared::Change(publish, answer) => (publish, answer),
                 Prepared::Answer(answer) => {
                     if w.confirm(&self.store, dir, guard) {
-                        note_retries(tries - 1);
+                        note_retries(lost);
                         return answer;
                     }
+                    lost += 1;
                     retry_hint();
                     continue;
                 }
             };
             match self.store.publish(dir, publish, &mut ticket, guard) {
                 Outcome::Committed => {
-                    note_retries(tries - 1);
+                    note_retries(lost);
                     return Ok(answer);
                 }
-                Outcome::Stale => retry_hint(),
+                Outcome::Stale => {
+                    lost += 1;
+                    retry_hint();
+                }
             }
         }
     }
 }
 
 impl<M: Mapping> ExtentCache<M> {
-    /// Runs `f` on the window around `[a, b]` as an announced change (`Store::announce`),
-    /// after `lost` lost attempts.
+    /// Runs `f` on the window around `[a, b]` (widened by `m`, what the lost attempts learned)
+    /// as an announced change (`Store::announce`), after `lost` lost attempts.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn announced<R, F>(
         &self,
         a: u64,
         b: u64,
+        m: Margin,
         f: F,
         ticket: u64,
         lost: u64,
@@ -105,7 +114,7 @@ impl<M: Mapping> ExtentCache<M> {
         F: Fn(&Window<'_, M>) -> Plan<M, R> + Send + Sync + 'static,
         R: Clone + Send + Sync + 'static,
     {
-        let op = Box::new(Announced { a, b, f });
+        let op = Box::new(Announced { a, b, m, f });
         let (answer, attempts) = self.store.announce(op, ticket, guard);
         note_retries(lost + attempts as u64);
         answer
@@ -167,6 +176,8 @@ fn prepare<M: Mapping, R>(
 struct Announced<F> {
     a: u64,
     b: u64,
+    /// The margin the lost attempts widened the window to: each attempt starts there.
+    m: Margin,
     f: F,
 }
 
@@ -177,7 +188,7 @@ where
     R: Send + Sync + 'static,
 {
     fn attempt(&self, store: &Store<M>, guard: &Guard) -> (Publish<M>, Answer) {
-        let mut m = Margin::default();
+        let mut m = self.m;
         loop {
             let dir = store.dir(guard);
             let Some(d) = dir else {
@@ -231,6 +242,7 @@ mod loom_hooks {
             let op = Box::new(Announced {
                 a,
                 b,
+                m: Margin::default(),
                 f: move |w: &Window<'_, _>| plan::replace_range(w, new, false),
             });
             let guard = &pin();
