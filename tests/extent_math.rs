@@ -851,6 +851,13 @@ fn empty_extents_never_merge() {
 // ---------------------------------------------------------------------------------------------
 
 proptest::proptest! {
+    // No failure file: Miri runs this file, and its isolation has no working directory.
+    #![proptest_config(proptest::test_runner::Config {
+        failure_persistence: None,
+        cases: if cfg!(miri) { 4 } else { 256 },
+        ..proptest::test_runner::Config::default()
+    })]
+
     /// Each named field lands where `Extent::regular` puts the value in its position.
     #[test]
     fn regular_extent_names_the_fields_of_regular(
