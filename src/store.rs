@@ -390,6 +390,9 @@ struct Counters<M> {
     /// [`Store::announce`]). Writers load it once per attempt; it shares the line the counters
     /// they bump anyway.
     announced: AtomicPtr<Announcement<M>>,
+    /// Where retired objects go, with the books of their bytes (one pointer: it fits this
+    /// line, so that the cache stays two lines).
+    graveyard: Graveyard,
 }
 
 /// The shared state of one cache: the directory pointer and the counters.
@@ -398,7 +401,6 @@ pub(crate) struct Store<M> {
     /// loads it, and it must not share a line with the counters every write bumps.
     dir: CachePadded<AtomicPtr<Dir<M>>>,
     counters: CachePadded<Counters<M>>,
-    graveyard: Graveyard,
     _owns: PhantomData<Box<Page<M>>>,
 }
 
@@ -420,8 +422,8 @@ impl<M: Mapping> Store<M> {
                 live: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
                 announced: AtomicPtr::new(core::ptr::null_mut()),
+                graveyard: Graveyard::default(),
             }),
-            graveyard: Graveyard::default(),
             _owns: PhantomData,
         }
     }
@@ -450,7 +452,7 @@ impl<M: Mapping> Store<M> {
 
     /// Heap bytes retired and not freed yet.
     pub(crate) fn retired_bytes(&self) -> usize {
-        self.graveyard.retired_bytes()
+        self.counters.graveyard.retired_bytes()
     }
 
     /// A fresh ticket (relaxed: uniqueness and rough age are all that matter).
@@ -1145,7 +1147,7 @@ impl<M: Mapping> Store<M> {
         // once, here. The operation is `Send`.
         unsafe {
             let bytes = core::mem::size_of::<Announcement<M>>() + core::mem::size_of_val(&*ann.op);
-            self.graveyard.retire(
+            self.counters.graveyard.retire(
                 guard,
                 bytes,
                 Deferred::new(move || drop(Box::from_raw(mine))),
@@ -1247,7 +1249,8 @@ impl<M: Mapping> Store<M> {
         // unreachable for new guards.
         unsafe {
             let bytes = (*page).bytes();
-            self.graveyard
+            self.counters
+                .graveyard
                 .retire(guard, bytes, Deferred::new(move || Page::free(page)))
         };
     }
@@ -1312,8 +1315,11 @@ impl<M: Mapping> Store<M> {
         };
         // SAFETY: per the caller; the contents are `Send`.
         unsafe {
-            self.graveyard.retire(guard, bytes, Deferred::new(free));
-            self.graveyard
+            self.counters
+                .graveyard
+                .retire(guard, bytes, Deferred::new(free));
+            self.counters
+                .graveyard
                 .retire_after_two(guard, late_bytes, Deferred::new(free_late));
         }
     }
@@ -1349,7 +1355,7 @@ impl<M: Mapping> Store<M> {
             // nothing else any more (its successors are in the directory, its old pages
             // retired by the swap); the contents are `Send`.
             unsafe {
-                self.graveyard.retire_after_two(
+                self.counters.graveyard.retire_after_two(
                     guard,
                     desc_bytes(desc),
                     Deferred::new(move || drop(Box::from_raw(d))),
@@ -1361,7 +1367,7 @@ impl<M: Mapping> Store<M> {
         // taken (the count is zero); the contents are `Send`. After the grace period nothing
         // reaches it, and only the last reference frees it.
         unsafe {
-            self.graveyard.retire(
+            self.counters.graveyard.retire(
                 guard,
                 decided_bytes(desc, status),
                 Deferred::new(move || free_decided(d, status)),
