@@ -276,15 +276,9 @@ fn loom_remove_races_get_or_insert() {
 #[test]
 fn loom_stalled_change_does_not_block_others() {
     model(|| {
-        let x = ext(0, 4 * K, 1);
-        let y = ext(5 * K, K, 4);
-        let z = ext(7 * K, K, 5);
+        let ([x, y, z], cache) = x_y_z();
         let s = ext(2 * K, 5 * K + K / 2, 2);
         let w = ext(3 * K, K, 3);
-        let cache = Arc::new(tiny());
-        cache.insert(x).unwrap();
-        cache.insert(y).unwrap();
-        cache.insert(z).unwrap();
         let c1 = cache.clone();
         let t1 = thread::spawn(move || c1.stall_replace_range(s, 1));
         let c2 = cache.clone();
@@ -316,6 +310,19 @@ fn loom_stalled_change_does_not_block_others() {
         finals.push(only_w.entries());
         assert!(finals.contains(&entries(&cache)), "{:?}", entries(&cache));
     });
+}
+
+/// The scene of the models of a change over two pages: X `[0, 16K)`, Y `[20K, 24K)` and Z
+/// `[28K, 32K)` on pages of two extents (X Y | Z).
+fn x_y_z() -> ([Extent; 3], Arc<ExtentCache>) {
+    let x = ext(0, 4 * K, 1);
+    let y = ext(5 * K, K, 4);
+    let z = ext(7 * K, K, 5);
+    let cache = Arc::new(tiny());
+    for e in [x, y, z] {
+        cache.insert(e).unwrap();
+    }
+    ([x, y, z], cache)
 }
 
 /// A cache whose pages hold at most two extents.
@@ -421,15 +428,9 @@ fn loom_page_split_races_fill() {
 #[test]
 fn loom_announced_change_is_finished_by_the_next_writer() {
     model(|| {
-        let x = ext(0, 4 * K, 1);
-        let y = ext(5 * K, K, 4);
-        let z = ext(7 * K, K, 5);
+        let ([x, y, z], cache) = x_y_z();
         let s = ext(2 * K, 5 * K + K / 2, 2);
         let w = ext(3 * K, K, 3);
-        let cache = Arc::new(tiny());
-        cache.insert(x).unwrap();
-        cache.insert(y).unwrap();
-        cache.insert(z).unwrap();
         let stalled = cache.announce_stalled_replace_range(s);
         let c2 = cache.clone();
         let t2 = thread::spawn(move || {
@@ -471,15 +472,9 @@ fn loom_announced_change_is_finished_by_the_next_writer() {
 #[test]
 fn loom_announced_change_races_a_single_page_write() {
     model(|| {
-        let x = ext(0, 4 * K, 1);
-        let y = ext(5 * K, K, 4);
-        let z = ext(7 * K, K, 5);
+        let ([x, y, z], cache) = x_y_z();
         let s = ext(2 * K, 5 * K + K / 2, 2);
         let v = ext(6 * K + K / 2, K, 3);
-        let cache = Arc::new(tiny());
-        cache.insert(x).unwrap();
-        cache.insert(y).unwrap();
-        cache.insert(z).unwrap();
         let c1 = cache.clone();
         let t1 = thread::spawn(move || c1.announced_replace_range(s).unwrap());
         let c2 = cache.clone();
