@@ -18,7 +18,7 @@ pub use write::retries_of_last_operation;
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::page::{self, Shape};
-use crate::plan::{self, Dropped, Evict, Evicted, Probe, View};
+use crate::plan::{self, Dropped, Evict, Evicted, FillTicket, Probe, View};
 use crate::reference::ExtentMap;
 use crate::store::Store;
 use crate::sync::epoch::{Guard, pin};
@@ -94,7 +94,8 @@ fn retried(tries: &mut u64) {
 }
 
 impl<M: Mapping> ExtentCache<M> {
-    /// An empty cache. It allocates nothing until the first extent goes in.
+    /// An empty cache. It allocates nothing until the first change (the first extent, or a
+    /// truncate, which fill tickets must see).
     ///
     /// ```
     /// let cache = extent_cache::ExtentCache::<extent_cache::BlockMapping>::new();
@@ -230,6 +231,63 @@ impl<M: Mapping> ExtentCache<M> {
         self.execute(a, b, move |w| {
             plan::get_or_insert(w, candidate.clone(), offset)
         })
+    }
+
+    /// A fill ticket for `offset` (docs/semantics.md §5.1): take it before reading the mapping
+    /// of `offset` from the backing store, then hand what was read to [`fill`](Self::fill).
+    /// One atomic increment; no allocation.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Extent};
+    /// let cache = ExtentCache::new();
+    /// let ticket = cache.fill_ticket(0);
+    /// assert_eq!(cache.fill(ticket, Extent::hole(0, 4096)).unwrap().end(), 4096);
+    /// ```
+    #[must_use = "a ticket is taken to be spent by `fill`"]
+    pub fn fill_ticket(&self, offset: u64) -> FillTicket {
+        let (owner, at) = self.store.fill_ticket();
+        FillTicket { owner, at, offset }
+    }
+
+    /// Fills the cache from the backing store: [`get_or_insert`](Self::get_or_insert)
+    /// (`candidate`, `ticket.offset()`), unless a change that removed or replaced part of the
+    /// candidate's range (a write, a drop, an eviction, a `remove`) committed after the ticket
+    /// was taken. Then the candidate may be stale: nothing is inserted, and the answer is
+    /// [`Error::Stale`] with the extent covering the offset now (docs/semantics.md §5.1).
+    ///
+    /// The cache records such changes per page, the latest one exactly: it may also refuse a
+    /// fill when two or more changes removed mappings near the candidate (in the same page of
+    /// up to 32 extents) after the ticket. Never the other way round: a fill that returns
+    /// `Ok` inserted nothing any such change removed.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a ticket of another cache, an ill-formed
+    /// candidate, or one that does not cover the ticket's offset; [`Error::CannotFit`] as
+    /// `get_or_insert`. A ticket is spent by its fill (it is not `Clone`).
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Error, Extent};
+    /// let cache = ExtentCache::new();
+    /// // A reader misses at 0 and takes a ticket before reading the mapping from disk.
+    /// let ticket = cache.fill_ticket(0);
+    /// // Meanwhile the file is truncated.
+    /// cache.drop_range(0, u64::MAX, false).unwrap();
+    /// // What the reader read is stale: refused.
+    /// assert!(matches!(cache.fill(ticket, Extent::hole(0, 8192)), Err(Error::Stale { current: None })));
+    /// assert!(cache.is_empty());
+    /// ```
+    pub fn fill(&self, ticket: FillTicket, candidate: Extent<M>) -> Result<Extent<M>, Error<M>> {
+        if ticket.owner != self.store.owner() {
+            return Err(Error::invalid(
+                "fill: the ticket was taken on another cache",
+            ));
+        }
+        candidate.validate().map_err(Error::invalid)?;
+        let (at, offset) = (ticket.at, ticket.offset);
+        let (a, b) = around(
+            candidate.start().min(offset),
+            candidate.end().max(offset.saturating_add(1)),
+        );
+        self.execute(a, b, move |w| plan::fill(w, at, candidate.clone(), offset))
     }
 
     /// The extent containing `offset`. Never waits.

@@ -76,6 +76,29 @@ pub enum Error<M = BlockMapping> {
         /// of the extent after it (or `u64::MAX`).
         gap: Range<u64>,
     },
+    /// `fill`: a change that removed or replaced part of the candidate's range (a write, a
+    /// drop, an eviction) committed after the ticket was taken, so the candidate, read from
+    /// the backing store before that change, may be stale. Nothing was inserted. `current`
+    /// is the extent covering the ticket's offset now, if any; otherwise take a new ticket
+    /// and read the mapping again.
+    ///
+    /// ```
+    /// use extent_cache::{ExtentCache, Error, Extent};
+    /// let cache = ExtentCache::new();
+    /// let ticket = cache.fill_ticket(0);
+    /// // A write lands while the reader reads the old mapping from disk.
+    /// cache.replace_range(Extent::regular(0, 4096, 1 << 20, 4096, 0, 4096), true).unwrap();
+    /// let stale = Extent::regular(0, 8192, 1 << 30, 8192, 0, 8192);
+    /// match cache.fill(ticket, stale) {
+    ///     Err(Error::Stale { current: Some(now) }) => assert_eq!(now.block_start(), Some(1 << 20)),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert!(cache.get(4096).is_none()); // nothing of the stale candidate went in
+    /// ```
+    Stale {
+        /// The extent covering the ticket's offset when the fill was refused.
+        current: Option<Box<Extent<M>>>,
+    },
 }
 
 impl<M> Error<M> {
@@ -124,6 +147,9 @@ impl<M: Mapping> fmt::Display for Error<M> {
                 f,
                 "the candidate cannot be cut to fit the gap [{}, {}) around the offset",
                 gap.start, gap.end
+            ),
+            Error::Stale { .. } => f.write_str(
+                "the candidate is stale: the range changed after the fill ticket was taken",
             ),
         }
     }

@@ -17,4 +17,4 @@ pub use cache::retries_of_last_operation;
 pub use cache::{ExtentCache, Gaps, Iter, MemoryUsage};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
-pub use plan::{Dropped, Evict, Evicted};
+pub use plan::{Dropped, Evict, Evicted, FillTicket};

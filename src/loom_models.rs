@@ -548,3 +548,50 @@ fn loom_evict_races_a_fill_and_a_reader() {
         assert!(finals.contains(&now), "{now:?} {}", cache.dump());
     });
 }
+
+//   disk: block 0 at version 1, then 2       pages of two: | X [2K..3K) Z [4K..5K) | W [6K..) |
+//   writer: disk := 2; replace_range([0, 2K) at version 2); evict the first clean extent
+//   reader: ticket(0); v := disk; fill(ticket, [0, 2K) at version v)
+//
+// Whatever the interleaving, no extent of version 1 covers block 0 at the end: the reader read
+// version 2, or the writer's change committed after the ticket (the fill is refused, or it
+// came first and the writer replaced what it put in).
+#[test]
+fn loom_fill_never_leaves_a_mapping_older_than_a_removal() {
+    use crate::sync::{AtomicU64, Ordering};
+    use crate::{Error, Evict};
+    model(|| {
+        let cache = Arc::new(tiny());
+        cache.insert(ext(2 * K, K, 7)).unwrap();
+        cache.insert(ext(4 * K, K, 8)).unwrap();
+        cache.insert(ext(6 * K, K, 9)).unwrap();
+        let disk = Arc::new(AtomicU64::new(1));
+        let (c1, d1) = (cache.clone(), disk.clone());
+        let writer = thread::spawn(move || {
+            // Read-modify-writes on the "disk": each reads the latest version (loom lets a
+            // plain load read an older one, which no disk does).
+            d1.swap(2, Ordering::SeqCst);
+            c1.replace_range(ext(0, 2 * K, 2), false).unwrap();
+            let ev = c1.evict(0, u64::MAX, 1, Evict::Clean).unwrap();
+            assert_eq!(ev.extents, 1);
+        });
+        let ticket = cache.fill_ticket(0);
+        let v = disk.fetch_add(0, Ordering::SeqCst);
+        let got = cache.fill(ticket, ext(0, 2 * K, v));
+        writer.join().unwrap();
+        match &got {
+            Ok(e) => assert!(e.contains(0)),
+            Err(Error::Stale { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        if let Some(e) = cache.get(0) {
+            assert_ne!(
+                e.block_start(),
+                Some(1 << 32),
+                "a stale mapping left in the cache: read version {v}, fill {got:?}\n{}",
+                cache.dump()
+            );
+        }
+        assert_no_overlap(&cache);
+    });
+}

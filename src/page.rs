@@ -9,6 +9,7 @@ use std::alloc::{self, Layout};
 use std::{ptr, slice};
 
 use crate::plan::{Change, Item};
+use crate::sync::{AtomicU64, Ordering};
 
 /// An immutable, sorted run of items (start order, no overlap), with how many of them are in
 /// the modified set.
@@ -26,6 +27,73 @@ pub(crate) struct Page<M> {
     /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
     /// set's walks.
     modified: usize,
+    /// The latest change that removed or replaced mappings in this page's range: its range
+    /// (empty when none is recorded).
+    last: (u64, u64),
+    /// When `last` committed, on the cache's fill clock ([`PENDING`] until settled, see
+    /// [`settle`](Self::settle)).
+    last_at: AtomicU64,
+    /// When the latest of the older such changes in this page's range committed (0: none).
+    before: u64,
+}
+
+/// A page's `last_at` before it is settled: later than any ticket.
+pub(crate) const PENDING: u64 = u64::MAX;
+
+/// What a page records of the changes that removed or replaced mappings in its range, for fill
+/// tickets (`docs/design.md`, "Fill tickets"): the latest one exactly, the older ones by the
+/// time of the latest of them. Times are readings of the cache's fill clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Marks {
+    /// The range of the latest such change (empty: none).
+    pub(crate) last: (u64, u64),
+    /// When it committed ([`PENDING`] in a page not settled yet).
+    pub(crate) last_at: u64,
+    /// When the latest of the older ones committed.
+    pub(crate) before: u64,
+}
+
+impl Marks {
+    /// Whether a change recorded here removed or replaced part of `[start, end)` after the
+    /// fill clock read `ticket`. Exact for the latest change; for older ones, any change in the
+    /// page's range counts (the page keeps one range).
+    pub(crate) fn removed_since(&self, ticket: u64, start: u64, end: u64) -> bool {
+        self.before > ticket || (self.last_at > ticket && self.last.0 < end && start < self.last.1)
+    }
+
+    /// The marks of a page whose range a change removing or replacing `[lo, hi)` touched:
+    /// that change becomes the latest, the latest so far joins the older ones.
+    fn after_removal(self, (lo, hi): (u64, u64)) -> Marks {
+        Marks {
+            last: (lo, hi),
+            last_at: PENDING,
+            before: self.before.max(self.last_at),
+        }
+    }
+
+    /// The marks of a page made of pages with these marks (a repack): the latest change of
+    /// all is kept exactly, every other one is older.
+    fn joined(all: impl Iterator<Item = Marks>) -> Marks {
+        all.fold(Marks::default(), |acc, m| {
+            let (newer, older) = if m.last_at > acc.last_at {
+                (m, acc)
+            } else {
+                (acc, m)
+            };
+            Marks {
+                last: newer.last,
+                last_at: newer.last_at,
+                before: newer.before.max(older.before).max(older.last_at),
+            }
+        })
+    }
+}
+
+/// A page to build: its items and its marks.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct NewPage<M> {
+    pub(crate) items: Vec<Item<M>>,
+    pub(crate) marks: Marks,
 }
 
 impl<M> Page<M> {
@@ -39,12 +107,13 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_items)
     }
 
-    /// A new page holding `items` (already sorted and non-overlapping). The caller owns it:
-    /// it is freed with [`free`](Self::free), once.
-    pub(crate) fn alloc(items: Vec<Item<M>>) -> *const Page<M>
+    /// A new page holding `new.items` (already sorted and non-overlapping). The caller owns
+    /// it: it is freed with [`free`](Self::free), once.
+    pub(crate) fn alloc(new: NewPage<M>) -> *const Page<M>
     where
         M: crate::extent::Mapping,
     {
+        let NewPage { items, marks } = new;
         let len = items.len();
         let (layout, at_starts, at_items) = Self::layout(len);
         // SAFETY: the layout is never zero-sized (it holds the header).
@@ -69,6 +138,9 @@ impl<M> Page<M> {
                 items: slots,
                 len,
                 modified,
+                last: marks.last,
+                last_at: AtomicU64::new(marks.last_at),
+                before: marks.before,
             });
         }
         base.cast::<Page<M>>()
@@ -84,6 +156,8 @@ impl<M> Page<M> {
         let len = unsafe { (*page).len };
         // SAFETY: the items were written by `alloc` and are dropped only here.
         unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut((*page).items.cast_mut(), len)) };
+        // SAFETY: the header too (its atomic; under loom a modelled object).
+        unsafe { ptr::drop_in_place(page.cast_mut()) };
         let (layout, ..) = Self::layout(len);
         // SAFETY: allocated by `alloc` with this very layout (the same `len`).
         unsafe { alloc::dealloc(page.cast_mut().cast::<u8>(), layout) };
@@ -109,6 +183,38 @@ impl<M> Page<M> {
     /// How many items are in the modified set.
     pub(crate) fn modified(&self) -> usize {
         self.modified
+    }
+
+    /// The page's marks as they stand (`last_at` may be [`PENDING`] in a page not settled).
+    pub(crate) fn marks(&self) -> Marks {
+        Marks {
+            last: self.last,
+            // SeqCst: one total order with the ticket's read of the clock (see `settle`).
+            last_at: self.last_at.load(Ordering::SeqCst),
+            before: self.before,
+        }
+    }
+
+    /// Gives a committed page's latest removal its time, if it has none yet: the fill clock's
+    /// reading now, which is at least the clock at the commit (the page was committed before
+    /// this call). Whoever settles first wins; later settlers keep that time.
+    ///
+    /// Every ticket taken before the commit reads the clock lower than this (a ticket is a
+    /// `fetch_add`, the commit and this load follow it in the one `SeqCst` order), so a fill
+    /// holding it sees the removal. A ticket taken between the commit and the settling sees
+    /// it too (a conservative refusal): the committer settles its pages before it returns, so
+    /// that ticket's call overlapped the change, which may then count as after it.
+    pub(crate) fn settle(&self, clock: &AtomicU64) {
+        // SeqCst, all three: the argument above is phrased over the one total order. The
+        // clock is read with a read-modify-write, which reads the latest value in its
+        // modification order (a plain load is allowed an older one by the model checker, and
+        // a reading older than a ticket would lose the removal).
+        if self.last_at.load(Ordering::SeqCst) == PENDING {
+            let now = clock.fetch_add(0, Ordering::SeqCst);
+            let _ = self
+                .last_at
+                .compare_exchange(PENDING, now, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 
     /// The number of items whose start is `<= off` (the index of the first item after `off`).
@@ -141,21 +247,23 @@ impl Shape {
 /// The page size the cache uses unless told otherwise: measured in `docs/performance.md`.
 pub(crate) const DEFAULT_CAP: usize = 32;
 
-/// One page of a window, as the rebuild sees it: its slot's key and its items.
+/// One page of a window, as the rebuild sees it: its slot's key, its items and its marks
+/// (settled).
 #[derive(Clone, Copy)]
 pub(crate) struct Part<'a, M> {
     pub(crate) key: u64,
     pub(crate) items: &'a [Item<M>],
+    pub(crate) marks: Marks,
 }
 
 /// The new contents of a window's slots after a change.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Rebuilt<M> {
-    /// Slot by slot: the new items of each slot, `None` where the slot does not change.
-    InPlace(Vec<Option<Vec<Item<M>>>>),
-    /// The window's slots are replaced by new ones: `(key, items)` in key order. The first key
+    /// Slot by slot: the new page of each slot, `None` where the slot does not change.
+    InPlace(Vec<Option<NewPage<M>>>),
+    /// The window's slots are replaced by new ones: `(key, page)` in key order. The first key
     /// is the window's first key, so the slots around the window keep their ranges.
-    Repacked(Vec<(u64, Vec<Item<M>>)>),
+    Repacked(Vec<(u64, NewPage<M>)>),
 }
 
 /// The window is too narrow for the change: an added item falls outside it, or a page that
@@ -169,7 +277,9 @@ pub(crate) struct Widen;
 ///
 /// Removed items are found by their start (starts are unique in a map). Pages that overflow
 /// `shape.cap`, or changed pages that fall below `shape.min` when a neighbour is in the window,
-/// make the whole window repacked.
+/// make the whole window repacked. Every slot whose range meets the range the change removes
+/// or replaces (`change.clobber`) gets a new page recording it, even with the same items; that
+/// range must lie in the window.
 pub(crate) fn rebuild<M: crate::extent::Mapping>(
     parts: &[Part<'_, M>],
     bound: Option<u64>,
@@ -179,17 +289,23 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
 ) -> Result<Rebuilt<M>, Widen> {
     let Some(first) = parts.first() else {
         // No slot at all (an empty map): everything goes into new slots.
+        let marks = match change.clobber {
+            Some(r) => Marks::default().after_removal(r),
+            None => Marks::default(),
+        };
         return Ok(Rebuilt::Repacked(repack(
             change.add.clone(),
             0,
             shape,
             true,
+            marks,
         )));
     };
-    if change
-        .add
-        .iter()
-        .any(|a| a.ext.start() < first.key || bound.is_some_and(|b| a.ext.start() >= b))
+    let outside = |off: u64| off < first.key || bound.is_some_and(|b| off >= b);
+    if change.add.iter().any(|a| outside(a.ext.start()))
+        || change
+            .clobber
+            .is_some_and(|(lo, hi)| outside(lo) || outside(hi - 1))
     {
         return Err(Widen);
     }
@@ -201,8 +317,24 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
         let below = |i: &Item<M>| hi.is_none_or(|h| i.ext.start() < h);
         let r_end = ri + change.remove[ri..].partition_point(below);
         let a_end = ai + change.add[ai..].partition_point(below);
-        if ri == r_end && ai == a_end {
+        // Whether the change removes or replaces mappings somewhere in this slot's range: its
+        // page records it even when its items stay the same (a drop over a gap).
+        let clobbered = change
+            .clobber
+            .filter(|&(lo, c_hi)| part.key < c_hi && hi.is_none_or(|h| lo < h));
+        if ri == r_end && ai == a_end && clobbered.is_none() {
             slots.push(None);
+            continue;
+        }
+        let marks = match clobbered {
+            Some(r) => part.marks.after_removal(r),
+            None => part.marks,
+        };
+        if ri == r_end && ai == a_end {
+            slots.push(Some(NewPage {
+                items: part.items.to_vec(),
+                marks,
+            }));
             continue;
         }
         let items = apply(
@@ -212,7 +344,7 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
         );
         overflow |= items.len() > shape.cap;
         underflow |= items.len() < shape.min;
-        slots.push(Some(items));
+        slots.push(Some(NewPage { items, marks }));
         (ri, ai) = (r_end, a_end);
     }
     debug_assert_eq!(
@@ -235,15 +367,21 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
     let mut all = Vec::new();
     for (part, new) in parts.iter().zip(slots) {
         match new {
-            Some(items) => all.extend(items),
+            Some(new) => all.extend(new.items),
             None => all.extend(part.items.iter().cloned()),
         }
+    }
+    // The repacked pages share the window's marks, the change's own removal the latest.
+    let mut marks = Marks::joined(parts.iter().map(|p| p.marks));
+    if let Some(r) = change.clobber {
+        marks = marks.after_removal(r);
     }
     Ok(Rebuilt::Repacked(repack(
         all,
         first.key,
         shape,
         bound.is_none(),
+        marks,
     )))
 }
 
@@ -273,13 +411,15 @@ fn apply<M: crate::extent::Mapping>(
 
 /// Cuts `items` into pages of about `shape.fill` items. At the end of the map (`tail`) pages
 /// are filled in order, so that appending leaves full pages behind; elsewhere the items are
-/// spread evenly. The first page gets `first_key`, the others the start of their first item.
+/// spread evenly. The first page gets `first_key`, the others the start of their first item;
+/// every page gets `marks` (those of the pages repacked, joined).
 fn repack<M: crate::extent::Mapping>(
     items: Vec<Item<M>>,
     first_key: u64,
     shape: Shape,
     tail: bool,
-) -> Vec<(u64, Vec<Item<M>>)> {
+    marks: Marks,
+) -> Vec<(u64, NewPage<M>)> {
     let n = items.len();
     let pages = n.div_ceil(shape.fill).max(1);
     let mut sizes: Vec<usize> = if tail {
@@ -309,7 +449,7 @@ fn repack<M: crate::extent::Mapping>(
         } else {
             page[0].ext.start()
         };
-        out.push((key, page));
+        out.push((key, NewPage { items: page, marks }));
     }
     out
 }
@@ -338,35 +478,47 @@ mod tests {
         let a = [item(0, 1), item(10, 1), item(20, 1)];
         let b = [item(100, 1)];
         let parts = [
-            Part { key: 0, items: &a },
+            Part {
+                key: 0,
+                items: &a,
+                marks: Marks::default(),
+            },
             Part {
                 key: 100,
                 items: &b,
+                marks: Marks::default(),
             },
         ];
         let change = Change {
             remove: vec![item(10, 1)],
             add: vec![item(5, 1), item(30, 1)],
+            clobber: None,
         };
         let Ok(Rebuilt::InPlace(slots)) = rebuild(&parts, None, true, &change, Shape::new(8))
         else {
             panic!("expected an in-place rebuild")
         };
-        assert_eq!(starts(slots[0].as_ref().unwrap()), [0, 5, 20, 30]);
+        assert_eq!(starts(&slots[0].as_ref().unwrap().items), [0, 5, 20, 30]);
         assert!(slots[1].is_none());
     }
 
     #[test]
     fn an_added_item_outside_the_window_asks_for_a_wider_one() {
         let a = [item(10, 1)];
-        let parts = [Part { key: 10, items: &a }];
+        let parts = [Part {
+            key: 10,
+            items: &a,
+            marks: Marks::default(),
+        }];
         let before = Change {
             remove: vec![],
             add: vec![item(5, 1)],
+            clobber: None,
         };
         let after = Change {
             remove: vec![],
             add: vec![item(50, 1)],
+            clobber: None,
         };
         assert_eq!(
             rebuild(&parts, Some(50), false, &before, Shape::new(8)),
@@ -381,10 +533,15 @@ mod tests {
     #[test]
     fn an_overflowing_page_is_split_and_the_first_key_is_kept() {
         let a: Vec<_> = (0..4).map(|i| item(10 + i * 10, 1)).collect();
-        let parts = [Part { key: 0, items: &a }];
+        let parts = [Part {
+            key: 0,
+            items: &a,
+            marks: Marks::default(),
+        }];
         let change = Change {
             remove: vec![],
             add: vec![item(45, 1)],
+            clobber: None,
         };
         let shape = Shape::new(4);
         let Ok(Rebuilt::Repacked(pages)) = rebuild(&parts, Some(1000), false, &change, shape)
@@ -393,21 +550,27 @@ mod tests {
         };
         assert_eq!(pages.len(), 2);
         assert_eq!(pages[0].0, 0);
-        assert_eq!(pages[1].0, pages[1].1[0].ext.start());
-        let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(p)).collect();
+        assert_eq!(pages[1].0, pages[1].1.items[0].ext.start());
+        let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(&p.items)).collect();
         assert_eq!(all, [10, 20, 30, 40, 45]);
-        assert!(pages.iter().all(|(_, p)| p.len() <= shape.cap));
+        assert!(pages.iter().all(|(_, p)| p.items.len() <= shape.cap));
     }
 
     #[test]
     fn appending_at_the_end_leaves_full_pages_behind() {
         let shape = Shape::new(8);
         let items: Vec<_> = (0..30).map(|i| item(i * 10, 1)).collect();
-        let pages = repack(items, 0, shape, true);
-        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.len()).collect();
+        let pages = repack(items, 0, shape, true, Marks::default());
+        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.items.len()).collect();
         assert_eq!(sizes, [7, 7, 7, 7, 2]);
-        let even = repack((0..30).map(|i| item(i * 10, 1)).collect(), 0, shape, false);
-        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.len()).collect();
+        let even = repack(
+            (0..30).map(|i| item(i * 10, 1)).collect(),
+            0,
+            shape,
+            false,
+            Marks::default(),
+        );
+        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.items.len()).collect();
         assert_eq!(sizes, [6, 6, 6, 6, 6]);
     }
 
@@ -418,19 +581,32 @@ mod tests {
         let change = Change {
             remove: vec![item(0, 1)],
             add: vec![],
+            clobber: None,
         };
         let shape = Shape::new(8);
-        let lone = [Part { key: 0, items: &a }];
+        let lone = [Part {
+            key: 0,
+            items: &a,
+            marks: Marks::default(),
+        }];
         assert_eq!(rebuild(&lone, Some(100), false, &change, shape), Err(Widen));
         assert_eq!(
             rebuild(&lone, None, true, &change, shape),
-            Ok(Rebuilt::InPlace(vec![Some(vec![])]))
+            Ok(Rebuilt::InPlace(vec![Some(NewPage {
+                items: vec![],
+                marks: Marks::default(),
+            })]))
         );
         let two = [
-            Part { key: 0, items: &a },
+            Part {
+                key: 0,
+                items: &a,
+                marks: Marks::default(),
+            },
             Part {
                 key: 100,
                 items: &b,
+                marks: Marks::default(),
             },
         ];
         let Ok(Rebuilt::Repacked(pages)) = rebuild(&two, None, true, &change, shape) else {
@@ -438,7 +614,7 @@ mod tests {
         };
         assert_eq!(pages.len(), 1);
         assert_eq!(pages[0].0, 0);
-        assert_eq!(starts(&pages[0].1), [100, 110]);
+        assert_eq!(starts(&pages[0].1.items), [100, 110]);
     }
 
     #[test]
@@ -446,6 +622,7 @@ mod tests {
         let change = Change {
             remove: vec![],
             add: vec![item(4096, 1)],
+            clobber: None,
         };
         let Ok(Rebuilt::Repacked(pages)) = rebuild(&[], None, true, &change, Shape::new(8)) else {
             panic!("expected new pages")

@@ -74,6 +74,12 @@ pub(crate) trait View<M: Mapping> {
         }
     }
 
+    /// Whether a change that removed or replaced mappings in part of `[start, end)` committed
+    /// after the fill clock read `ticket` (docs/semantics.md §5.1). A view may answer `true`
+    /// for a change elsewhere near the range when it keeps no finer record (the lock-free
+    /// cache keeps one range per page), never `false` for one in the range.
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool>;
+
     /// The items intersecting `[start, end)`, in order.
     fn overlapping(&self, start: u64, end: u64) -> Probe<Vec<Item<M>>> {
         let mut out = Vec::new();
@@ -140,6 +146,7 @@ pub(crate) struct Overlay<'v, M, V: ?Sized> {
     base: &'v V,
     removed: Vec<Item<M>>,
     added: Vec<Item<M>>,
+    clobber: Option<(u64, u64)>,
 }
 
 /// A planned change: take `remove` out of the map and put `add` in, as one atomic step.
@@ -149,6 +156,10 @@ pub(crate) struct Change<M> {
     pub(crate) remove: Vec<Item<M>>,
     /// New items, in start order.
     pub(crate) add: Vec<Item<M>>,
+    /// The range whose mappings the change removes or replaces (a write, a drop, an
+    /// eviction), as fill tickets see it (docs/semantics.md §5.1); `None` for a change that
+    /// only adds mappings, merges extents or changes flags.
+    pub(crate) clobber: Option<(u64, u64)>,
 }
 
 impl<M> Change<M> {
@@ -157,11 +168,14 @@ impl<M> Change<M> {
         Change {
             remove: Vec::new(),
             add: Vec::new(),
+            clobber: None,
         }
     }
 
+    /// Whether the change leaves the map exactly as it is (a drop over a gap does not: the
+    /// map records it for fill tickets).
     pub(crate) fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.add.is_empty()
+        self.remove.is_empty() && self.add.is_empty() && self.clobber.is_none()
     }
 }
 
@@ -171,6 +185,23 @@ impl<'v, M: Mapping, V: View<M> + ?Sized> Overlay<'v, M, V> {
             base,
             removed: Vec::new(),
             added: Vec::new(),
+            clobber: None,
+        }
+    }
+
+    /// Records that the change removes or replaces the mappings of `[start, end)` (an empty
+    /// range records nothing); several records make one covering range.
+    fn clobbers(&mut self, start: u64, end: u64) {
+        // A deliberately broken protocol for the tests to catch (never built normally): no
+        // change records what it removes, so fills take stale candidates.
+        if cfg!(extent_cache_broken = "forget_removals") {
+            return;
+        }
+        if start < end {
+            self.clobber = Some(match self.clobber {
+                Some((lo, hi)) => (lo.min(start), hi.max(end)),
+                None => (start, end),
+            });
         }
     }
 
@@ -201,6 +232,7 @@ impl<'v, M: Mapping, V: View<M> + ?Sized> Overlay<'v, M, V> {
         Change {
             remove: self.removed,
             add: self.added,
+            clobber: self.clobber,
         }
     }
 }
@@ -242,6 +274,10 @@ impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
             }),
             (b, a) => b.or_else(|| a.cloned()),
         })
+    }
+
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool> {
+        self.base.removed_since(ticket, start, end)
     }
 }
 
@@ -505,6 +541,81 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     done(ov, answer)
 }
 
+/// `fill(ticket, candidate)` (docs/semantics.md §5.1): `get_or_insert(candidate, offset)`,
+/// unless a change that removed or replaced part of the candidate's range committed after the
+/// ticket, when the answer is [`Error::Stale`] with the extent now covering `offset`.
+pub(crate) fn fill<M: Mapping, V: View<M> + ?Sized>(
+    v: &V,
+    ticket: u64,
+    candidate: Extent<M>,
+    offset: u64,
+) -> Plan<M, Extent<M>> {
+    check(&candidate)?;
+    if !candidate.contains(offset) {
+        return Err(
+            Error::invalid("fill: the candidate does not cover the ticket's offset").into(),
+        );
+    }
+    if v.removed_since(ticket, candidate.start(), candidate.end())? {
+        let current = v.containing(offset)?.map(|i| Box::new(i.ext));
+        return Err(Error::Stale { current }.into());
+    }
+    get_or_insert(v, candidate, offset)
+}
+
+/// A fill ticket (docs/semantics.md §5.1): taken with
+/// [`fill_ticket`](crate::ExtentCache::fill_ticket) before the mapping at `offset` is read
+/// from the backing store, spent by [`fill`](crate::ExtentCache::fill). It is a few words, not
+/// an allocation; it is not `Clone`, so it is spent once.
+///
+/// ```
+/// use extent_cache::{ExtentCache, Extent};
+/// let cache = ExtentCache::new();
+/// let ticket = cache.fill_ticket(4096);
+/// assert_eq!(ticket.offset(), 4096);
+/// // ... read the mapping of offset 4096 from disk ...
+/// let got = cache.fill(ticket, Extent::hole(0, 8192)).unwrap();
+/// assert_eq!((got.start(), got.end()), (0, 8192));
+/// ```
+///
+/// A ticket is spent by its fill:
+///
+/// ```compile_fail
+/// use extent_cache::{ExtentCache, Extent};
+/// let cache = ExtentCache::new();
+/// let ticket = cache.fill_ticket(0);
+/// let _ = cache.fill(ticket, Extent::hole(0, 4096));
+/// let _ = cache.fill(ticket, Extent::hole(0, 4096)); // used twice: does not compile
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct FillTicket {
+    /// The map that issued it.
+    pub(crate) owner: u64,
+    /// The map's fill clock when it was taken.
+    pub(crate) at: u64,
+    pub(crate) offset: u64,
+}
+
+impl FillTicket {
+    /// The offset the ticket was taken for: the fill answers for it.
+    ///
+    /// ```
+    /// let cache = extent_cache::ExtentCache::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(cache.fill_ticket(7).offset(), 7);
+    /// ```
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// A fresh identity for a map that issues fill tickets: a ticket from another map is refused.
+pub(crate) fn new_owner() -> u64 {
+    // Relaxed: uniqueness is all that matters. `std`'s atomic even under loom: it is not part
+    // of any modelled protocol.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Finds the item equal to `ext`.
 fn find_exact<M: Mapping, V: View<M> + ?Sized>(v: &V, ext: &Extent<M>) -> Probe<Option<Item<M>>> {
     Ok(v.at_or_before(ext.start())?
@@ -521,6 +632,7 @@ pub(crate) fn remove<M: Mapping, V: View<M> + ?Sized>(
     match find_exact(&ov, ext)? {
         Some(item) => {
             ov.remove(&item);
+            ov.clobbers(item.ext.start(), item.ext.end());
             let mut report = Dropped::default();
             report.count(&item);
             done(ov, Some(report))
@@ -542,6 +654,8 @@ pub(crate) fn replace<M: Mapping, V: View<M> + ?Sized>(
         return Err(Error::NotFound.into());
     };
     ov.remove(&item);
+    ov.clobbers(item.ext.start(), item.ext.end());
+    ov.clobbers(new.start(), new.end());
     let answer = insert_into(&mut ov, new, modified)?;
     done(ov, answer)
 }
@@ -698,6 +812,7 @@ pub(crate) fn evict<M: Mapping, V: View<M> + ?Sized>(
                 );
             }
             ov.remove(&item);
+            ov.clobbers(item.ext.start(), item.ext.end());
         }
         next = v.after(item.ext.start())?;
     }
@@ -711,6 +826,8 @@ fn drop_into<M: Mapping, V: View<M> + ?Sized>(
     skip_pinned: bool,
 ) -> Probe<Dropped> {
     let mut report = Dropped::default();
+    // The whole range, cached or not: the backing store changed there.
+    ov.clobbers(start, end);
     for item in ov.overlapping(start, end)? {
         if skip_pinned && item.ext.flags().contains(Flags::PINNED) {
             continue;
@@ -900,6 +1017,7 @@ pub(crate) fn split<V: View<BlockMapping> + ?Sized>(
     check(&first)?;
     check(&second)?;
     ov.remove(&item);
+    ov.clobbers(em.start(), em.end());
     ov.add(Item {
         ext: first,
         modified: true,

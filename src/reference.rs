@@ -16,14 +16,15 @@
 //! assert_eq!((got.start(), got.end()), (0, 8192)); // the existing map, never `Exists`
 //! ```
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::{BTreeMap, VecDeque, btree_map};
 use std::ops::{Bound, Range, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::plan::{
-    self, Change, Dropped, Evict, Evicted, Holes, Item, Plan, PlanError, Probe, View,
+    self, Change, Dropped, Evict, Evicted, FillTicket, Holes, Item, Plan, PlanError, Probe, View,
 };
 
 /// The sequential extent map: the semantics on a `BTreeMap`, `&mut self`.
@@ -40,6 +41,68 @@ use crate::plan::{
 #[derive(Clone, Debug, Default)]
 pub struct ExtentMap<M = BlockMapping> {
     items: BTreeMap<u64, Item<M>>,
+    fills: Fills,
+}
+
+/// How many removals the reference remembers exactly for fill tickets; a ticket older than all
+/// of them is refused whatever the range (docs/semantics.md §5.1).
+pub(crate) const FILL_LOG: usize = 64;
+
+/// The fill tickets' books of a reference map: its identity, its clock, and the latest
+/// removals.
+#[derive(Debug)]
+struct Fills {
+    /// Who issues this map's tickets (a clone is another map).
+    owner: u64,
+    /// Read and advanced by each ticket (atomic, so that a shared map hands out tickets).
+    clock: AtomicU64,
+    /// `(when, start, end)` of the latest removals, oldest first.
+    log: VecDeque<(u64, u64, u64)>,
+    /// When the latest removal that left the log happened.
+    expired: u64,
+}
+
+impl Default for Fills {
+    fn default() -> Self {
+        Fills {
+            owner: plan::new_owner(),
+            clock: AtomicU64::new(0),
+            log: VecDeque::new(),
+            expired: 0,
+        }
+    }
+}
+
+impl Clone for Fills {
+    fn clone(&self) -> Self {
+        Fills {
+            owner: plan::new_owner(),
+            // Relaxed: the clone is ours alone.
+            clock: AtomicU64::new(self.clock.load(Ordering::Relaxed)),
+            log: self.log.clone(),
+            expired: self.expired,
+        }
+    }
+}
+
+impl Fills {
+    fn record(&mut self, (start, end): (u64, u64)) {
+        if self.log.len() == FILL_LOG {
+            let (at, ..) = self.log.pop_front().expect("the log is full");
+            self.expired = self.expired.max(at);
+        }
+        // Relaxed: `&mut self`, nothing to order.
+        let at = self.clock.load(Ordering::Relaxed);
+        self.log.push_back((at, start, end));
+    }
+
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> bool {
+        self.expired > ticket
+            || self
+                .log
+                .iter()
+                .any(|&(at, lo, hi)| at > ticket && lo < end && start < hi)
+    }
 }
 
 impl<M: Mapping> View<M> for ExtentMap<M> {
@@ -54,6 +117,10 @@ impl<M: Mapping> View<M> for ExtentMap<M> {
             .next()
             .map(|(_, i)| i.clone()))
     }
+
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool> {
+        Ok(self.fills.removed_since(ticket, start, end))
+    }
 }
 
 impl<M: Mapping> ExtentMap<M> {
@@ -66,6 +133,7 @@ impl<M: Mapping> ExtentMap<M> {
     pub fn new() -> Self {
         ExtentMap {
             items: BTreeMap::new(),
+            fills: Fills::default(),
         }
     }
 
@@ -73,10 +141,14 @@ impl<M: Mapping> ExtentMap<M> {
     pub(crate) fn from_items(items: Vec<Item<M>>) -> Self {
         ExtentMap {
             items: items.into_iter().map(|i| (i.ext.start(), i)).collect(),
+            fills: Fills::default(),
         }
     }
 
     fn apply(&mut self, change: Change<M>) {
+        if let Some(range) = change.clobber {
+            self.fills.record(range);
+        }
         for r in &change.remove {
             self.items.remove(&r.ext.start());
         }
@@ -157,6 +229,76 @@ impl<M: Mapping> ExtentMap<M> {
         offset: u64,
     ) -> Result<Extent<M>, Error<M>> {
         self.run(|v| plan::get_or_insert(v, candidate, offset))
+    }
+
+    /// A fill ticket for `offset` (docs/semantics.md §5.1): take it before reading the mapping
+    /// of `offset` from the backing store, then hand the mapping read to
+    /// [`fill`](Self::fill).
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Extent};
+    /// let mut map = ExtentMap::new();
+    /// let ticket = map.fill_ticket(0);
+    /// assert_eq!(map.fill(ticket, Extent::hole(0, 4096)).unwrap().end(), 4096);
+    /// ```
+    #[must_use = "a ticket is taken to be spent by `fill`"]
+    pub fn fill_ticket(&self, offset: u64) -> FillTicket {
+        FillTicket {
+            owner: self.fills.owner,
+            // Relaxed: a shared map hands tickets out under its lock (`LockedExtentMap` reads
+            // under the read lock, and every change holds the write lock).
+            at: self.fills.clock.fetch_add(1, Ordering::Relaxed),
+            offset,
+        }
+    }
+
+    /// Fills the map from the backing store (docs/semantics.md §5.1): [`get_or_insert`]
+    /// (`candidate`, `ticket.offset()`), unless a change that removed or replaced part of the
+    /// candidate's range (a write, a drop, an eviction, a `remove`) happened after the ticket
+    /// was taken: then nothing is inserted and the answer is [`Error::Stale`] with the extent
+    /// now covering the offset. A ticket older than the last 64 such changes of the map is
+    /// refused whatever the range.
+    ///
+    /// Errors: [`Error::InvalidArgument`] for a ticket of another map, an ill-formed
+    /// candidate, or one that does not cover the ticket's offset; [`Error::CannotFit`] as
+    /// `get_or_insert`.
+    ///
+    /// [`get_or_insert`]: Self::get_or_insert
+    ///
+    /// ```
+    /// use extent_cache::{reference::ExtentMap, Error, Extent};
+    /// let mut map = ExtentMap::new();
+    /// let ticket = map.fill_ticket(0);
+    /// map.drop_range(0, 4096, false).unwrap(); // a truncate lands meanwhile
+    /// assert_eq!(map.fill(ticket, Extent::hole(0, 8192)), Err(Error::Stale { current: None }));
+    /// assert!(map.is_empty());
+    /// ```
+    pub fn fill(
+        &mut self,
+        ticket: FillTicket,
+        candidate: Extent<M>,
+    ) -> Result<Extent<M>, Error<M>> {
+        if ticket.owner != self.fills.owner {
+            return Err(Error::invalid("fill: the ticket was taken on another map"));
+        }
+        self.run(|v| plan::fill(v, ticket.at, candidate, ticket.offset))
+    }
+
+    /// Whether a `fill` with `ticket` may be refused as stale: some change removed or
+    /// replaced mappings anywhere in the map after it was taken. The lock-free cache keeps one
+    /// range per page, so it may refuse a fill whenever this holds; tests allow it then.
+    #[doc(hidden)]
+    pub fn fill_may_be_refused(&self, ticket: &FillTicket) -> bool {
+        self.fills.removed_since(ticket.at, 0, u64::MAX)
+    }
+
+    /// Whether a `fill` with `ticket` and `candidate` is refused as stale (with a ticket of
+    /// this map and a well-formed candidate): what [`fill`](Self::fill) decides, without
+    /// spending the ticket.
+    #[doc(hidden)]
+    pub fn fill_must_be_refused(&self, ticket: &FillTicket, candidate: &Extent<M>) -> bool {
+        self.fills
+            .removed_since(ticket.at, candidate.start(), candidate.end())
     }
 
     /// The extent containing `offset`.
@@ -567,7 +709,8 @@ impl<M: Mapping> ExtentMap<M> {
         self.items.values().next_back().map(|i| i.ext.clone())
     }
 
-    /// Removes every extent (and empties the modified set).
+    /// Removes every extent (and empties the modified set): `drop_range(0, u64::MAX, false)`,
+    /// which fill tickets see as a removal of everything.
     ///
     /// ```
     /// use extent_cache::{reference::ExtentMap, Extent};
@@ -578,6 +721,7 @@ impl<M: Mapping> ExtentMap<M> {
     /// ```
     pub fn clear(&mut self) {
         self.items.clear();
+        self.fills.record((0, u64::MAX));
     }
 
     /// Every extent with its modified-set membership, in start order (for tests and tools).
@@ -693,6 +837,31 @@ impl<M: Mapping> LockedExtentMap<M> {
     /// ```
     pub fn get_or_insert(&self, candidate: Extent<M>, offset: u64) -> Result<Extent<M>, Error<M>> {
         self.w().get_or_insert(candidate, offset)
+    }
+
+    /// See [`ExtentMap::fill_ticket`] (under the read lock).
+    ///
+    /// ```
+    /// let map = extent_cache::reference::LockedExtentMap::new();
+    /// let ticket = map.fill_ticket(3);
+    /// assert_eq!(map.fill(ticket, extent_cache::Extent::hole(0, 8)).unwrap().start(), 0);
+    /// ```
+    #[must_use = "a ticket is taken to be spent by `fill`"]
+    pub fn fill_ticket(&self, offset: u64) -> FillTicket {
+        self.r().fill_ticket(offset)
+    }
+
+    /// See [`ExtentMap::fill`].
+    ///
+    /// ```
+    /// use extent_cache::{reference::LockedExtentMap, Error, Extent};
+    /// let map = LockedExtentMap::new();
+    /// let ticket = map.fill_ticket(0);
+    /// map.replace_range(Extent::hole(0, 4096), true).unwrap();
+    /// assert!(matches!(map.fill(ticket, Extent::hole(0, 4096)), Err(Error::Stale { .. })));
+    /// ```
+    pub fn fill(&self, ticket: FillTicket, candidate: Extent<M>) -> Result<Extent<M>, Error<M>> {
+        self.w().fill(ticket, candidate)
     }
 
     /// See [`ExtentMap::get`].

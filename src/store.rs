@@ -41,7 +41,7 @@ use core::marker::PhantomData;
 use crossbeam_utils::CachePadded;
 
 use crate::extent::Mapping;
-use crate::page::{Page, Part, Rebuilt, Shape};
+use crate::page::{NewPage, Page, Part, Rebuilt, Shape};
 use crate::plan::Item;
 use crate::sync::epoch::{Deferred, Graveyard, Guard};
 use crate::sync::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
@@ -386,6 +386,11 @@ struct Counters<M> {
     live: AtomicIsize,
     /// Source of tickets.
     tickets: AtomicU64,
+    /// The fill clock: each fill ticket reads and advances it; a page records when a removal
+    /// in its range committed as a reading of it (`Page::settle`).
+    clock: AtomicU64,
+    /// This cache's identity on its fill tickets.
+    owner: u64,
     /// The announced change every writer finishes before its own, or null (see
     /// [`Store::announce`]). Writers load it once per attempt; it shares the line the counters
     /// they bump anyway.
@@ -421,6 +426,8 @@ impl<M: Mapping> Store<M> {
                 modified: AtomicIsize::new(0),
                 live: AtomicIsize::new(0),
                 tickets: AtomicU64::new(1),
+                clock: AtomicU64::new(0),
+                owner: crate::plan::new_owner(),
                 announced: AtomicPtr::new(core::ptr::null_mut()),
                 graveyard: Graveyard::default(),
             }),
@@ -458,6 +465,42 @@ impl<M: Mapping> Store<M> {
     /// A fresh ticket (relaxed: uniqueness and rough age are all that matter).
     pub(crate) fn ticket(&self) -> u64 {
         self.counters.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fill ticket's reading of the fill clock, and the cache's identity.
+    pub(crate) fn fill_ticket(&self) -> (u64, u64) {
+        // SeqCst: one total order with commits and the clock reads that settle pages (see
+        // `Page::settle`).
+        (self.counters.owner, self.counters.clock.fetch_add(1, ORD))
+    }
+
+    /// The identity this cache puts on its fill tickets.
+    pub(crate) fn owner(&self) -> u64 {
+        self.counters.owner
+    }
+
+    /// The fill clock (see [`Page::settle`]).
+    pub(crate) fn clock(&self) -> &AtomicU64 {
+        &self.counters.clock
+    }
+
+    /// Gives the new pages of the committed change `d` their time on the fill clock (see
+    /// [`Page::settle`]). Whoever commits a change, and its owner before it returns, call it.
+    fn settle_pages(&self, d: &Desc<M>, guard: &Guard) {
+        for e in d.entries.iter() {
+            if !core::ptr::eq(e.old, e.new) {
+                // SAFETY: a committed change's new page is retired only after a later change
+                // replaced it, after the caller pinned `guard` (it helped `d` under it).
+                unsafe { (*e.new).settle(self.clock()) };
+            }
+        }
+        for &s in d.successors.iter() {
+            // SAFETY: slots outlive their descriptors; the slot's page (its first one, or one
+            // that replaced it since: committed too) is alive under `guard`.
+            if let Word::Page(page) = self.word(unsafe { &*s }, guard) {
+                page.settle(self.clock());
+            }
+        }
     }
 
     /// The current directory, `None` while the map has never held an extent.
@@ -602,10 +645,10 @@ impl<M: Mapping> Store<M> {
             } if read.len() == 1 => {
                 // One page, one CAS.
                 let (slot, old) = read[0];
-                let Some(items) = new.pop().flatten() else {
+                let Some(page) = new.pop().flatten() else {
                     return Outcome::Committed;
                 };
-                return self.swap_page(slot, old, items, delta, guard);
+                return self.swap_page(slot, old, page, delta, guard);
             }
             p => p,
         };
@@ -643,6 +686,9 @@ impl<M: Mapping> Store<M> {
         self.help(desc, guard);
         self.cleanup(desc, guard);
         let outcome = if desc.status() == Status::Committed {
+            // Before returning: a fill ticket taken after this returns must see the change
+            // as before it (see `Page::settle`).
+            self.settle_pages(desc, guard);
             Outcome::Committed
         } else {
             Outcome::Stale
@@ -652,16 +698,16 @@ impl<M: Mapping> Store<M> {
         outcome
     }
 
-    /// Replaces the page `old` of `slot` by a new page of `items`, with one CAS.
+    /// Replaces the page `old` of `slot` by `new`, with one CAS.
     fn swap_page(
         &self,
         slot: *const Slot<M>,
         old: *const Page<M>,
-        items: Vec<Item<M>>,
+        new: NewPage<M>,
         delta: Delta,
         guard: &Guard,
     ) -> Outcome {
-        let page = Page::alloc(items);
+        let page = Page::alloc(new);
         // SAFETY: `page` is ours; `old` was read from the slot under `guard`.
         let delta = Delta {
             bytes: unsafe { (*page).bytes() as isize - (*old).bytes() as isize },
@@ -675,6 +721,9 @@ impl<M: Mapping> Store<M> {
         {
             Ok(_) => {
                 self.add_len(delta);
+                // SAFETY: published just above; retired only by a later change, while we are
+                // still pinned.
+                unsafe { (*page).settle(self.clock()) };
                 // SAFETY: the CAS took `old` out of its slot: threads that pin from now on
                 // cannot reach it.
                 unsafe { self.retire_page(old, guard) };
@@ -705,6 +754,13 @@ impl<M: Mapping> Store<M> {
                     bytes: bytes as isize,
                     ..p.delta
                 });
+                // SAFETY: published just above; its pages are retired only by later changes,
+                // while we are still pinned.
+                for i in 0..unsafe { (*dir).len() } {
+                    if let Word::Page(page) = self.word(unsafe { (*dir).slot(i) }, guard) {
+                        page.settle(self.clock());
+                    }
+                }
                 Outcome::Committed
             }
             Err(_) => {
@@ -716,12 +772,12 @@ impl<M: Mapping> Store<M> {
         }
     }
 
-    fn new_dir(&self, pages: Vec<(u64, Vec<Item<M>>)>) -> Dir<M> {
+    fn new_dir(&self, pages: Vec<(u64, NewPage<M>)>) -> Dir<M> {
         let mut keys = Vec::with_capacity(pages.len());
         let mut slots = Vec::with_capacity(pages.len());
-        for (key, items) in pages {
+        for (key, page) in pages {
             keys.push(key);
-            slots.push(Slot::new(key, Page::alloc(items)));
+            slots.push(Slot::new(key, Page::alloc(page)));
         }
         Dir {
             keys: keys.into_boxed_slice(),
@@ -742,7 +798,7 @@ impl<M: Mapping> Store<M> {
                         slot,
                         old,
                         new: match new {
-                            Some(items) => Page::alloc(items),
+                            Some(page) => Page::alloc(page),
                             None => old,
                         },
                     })
@@ -761,7 +817,7 @@ impl<M: Mapping> Store<M> {
                     .collect();
                 let successors = pages
                     .into_iter()
-                    .map(|(key, items)| Slot::new(key, Page::alloc(items)))
+                    .map(|(key, page)| Slot::new(key, Page::alloc(page)))
                     .collect();
                 (entries, successors)
             }
@@ -813,6 +869,10 @@ impl<M: Mapping> Store<M> {
             self.add_len(d.delta);
         }
         debug_assert_ne!(d.status(), Status::Pending);
+        // A plain load: it reads what the decision above read, or later.
+        if d.status() == Status::Committed {
+            self.settle_pages(d, guard);
+        }
     }
 
     /// Claims one slot for `d`. Returns `false` once `d` is decided (possibly by this call,
@@ -1131,6 +1191,8 @@ impl<M: Mapping> Store<M> {
         self.run_announced(ann, guard);
         let d = ann.attempt.load(ORD);
         // SAFETY: the announcement still holds its reference to its committed attempt.
+        self.settle_pages(unsafe { &*d }, guard);
+        // SAFETY: as above.
         let answer = unsafe { (*d).answer.as_ref() }
             .and_then(|a| a.downcast_ref::<T>())
             .expect("an announced change's attempts carry its answer")
@@ -1390,6 +1452,7 @@ impl<M: Mapping> Store<M> {
             .map(|l| Part {
                 key: l.key,
                 items: l.page.items(),
+                marks: l.page.marks(),
             })
             .collect()
     }

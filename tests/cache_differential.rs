@@ -10,7 +10,8 @@
 
 use extent_cache::reference::ExtentMap;
 use extent_cache::{
-    BlockMapping, Compression, Error, Evict, Extent, ExtentCache, Flags, Location, Mapping,
+    BlockMapping, Compression, Error, Evict, Extent, ExtentCache, FillTicket, Flags, Location,
+    Mapping,
 };
 use proptest::prelude::*;
 use std::ops::Bound;
@@ -195,6 +196,16 @@ enum Op {
     Split(u64, u64, u64, u64),
     Modified,
     Clear,
+    /// `fill_ticket(offset)` on both maps; the pair waits for a `Fill`.
+    Ticket(u64),
+    /// `fill` with the `i`-th waiting ticket and a candidate of `blocks` blocks, `before`
+    /// blocks of it before the ticket's offset (at disk `disk`).
+    Fill(usize, u64, u64, u64),
+    /// `fill` with the `i`-th waiting ticket and any candidate (often one that does not cover
+    /// the offset, or an ill-formed one).
+    FillAny(usize, Extent),
+    /// `fill` with a ticket of another map: refused, nothing changes.
+    FillForeign(Extent),
 }
 
 type Bounds = (Bound<u64>, Bound<u64>);
@@ -273,6 +284,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(o, l, p, d)| Op::Split(o, l, p, d)),
         1 => Just(Op::Modified),
         1 => Just(Op::Clear),
+        5 => offset().prop_map(Op::Ticket),
+        5 => (idx, 1..6u64, 0..3u64, 0..4u64).prop_map(|(i, n, b, d)| Op::Fill(i, n, b, d)),
+        1 => (idx, extent()).prop_map(|(i, e)| Op::FillAny(i, e)),
+        1 => extent().prop_map(Op::FillForeign),
     ]
 }
 
@@ -282,8 +297,59 @@ fn nth(reference: &ExtentMap, i: usize) -> Option<Extent> {
     (n > 0).then(|| reference.iter().nth(i % n).expect("i % n < n"))
 }
 
+/// Fill tickets taken and not spent yet: the cache's and the reference's, in pairs.
+type Tickets = Vec<(FillTicket, FillTicket)>;
+
+/// Spends the `i`-th waiting ticket on both maps with `candidate`, and compares. The cache
+/// may refuse a fill the reference takes only when some change removed mappings after the
+/// ticket (it keeps one range per page: `ExtentCache::fill`); then the reference does not
+/// fill either, so that both maps stay equal.
+fn fill(
+    cache: &ExtentCache,
+    reference: &mut ExtentMap,
+    tickets: &mut Tickets,
+    i: usize,
+    candidate: impl FnOnce(u64) -> Extent,
+) {
+    if tickets.is_empty() {
+        return;
+    }
+    let (mine, theirs) = tickets.remove(i % tickets.len());
+    let offset = mine.offset();
+    let candidate = candidate(offset);
+    let must = reference.fill_must_be_refused(&theirs, &candidate);
+    let may = reference.fill_may_be_refused(&theirs);
+    let got = cache.fill(mine, candidate);
+    match &got {
+        Err(Error::Stale { current }) if !must => {
+            assert!(may, "a fill refused with no removal after its ticket");
+            assert!(candidate.validate().is_ok() && candidate.contains(offset));
+            assert_eq!(current.as_deref().copied(), reference.get(offset));
+        }
+        _ => {
+            let want = reference.fill(theirs, candidate);
+            assert_eq!(got, want);
+            if must {
+                assert!(matches!(
+                    got,
+                    Err(Error::Stale { .. }) | Err(Error::InvalidArgument { .. })
+                ));
+            }
+            if let Ok(g) = got {
+                assert!(g.contains(offset), "{g:?} does not cover {offset}");
+            }
+        }
+    }
+}
+
 /// Runs one operation on both maps and compares the answers.
-fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>, op: &Op) {
+fn step(
+    cache: &ExtentCache,
+    reference: &mut ExtentMap,
+    logged: &mut Vec<Extent>,
+    tickets: &mut Tickets,
+    op: &Op,
+) {
     match op {
         Op::Insert(e) => assert_eq!(cache.insert(*e), reference.insert(*e)),
         Op::InsertModified(e) => {
@@ -442,6 +508,28 @@ fn step(cache: &ExtentCache, reference: &mut ExtentMap, logged: &mut Vec<Extent>
             cache.clear();
             reference.clear();
         }
+        Op::Ticket(off) => {
+            let pair = (cache.fill_ticket(*off), reference.fill_ticket(*off));
+            assert_eq!(pair.0.offset(), *off);
+            tickets.push(pair);
+            if tickets.len() > 4 {
+                tickets.remove(0);
+            }
+        }
+        Op::Fill(i, blocks, before, d) => fill(cache, reference, tickets, *i, |off| {
+            let start = (off / BLOCK).saturating_sub(*before) * BLOCK;
+            let len = (blocks * BLOCK).max(off - start + 1);
+            let disk = (d + 1) << 36;
+            regular(start, len, disk, len, 0, len)
+        }),
+        Op::FillAny(i, e) => fill(cache, reference, tickets, *i, |_| *e),
+        Op::FillForeign(e) => {
+            let other: ExtentCache = ExtentCache::new();
+            let got = cache.fill(other.fill_ticket(e.start()), *e);
+            assert!(matches!(got, Err(Error::InvalidArgument { .. })), "{got:?}");
+            let got = reference.fill(ExtentMap::<BlockMapping>::new().fill_ticket(e.start()), *e);
+            assert!(matches!(got, Err(Error::InvalidArgument { .. })), "{got:?}");
+        }
     }
 }
 
@@ -501,8 +589,9 @@ fn run(ops: &[Op]) {
 fn run_on(cache: ExtentCache, ops: &[Op]) {
     let mut reference = ExtentMap::new();
     let mut logged = Vec::new();
+    let mut tickets = Vec::new();
     for op in ops {
-        step(&cache, &mut reference, &mut logged, op);
+        step(&cache, &mut reference, &mut logged, &mut tickets, op);
         same_contents(&cache, &reference);
     }
 }

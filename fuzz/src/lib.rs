@@ -220,6 +220,18 @@ pub enum FuzzOp {
     Walk,
     /// `clear` (sequential target only)
     Clear,
+    /// `evict(start, start + len, max, allow_modified)` (`max == 0` is the bad input).
+    Evict(Off, Len, u8, bool),
+    /// `fill(fill_ticket(offset), candidate)`; with `inside`, the offset is moved into the
+    /// candidate. Last, so that older corpus entries keep their meaning.
+    Fill {
+        /// The candidate.
+        candidate: FuzzExtent,
+        /// The ticket's offset.
+        offset: Off,
+        /// Move the offset into the candidate.
+        inside: bool,
+    },
 }
 
 impl FuzzOp {
@@ -254,6 +266,17 @@ impl FuzzOp {
             FuzzOp::DropRange(s, l, p) => Op::DropRange(s.0, s.0.saturating_add(l.0), *p),
             FuzzOp::DropRangeRaw(s, e, p) => Op::DropRange(s.0, e.0, *p),
             FuzzOp::Unpin(s, l, g) => Op::Unpin(s.0, l.0, u64::from(*g)),
+            FuzzOp::Evict(s, l, n, m) => {
+                Op::Evict(s.0, s.0.saturating_add(l.0), usize::from(*n % 8), *m)
+            }
+            FuzzOp::Fill {
+                candidate,
+                offset,
+                inside,
+            } => {
+                let c = candidate.build();
+                Op::Fill(c, Self::get_or_insert_offset(&c, *offset, *inside))
+            }
             _ => return None,
         })
     }

@@ -91,12 +91,17 @@ impl<'g, M: Mapping> Window<'g, M> {
         for i in lo..=hi {
             let slot = dir.slot(i);
             match store.word(slot, guard) {
-                Word::Page(page) => w.leaves.push(Leaf {
-                    slot: dir.slot_ptr(i),
-                    key: slot.key,
-                    bound: dir.bound(i),
-                    page,
-                }),
+                Word::Page(page) => {
+                    // A page in a slot is committed: it may get its time now, so that the
+                    // marks the plan and the rebuild read are settled.
+                    page.settle(store.clock());
+                    w.leaves.push(Leaf {
+                        slot: dir.slot_ptr(i),
+                        key: slot.key,
+                        bound: dir.bound(i),
+                        page,
+                    })
+                }
                 Word::Desc(d) => return Err(Busy(d, slot)),
             }
         }
@@ -252,6 +257,20 @@ impl<M: Mapping> View<M> for Window<'_, M> {
             self.right_edge()
         }
     }
+
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool> {
+        let Some(first) = self.leaf_of(start)? else {
+            return Ok(false);
+        };
+        // Every page whose range meets `[start, end)` must be in the window.
+        if end > start && self.bound().is_some_and(|b| end > b) {
+            return self.right_edge();
+        }
+        Ok(self.leaves[first..]
+            .iter()
+            .take_while(|l| l.key < end)
+            .any(|l| l.page.marks().removed_since(ticket, start, end)))
+    }
 }
 
 /// A window of one page read from one slot word: a consistent picture by itself (one load is
@@ -308,5 +327,13 @@ impl<M: Mapping> View<M> for OnePage<'_, M> {
             None if l.bound.is_none() => Ok(None),
             None => Err(plan::Edge),
         }
+    }
+
+    fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool> {
+        let l = &self.leaf;
+        if start < l.key || l.bound.is_some_and(|b| end > b) {
+            return Err(plan::Edge);
+        }
+        Ok(l.page.marks().removed_since(ticket, start, end))
     }
 }

@@ -71,6 +71,13 @@ pub enum Op {
     InsertModified(Extent),
     /// `get_or_insert(candidate, offset)`
     GetOrInsert(Extent, u64),
+    /// `fill(fill_ticket(offset), candidate)`: the ticket taken at the call, the fill right
+    /// after it. The model takes both at the operation's instant, where nothing can come
+    /// between; the cache may still refuse the fill for a change that overlapped the call
+    /// ([`check`] accepts `Error::Stale` when it leaves the map as it was and names the extent
+    /// covering the offset at some instant of the call). What a stale candidate must never do
+    /// is tested in `tests/fill_tickets.rs` and the loom models.
+    Fill(Extent, u64),
     /// `remove(&ext)`
     Remove(Extent),
     /// `replace_range(new, modified)`
@@ -172,6 +179,7 @@ impl Concurrent for ExtentCache {
             Op::Insert(e) => Ret::Done(self.insert(*e)),
             Op::InsertModified(e) => Ret::Done(self.insert_modified(*e)),
             Op::GetOrInsert(e, o) => Ret::Got(self.get_or_insert(*e, *o)),
+            Op::Fill(e, o) => Ret::Got(self.fill(self.fill_ticket(*o), *e)),
             Op::Remove(e) => Ret::Removed(self.remove(e)),
             Op::ReplaceRange(e, m) => Ret::Done(self.replace_range(*e, *m)),
             Op::DropRange(s, e, p) => Ret::Dropped(self.drop_range(*s, *e, *p)),
@@ -213,6 +221,10 @@ pub fn apply(map: &mut ExtentMap, op: &Op) -> Ret {
         Op::Insert(e) => Ret::Done(map.insert(*e)),
         Op::InsertModified(e) => Ret::Done(map.insert_modified(*e)),
         Op::GetOrInsert(e, o) => Ret::Got(map.get_or_insert(*e, *o)),
+        Op::Fill(e, o) => {
+            let ticket = map.fill_ticket(*o);
+            Ret::Got(map.fill(ticket, *e))
+        }
         Op::Remove(e) => Ret::Removed(map.remove(e)),
         Op::ReplaceRange(e, m) => Ret::Done(map.replace_range(*e, *m)),
         Op::DropRange(s, e, p) => Ret::Dropped(map.drop_range(*s, *e, *p)),
@@ -260,9 +272,9 @@ pub fn answer_fits(op: &Op, ret: &Ret) -> Result<(), String> {
             }
         }),
         (Op::Search(..), Ret::Found(found)) => found.iter().try_for_each(well_formed),
-        (Op::GetOrGap(o), Ret::OrGap(Ok(e))) | (Op::GetOrInsert(_, o), Ret::Got(Ok(e))) => {
-            covers(e, *o)
-        }
+        (Op::GetOrGap(o), Ret::OrGap(Ok(e)))
+        | (Op::GetOrInsert(_, o) | Op::Fill(_, o), Ret::Got(Ok(e))) => covers(e, *o),
+        (Op::Fill(_, o), Ret::Got(Err(Error::Stale { current: Some(e) }))) => covers(e, *o),
         (Op::GetOrGap(o), Ret::OrGap(Err(gap))) if !gap.contains(o) => {
             Err(format!("{op:?}: the gap {gap:?} does not hold {o}"))
         }
@@ -277,7 +289,7 @@ pub fn answer_fits(op: &Op, ret: &Ret) -> Result<(), String> {
             | Op::Clear,
             Ret::Done(_),
         )
-        | (Op::GetOrInsert(..), Ret::Got(Err(_)))
+        | (Op::GetOrInsert(..) | Op::Fill(..), Ret::Got(Err(_)))
         | (Op::ClearLogging(_), Ret::Got(Err(_))) => Ok(()),
         (Op::ClearLogging(_), Ret::Got(Ok(e))) if e.flags().contains(Flags::LOGGING) => {
             Err(format!("{op:?}: {e:?} is still logging"))
@@ -528,7 +540,15 @@ impl Search<'_> {
         for i in candidates {
             let ev = &self.events[i];
             let mut next = map.clone();
-            if apply(&mut next, &ev.op) != ev.result {
+            let fits = match (&ev.op, &ev.result) {
+                // A fill refused for a change that overlapped its call: at its instant it
+                // changed nothing, and its answer names what covered the offset then.
+                (Op::Fill(_, o), Ret::Got(Err(Error::Stale { current }))) => {
+                    current.as_deref().copied() == map.get(*o)
+                }
+                _ => apply(&mut next, &ev.op) == ev.result,
+            };
+            if !fits {
                 continue;
             }
             self.order.push(i);
@@ -717,7 +737,11 @@ impl Gen {
                 } else {
                     e.start() + self.rng.below((e.len() / BLOCK).max(1)) * BLOCK
                 };
-                Op::GetOrInsert(e, off)
+                if self.rng.one_in(3) {
+                    Op::Fill(e, off)
+                } else {
+                    Op::GetOrInsert(e, off)
+                }
             }
             11 => {
                 let e = if self.pool.is_empty() || self.rng.one_in(4) {
