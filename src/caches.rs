@@ -250,7 +250,8 @@ impl Books {
         if let Some(budget) = self.budget {
             if n > 0 && live.saturating_add(self.ledger.retired_bytes() as isize) > budget as isize
             {
-                OVER_BUDGET.with(|o| o.set(true));
+                // `try_with`: a write from a thread-local's destructor must not panic.
+                let _ = OVER_BUDGET.try_with(|o| o.set(true));
             }
         }
     }
@@ -298,14 +299,14 @@ impl Books {
         let Some(budget) = self.budget else {
             return;
         };
-        if SHRINKING.with(|s| s.replace(true)) {
+        if SHRINKING.try_with(|s| s.replace(true)) != Ok(false) {
             return;
         }
         /// Clears the flag however the shrink ends.
         struct Done;
         impl Drop for Done {
             fn drop(&mut self) {
-                SHRINKING.with(|s| s.set(false));
+                let _ = SHRINKING.try_with(|s| s.set(false));
             }
         }
         let _done = Done;
@@ -334,7 +335,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// change on this thread took the registry over its budget, shrinks it (bounded). The
     /// caller holds no guard, so that the epoch can free what the writes retired.
     pub(crate) fn after_change(&self) {
-        if OVER_BUDGET.with(|o| o.replace(false)) {
+        if OVER_BUDGET.try_with(|o| o.replace(false)) == Ok(true) {
             if let Some(books) = self.store.books() {
                 books.shrink_over_budget();
             }
