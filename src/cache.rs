@@ -740,7 +740,9 @@ impl<M: Mapping> ExtentCache<M> {
     /// Exact when no change is in flight; while changes run, each figure may be off by what
     /// the changes in flight add or remove (a change counts when it commits). The bytes are
     /// what the cache asked the allocator for (the allocator's own overhead is not in them),
-    /// not counting the `ExtentCache` itself (256 bytes, wherever it lives).
+    /// not counting the `ExtentCache` itself (256 bytes, wherever it lives). A cache of an
+    /// [`ExtentCaches`](crate::ExtentCaches) books its retired bytes in the registry's
+    /// [`memory`](crate::ExtentCaches::memory), and reports none here.
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};

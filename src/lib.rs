@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod caches;
 pub mod error;
 pub mod extent;
 #[cfg(all(test, loom))]
@@ -15,6 +16,7 @@ mod sync;
 #[doc(hidden)]
 pub use cache::retries_of_last_operation;
 pub use cache::{ExtentCache, Gaps, Iter, MemoryUsage};
+pub use caches::{CacheRef, CacheRefs, ExtentCaches, Shrunk};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
 pub use plan::{Dropped, Evict, Evicted, FillTicket};

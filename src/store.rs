@@ -40,10 +40,12 @@ use core::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
+use crate::caches::{Books, own_count};
 use crate::extent::Mapping;
 use crate::page::{NewPage, Page, Part, Rebuilt, Shape};
 use crate::plan::Item;
 use crate::sync::epoch::{Deferred, Graveyard, Guard};
+use crate::sync::shared::Arc;
 use crate::sync::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Every protocol atomic (slot words, status words, the directory pointer) uses `SeqCst`. This
@@ -398,6 +400,10 @@ struct Counters<M> {
     /// Where retired objects go, with the books of their bytes (one pointer: it fits this
     /// line, so that the cache stays two lines).
     graveyard: Graveyard,
+    /// The books of the registry this cache belongs to (`caches.rs`), which every change to
+    /// `len` and `live` also goes to; `None` for a cache of its own. After the graveyard: it
+    /// keeps the graveyard's shared ledger alive.
+    books: Option<Arc<Books>>,
 }
 
 /// The shared state of one cache: the directory pointer and the counters.
@@ -430,8 +436,33 @@ impl<M: Mapping> Store<M> {
                 owner: crate::plan::new_owner(),
                 announced: AtomicPtr::new(core::ptr::null_mut()),
                 graveyard: Graveyard::default(),
+                books: None,
             }),
             _owns: PhantomData,
+        }
+    }
+
+    /// An empty store whose counts also go to a registry's `books`, and whose retirements are
+    /// booked in the registry's shared ledger.
+    pub(crate) fn in_books(shape: Shape, books: Arc<Books>) -> Self {
+        let mut store = Self::new(shape);
+        // SAFETY: the books own the ledger, and the store holds the books longer than its
+        // graveyard (the field after it).
+        store.counters.graveyard = unsafe { Graveyard::sharing(books.ledger()) };
+        store.counters.books = Some(books);
+        store
+    }
+
+    /// The registry books this store counts in, if any.
+    pub(crate) fn books(&self) -> Option<&Arc<Books>> {
+        self.counters.books.as_ref()
+    }
+
+    /// Takes this store out of its registry's books, once (see `Books::leave`).
+    pub(crate) fn leave_books(&self) {
+        if let Some(books) = &self.counters.books {
+            books.leave(&self.counters.len, &self.counters.live);
+            self.counters.graveyard.leave_shared();
         }
     }
 
@@ -448,13 +479,13 @@ impl<M: Mapping> Store<M> {
 
     pub(crate) fn len(&self) -> usize {
         // Relaxed: an approximate count (see `ExtentCache::len`); it orders nothing.
-        self.counters.len.load(Ordering::Relaxed).max(0) as usize
+        own_count(self.counters.len.load(Ordering::Relaxed)).max(0) as usize
     }
 
     /// Heap bytes reachable from the directory: see `Counters::live`.
     pub(crate) fn live_bytes(&self) -> usize {
         // Relaxed: a count, like `len`.
-        self.counters.live.load(Ordering::Relaxed).max(0) as usize
+        own_count(self.counters.live.load(Ordering::Relaxed)).max(0) as usize
     }
 
     /// Heap bytes retired and not freed yet.
@@ -839,9 +870,17 @@ impl<M: Mapping> Store<M> {
 
     fn add_len(&self, delta: Delta) {
         // Relaxed: the counts are statistics; they order nothing.
-        self.counters
+        let before = self
+            .counters
             .len
             .fetch_add(delta.extents, Ordering::Relaxed);
+        // A cache in a registry books the change there too, with another relaxed RMW: the
+        // books are statistics as well, and whether the change belongs in them is decided by
+        // `before`, this RMW's place in the counter's modification order, not by an ordering
+        // (`Books::leave`).
+        if let Some(books) = &self.counters.books {
+            books.add_extents(before, delta.extents);
+        }
         self.add_live(delta.bytes);
         if delta.modified != 0 {
             self.counters
@@ -853,7 +892,11 @@ impl<M: Mapping> Store<M> {
     fn add_live(&self, bytes: isize) {
         if bytes != 0 {
             // Relaxed: a statistic.
-            self.counters.live.fetch_add(bytes, Ordering::Relaxed);
+            let before = self.counters.live.fetch_add(bytes, Ordering::Relaxed);
+            // As in `add_len`.
+            if let Some(books) = &self.counters.books {
+                books.add_live(before, bytes);
+            }
         }
     }
 
@@ -1620,6 +1663,9 @@ unsafe fn free_dir_and_slots<M>(dir: *mut Dir<M>) {
 
 impl<M> Drop for Store<M> {
     fn drop(&mut self) {
+        if let Some(books) = &self.counters.books {
+            books.drop_member(&self.counters.len, &self.counters.live);
+        }
         let dir = self.dir.load(ORD);
         if !dir.is_null() {
             // SAFETY: `&mut self`: no operation is running, so no slot is claimed (an

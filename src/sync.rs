@@ -13,6 +13,14 @@ pub(crate) use std::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsiz
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
+/// What a registry of caches (`ExtentCaches`) shares with its caches: its books and the
+/// reference counts that keep them. `std`'s even under loom, like the graveyard's ledger: they
+/// are bookkeeping, and no loom model builds a registry.
+pub(crate) mod shared {
+    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+    pub(crate) use std::sync::{Arc, Weak};
+}
+
 /// Called at the top of every retry loop. Nothing in a normal build. Under loom it lets the
 /// model checker run another thread: a loop that rereads a word another thread will change is
 /// not a wait (the other thread's change is already made or is being helped), but loom would
@@ -30,6 +38,13 @@ pub(crate) mod epoch {
     #[cfg(not(loom))]
     pub(crate) use crossbeam_epoch::{Guard, pin};
 
+    /// Lets the epoch free what it can now: the calling thread's deferred frees go to the
+    /// global queue, and whatever has passed its grace period is freed. Nothing under loom.
+    pub(crate) fn flush() {
+        #[cfg(not(loom))]
+        pin().flush();
+    }
+
     /// Under loom there is no epoch: a guard is a token, and retired objects wait in the
     /// cache's graveyard until the cache is dropped (what a very long grace period looks like).
     #[cfg(loom)]
@@ -46,7 +61,9 @@ pub(crate) mod epoch {
     /// drop. Either way it keeps the books: how many bytes wait for their grace period.
     #[derive(Default)]
     pub(crate) struct Graveyard {
-        /// Allocated at the first retirement (an empty cache allocates nothing).
+        /// The ledger its retirements are booked in, as a [`Held`] word: null until the first
+        /// retirement (an empty cache allocates nothing), then a ledger of its own; or a
+        /// registry's shared ledger ([`Graveyard::sharing`]) until it leaves it.
         ledger: std::sync::atomic::AtomicPtr<Ledger>,
         #[cfg(loom)]
         dead: loom::sync::Mutex<Vec<Deferred<BoxedFree>>>,
@@ -64,6 +81,45 @@ pub(crate) mod epoch {
     }
 
     const OWNER_GONE: u64 = 1 << 63;
+
+    /// A graveyard's ledger word, decoded: the tag layout is known here and nowhere else. The
+    /// low bit marks a shared ledger (a `Ledger` is 8-byte aligned: the bit is free).
+    enum Held {
+        /// No retirement yet: no ledger.
+        Nothing,
+        /// A ledger the graveyard owns: its drop orphans it.
+        Own(*mut Ledger),
+        /// A [`SharedLedger`]'s ledger: its owner orphans it, the graveyard never does.
+        Shared(*mut Ledger),
+    }
+
+    const SHARED_TAG: usize = 1;
+    const _: () = assert!(core::mem::align_of::<Ledger>() > SHARED_TAG);
+
+    impl Held {
+        fn of(word: *mut Ledger) -> Held {
+            if word.is_null() {
+                Held::Nothing
+            } else if word.addr() & SHARED_TAG != 0 {
+                Held::Shared(word.map_addr(|a| a & !SHARED_TAG))
+            } else {
+                Held::Own(word)
+            }
+        }
+
+        /// The word of a graveyard that books into the shared `ledger`.
+        fn shared_word(ledger: *mut Ledger) -> *mut Ledger {
+            ledger.map_addr(|a| a | SHARED_TAG)
+        }
+
+        /// The ledger to book in, if any.
+        fn ledger(&self) -> Option<*mut Ledger> {
+            match *self {
+                Held::Nothing => None,
+                Held::Own(l) | Held::Shared(l) => Some(l),
+            }
+        }
+    }
 
     impl Ledger {
         /// Books `n` more bytes waiting.
@@ -90,6 +146,60 @@ pub(crate) mod epoch {
                 // SAFETY: the cache is gone and no bytes wait: nobody uses the ledger again.
                 drop(unsafe { Box::from_raw(ledger.cast_mut()) });
             }
+        }
+
+        /// Marks the ledger's owner gone; frees the ledger if no bytes wait.
+        ///
+        /// # Safety
+        ///
+        /// Called once, by the ledger's owner, which never uses it again.
+        unsafe fn orphan(ledger: *mut Ledger) {
+            // AcqRel: as in `Ledger::freed`.
+            // SAFETY: the ledger lives until it is empty and orphaned, which only this marks.
+            let before = unsafe { &*ledger }
+                .bytes
+                .fetch_or(OWNER_GONE, std::sync::atomic::Ordering::AcqRel);
+            if before == 0 {
+                // SAFETY: no bytes wait, and the owner is gone: nobody uses the ledger again.
+                drop(unsafe { Box::from_raw(ledger) });
+            }
+        }
+
+        fn bytes(&self) -> usize {
+            // Relaxed: a count; it orders nothing.
+            (self.bytes.load(std::sync::atomic::Ordering::Relaxed) & !OWNER_GONE) as usize
+        }
+    }
+
+    /// A ledger several graveyards book into: a registry's (`ExtentCaches`), so that the
+    /// retired bytes of all its caches are one sum. It owns the ledger the way a graveyard owns
+    /// its own: its drop marks the owner gone, and whoever then leaves the ledger empty frees it
+    /// (this drop, or the last deferred free of any of the caches).
+    pub(crate) struct SharedLedger(*mut Ledger);
+
+    // SAFETY: the ledger is one atomic word, shared on purpose.
+    unsafe impl Send for SharedLedger {}
+    // SAFETY: as above.
+    unsafe impl Sync for SharedLedger {}
+
+    impl SharedLedger {
+        pub(crate) fn new() -> Self {
+            SharedLedger(Box::into_raw(Box::new(Ledger {
+                bytes: std::sync::atomic::AtomicU64::new(0),
+            })))
+        }
+
+        /// Bytes retired into this ledger and not freed yet.
+        pub(crate) fn retired_bytes(&self) -> usize {
+            // SAFETY: the ledger lives at least as long as its owner, `self`.
+            unsafe { &*self.0 }.bytes()
+        }
+    }
+
+    impl Drop for SharedLedger {
+        fn drop(&mut self) {
+            // SAFETY: the owner goes, once.
+            unsafe { Ledger::orphan(self.0) }
         }
     }
 
@@ -122,20 +232,49 @@ pub(crate) mod epoch {
     }
 
     impl Graveyard {
-        /// Bytes retired and not freed yet.
+        /// A graveyard that books into `ledger`, with the other graveyards sharing it, until
+        /// it [leaves](Self::leave_shared).
+        ///
+        /// # Safety
+        ///
+        /// `ledger` outlives the graveyard.
+        pub(crate) unsafe fn sharing(ledger: &SharedLedger) -> Self {
+            Graveyard {
+                ledger: std::sync::atomic::AtomicPtr::new(Held::shared_word(ledger.0)),
+                #[cfg(loom)]
+                dead: Default::default(),
+            }
+        }
+
+        /// Stops booking into a shared ledger: later retirements go to a ledger of the
+        /// graveyard's own, allocated at the first of them. What was booked stays in the shared
+        /// ledger until it is freed. Nothing for a graveyard that shares no ledger.
+        pub(crate) fn leave_shared(&self) {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            let cur = self.ledger.load(Acquire);
+            if let Held::Shared(_) = Held::of(cur) {
+                // Fails only if another call left first: the word is then null or the
+                // graveyard's own ledger, and stays so.
+                let _ = self
+                    .ledger
+                    .compare_exchange(cur, core::ptr::null_mut(), AcqRel, Acquire);
+            }
+        }
+
+        /// Bytes retired and not freed yet, in a ledger of the graveyard's own: a graveyard
+        /// that books into a shared ledger reports none (its owner has the sum).
         pub(crate) fn retired_bytes(&self) -> usize {
-            let ledger = self.ledger.load(std::sync::atomic::Ordering::Acquire);
-            // SAFETY: the ledger outlives the graveyard's owner, which is borrowed here.
-            unsafe { ledger.as_ref() }.map_or(0, |l| {
-                (l.bytes.load(std::sync::atomic::Ordering::Relaxed) & !OWNER_GONE) as usize
-            })
+            match Held::of(self.ledger.load(std::sync::atomic::Ordering::Acquire)) {
+                // SAFETY: the ledger outlives the graveyard's owner, which is borrowed here.
+                Held::Own(l) => unsafe { &*l }.bytes(),
+                Held::Nothing | Held::Shared(_) => 0,
+            }
         }
 
         /// The ledger, allocated at the first call.
         fn ledger(&self) -> *const Ledger {
             use std::sync::atomic::Ordering::{AcqRel, Acquire};
-            let cur = self.ledger.load(Acquire);
-            if !cur.is_null() {
+            if let Some(cur) = Held::of(self.ledger.load(Acquire)).ledger() {
                 return cur;
             }
             let new = Box::into_raw(Box::new(Ledger {
@@ -149,6 +288,7 @@ pub(crate) mod epoch {
                 Err(now) => {
                     // SAFETY: never shared.
                     drop(unsafe { Box::from_raw(new) });
+                    // From null the word only ever goes to a ledger of the graveyard's own.
                     now
                 }
             }
@@ -260,18 +400,9 @@ pub(crate) mod epoch {
             for free in self.dead.lock().unwrap().drain(..) {
                 free.run();
             }
-            let ledger = *self.ledger.get_mut();
-            if ledger.is_null() {
-                return;
-            }
-            // AcqRel: as in `Ledger::freed`.
-            // SAFETY: the ledger lives until it is empty and orphaned, which only this marks.
-            let before = unsafe { &*ledger }
-                .bytes
-                .fetch_or(OWNER_GONE, std::sync::atomic::Ordering::AcqRel);
-            if before == 0 {
-                // SAFETY: no bytes wait, and the owner is gone: nobody uses the ledger again.
-                drop(unsafe { Box::from_raw(ledger) });
+            if let Held::Own(ledger) = Held::of(*self.ledger.get_mut()) {
+                // SAFETY: the graveyard owns its own ledger, and goes.
+                unsafe { Ledger::orphan(ledger) }
             }
         }
     }

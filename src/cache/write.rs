@@ -34,13 +34,28 @@ pub fn retries_of_last_operation() -> u64 {
 }
 
 impl<M: Mapping> ExtentCache<M> {
+    /// Runs an operation that may write ([`run`](Self::run)); then, for a cache in a registry
+    /// with a budget, shrinks the registry if the operation took it over (with no guard held,
+    /// so that the epoch can free what the operation retired).
+    pub(super) fn execute<R, F>(&self, a: u64, b: u64, f: F) -> Result<R, Error<M>>
+    where
+        F: Fn(&Window<'_, M>) -> Plan<M, R> + Send + Sync + 'static,
+        R: Clone + Send + Sync + 'static,
+    {
+        let answer = self.run(a, b, f);
+        if self.store.books().is_some() {
+            self.after_change();
+        }
+        answer
+    }
+
     /// Plans an operation on the window around `[a, b]` and publishes its change; retries on a
     /// stale window. Answers that change nothing (errors included) are confirmed by a second
     /// read of the window, so they too hold at one instant. After [`ANNOUNCE_AFTER`] losses (a
     /// publish that found its window changed, or an answer whose second read disagreed) the
     /// operation is announced, and every writer helps it through (`Store::announce`). Widening
     /// the window or helping a change in flight is not a loss.
-    pub(super) fn execute<R, F>(&self, a: u64, b: u64, f: F) -> Result<R, Error<M>>
+    fn run<R, F>(&self, a: u64, b: u64, f: F) -> Result<R, Error<M>>
     where
         F: Fn(&Window<'_, M>) -> Plan<M, R> + Send + Sync + 'static,
         R: Clone + Send + Sync + 'static,

@@ -1,0 +1,825 @@
+//! [`ExtentCaches`]: a registry of extent caches, one per file, whose memory is booked in one
+//! place and kept under one budget.
+//!
+//! The registry is an index (a lock-free skip list keyed by file number) and its *books*: one
+//! shared allocation that every cache of the registry points at, holding the sums of its
+//! caches' counters (extents, live bytes), the ledger all of them book their retired bytes
+//! in, the budget, and a weak pointer back to the registry for the automatic mode. A cache of
+//! a registry is an ordinary [`ExtentCache`] whose store carries that one pointer (`Store`'s
+//! counters line has room for it); a cache of its own carries none and pays nothing.
+
+use core::fmt;
+use core::ops::Deref;
+use std::alloc::Layout;
+use std::cell::Cell;
+
+use crossbeam_skiplist::SkipMap;
+use crossbeam_utils::CachePadded;
+
+use crate::cache::{ExtentCache, MemoryUsage};
+use crate::error::Error;
+use crate::extent::{BlockMapping, Mapping};
+use crate::page::{self, Shape};
+use crate::plan::Evict;
+use crate::store::Store;
+use crate::sync::AtomicIsize as CacheCounter;
+use crate::sync::epoch::{self, SharedLedger};
+use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, Ordering, Weak};
+
+/// How many extents one visit of a file evicts at most: each file gives up this much per
+/// visit, then the shrinker goes on to the next one, so that a large file does not absorb a
+/// whole shrink while small ones keep everything.
+const CHUNK: usize = 64;
+
+/// The bounds of one automatic shrink (one call from a write that took the books over the
+/// budget): so that no writer stalls, it evicts at most `extents` extents in at most `calls`
+/// calls of [`ExtentCache::evict`] (each looks at `4 * CHUNK + 64` extents at most), and looks
+/// at `files` files at most.
+const AUTO: Limits = Limits {
+    extents: 256,
+    calls: 8,
+    files: 64,
+};
+
+/// No bounds: [`ExtentCaches::shrink`] runs until its target is met or nothing is left.
+const MANUAL: Limits = Limits {
+    extents: usize::MAX,
+    calls: usize::MAX,
+    files: usize::MAX,
+};
+
+/// An automatic shrink frees what the books are over the budget plus this share of the
+/// budget, so that the next few writes do not all land over it again.
+const AUTO_MARGIN_DIVISOR: usize = 16;
+
+/// A registry of extent caches, one per file (inode), for a mount or a process: lock-free
+/// lookup by file number, the memory of all its caches in one set of books, and an optional
+/// budget that writers keep by evicting clean extents round-robin across files.
+///
+/// # Guarantees
+///
+/// * [`get_or_create`](Self::get_or_create), [`get`](Self::get) and [`remove`](Self::remove)
+///   are lock-free (a [`crossbeam_skiplist::SkipMap`] keyed by file number). Two threads that
+///   create the same file at once get the same cache: a file's entry is inserted only when
+///   absent and never replaced in place.
+/// * [`memory`](Self::memory) is O(1): every cache of the registry adds each change of its
+///   counters to the registry's books as it makes it, and all of them book their retired
+///   bytes in one shared ledger. When no change is in flight the books are exact: extents and
+///   live bytes are the sums of the files' own [`ExtentCache::memory`]; retired bytes are the
+///   registry's alone (a cache of a registry reports none of its own).
+/// * [`shrink`](Self::shrink) evicts only what [`Evict::Clean`] may evict: never a modified,
+///   pinned or logging extent.
+/// * With a [budget](Self::with_budget), a write that takes the books' live and retired bytes
+///   over it evicts a bounded amount (at most 256 extents, 8 evictions, 64 files looked at)
+///   before it returns: no caller stalls.
+///
+/// # Not promised
+///
+/// * While changes are in flight the books lag the files' own counters by what those changes
+///   are adding (one change per thread at most); `len` is approximate, like the skip list's.
+/// * The budget is a target kept by the writers that cross it, not a hard limit: extents that
+///   may not be evicted, caches' empty directories, garbage that waits for its grace period
+///   and the writes of other threads while one shrinks all go over it for a while.
+///
+/// ```
+/// use extent_cache::{Extent, ExtentCaches};
+///
+/// let caches = ExtentCaches::with_budget(1 << 20).unwrap();
+/// let inode = caches.get_or_create(257);
+/// inode.insert(Extent::hole(0, 4096)).unwrap(); // through the handle: an `ExtentCache`
+/// assert_eq!(caches.get(257).unwrap().len(), 1);
+/// assert_eq!(caches.memory().extents, 1);
+/// assert!(caches.get(258).is_none());
+/// ```
+pub struct ExtentCaches<M: Mapping = BlockMapping> {
+    registry: Arc<Registry<M>>,
+}
+
+/// What the handle owns; the books point back at it weakly.
+struct Registry<M: Mapping> {
+    /// The caches, by file number.
+    files: SkipMap<u64, File<M>>,
+    books: Arc<Books>,
+    /// The file the next shrink starts at (the first one at or after it): where the last
+    /// shrink stopped. A hint: concurrent shrinks may visit the same files.
+    cursor: AtomicU64,
+}
+
+/// A file's entry in the index.
+struct File<M: Mapping> {
+    cache: Arc<ExtentCache<M>>,
+    /// Where the next visit of the shrinker evicts from in this file (0: from its start).
+    resume: AtomicU64,
+}
+
+/// A handle on the cache of one file of an [`ExtentCaches`]: cheap to clone (a reference
+/// count), and an [`ExtentCache`] through [`Deref`]. It keeps the cache alive after the file
+/// is [removed](ExtentCaches::remove) or the registry dropped.
+///
+/// ```
+/// use extent_cache::{Extent, ExtentCaches};
+///
+/// let caches = ExtentCaches::new();
+/// let a = caches.get_or_create(7);
+/// let b = a.clone();
+/// a.insert(Extent::hole(0, 4096)).unwrap();
+/// assert_eq!((b.file(), b.len()), (7, 1));
+/// ```
+pub struct CacheRef<M: Mapping = BlockMapping> {
+    file: u64,
+    cache: Arc<ExtentCache<M>>,
+}
+
+/// What a [`shrink`](ExtentCaches::shrink) did.
+///
+/// ```
+/// use extent_cache::{Extent, ExtentCaches};
+///
+/// let caches = ExtentCaches::new();
+/// caches.get_or_create(1).insert(Extent::hole(0, 4096)).unwrap();
+/// let shrunk = caches.shrink(1).unwrap();
+/// assert_eq!((shrunk.extents, shrunk.files_visited, shrunk.files_skipped), (1, 1, 0));
+/// assert!(shrunk.bytes > 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shrunk {
+    /// Extents evicted.
+    pub extents: usize,
+    /// Live bytes given back, by the caches' own books: for each eviction, the cache's live
+    /// bytes before it minus after it, or the bytes of the extents it evicted
+    /// ([`Evicted::bytes`](crate::Evicted::bytes)) if that is more (a write to the file in
+    /// between cannot hide what the eviction gave back). They become retired bytes, freed
+    /// once the epoch's grace period has passed.
+    pub bytes: usize,
+    /// Visits of a file (one or more evictions from where its last visit stopped).
+    pub files_visited: usize,
+    /// Files passed over in the first round because a handle on them was held elsewhere.
+    pub files_skipped: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The books.
+
+/// The books of a registry, shared by the registry and every cache it created.
+pub(crate) struct Books {
+    /// What every write of every cache bumps: kept off the line of what is only read.
+    counts: CachePadded<Counts>,
+    /// The ledger every cache of the registry books its retired bytes in (until it leaves).
+    ledger: SharedLedger,
+    /// Live plus retired bytes above which a growing write shrinks.
+    budget: Option<usize>,
+    /// The registry, for the automatic mode; dead once the registry is dropped. Its mapping
+    /// type erased, so that the books (and the store that points at them) need none.
+    registry: Weak<dyn Shrink>,
+}
+
+/// What the automatic mode needs of a registry.
+trait Shrink: Send + Sync {
+    /// One bounded shrink (`AUTO`) of `target` bytes.
+    fn shrink_auto(&self, target: usize);
+}
+
+impl<M: Mapping> Shrink for Registry<M> {
+    fn shrink_auto(&self, target: usize) {
+        self.shrink(target, AUTO);
+    }
+}
+
+/// The sums of the counters of the caches in the books.
+struct Counts {
+    /// Extents.
+    extents: AtomicIsize,
+    /// Live bytes (directories, slots, pages).
+    live: AtomicIsize,
+}
+
+/// Added to a cache's own `len` and `live` counters when it leaves its registry's books: so
+/// large that no count comes near it, so that the counter's value says both the count and
+/// whether the cache still books into the registry.
+const LEFT: isize = 1 << 61;
+
+/// Whether a cache counter's value (as a read-modify-write returned it) is that of a cache
+/// that has left its books.
+fn has_left(word: isize) -> bool {
+    word >= LEFT / 2
+}
+
+/// The count a cache counter's value holds, whether or not its cache has left its books.
+pub(crate) fn own_count(word: isize) -> isize {
+    if has_left(word) { word - LEFT } else { word }
+}
+
+std::thread_local! {
+    /// Set by a write that took its registry's books over the budget; the write shrinks
+    /// before it returns ([`ExtentCache::after_change`]).
+    static OVER_BUDGET: Cell<bool> = const { Cell::new(false) };
+    /// Set while the thread shrinks: the evictions of a shrink do not shrink again.
+    static SHRINKING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Books {
+    /// The ledger the registry's caches book their retired bytes in.
+    pub(crate) fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
+    /// Books a change of `n` extents of a cache whose `len` counter held `before` just before
+    /// it (the value its own read-modify-write returned).
+    ///
+    /// Relaxed, here and for every count of the books: they are statistics and order nothing.
+    /// What keeps them exact is not an ordering but the cache counter's modification order:
+    /// the change's RMW on it comes before or after the one of [`leave`](Self::leave), and
+    /// `before` says which.
+    #[inline]
+    pub(crate) fn add_extents(&self, before: isize, n: isize) {
+        if n != 0 && !has_left(before) {
+            self.counts.extents.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Books a change of `n` live bytes of a cache whose `live` counter held `before` (as
+    /// [`add_extents`](Self::add_extents)). A change that grew them and took the books' live
+    /// and retired bytes over the budget marks the thread to shrink: one relaxed load (the
+    /// ledger's) and a compare, the live sum being what this RMW returned.
+    #[inline]
+    pub(crate) fn add_live(&self, before: isize, n: isize) {
+        if has_left(before) {
+            return;
+        }
+        let live = self.counts.live.fetch_add(n, Ordering::Relaxed) + n;
+        if let Some(budget) = self.budget {
+            if n > 0 && live.saturating_add(self.ledger.retired_bytes() as isize) > budget as isize
+            {
+                // `try_with`: a write from a thread-local's destructor must not panic.
+                let _ = OVER_BUDGET.try_with(|o| o.set(true));
+            }
+        }
+    }
+
+    /// Takes a cache out of the books: its own counters get [`LEFT`], each with one RMW, and
+    /// what they held before it comes off the books. Exact: a change whose RMW on the
+    /// counter came before this one saw the cache in the books, and booked (or is about to
+    /// book) its share, which the value taken off includes; one after it saw the cache gone
+    /// and books nothing, and the value taken off does not include it. Called once per
+    /// cache: by [`ExtentCaches::remove`], which alone gets the entry it removed, or by the
+    /// cache's drop when it never left.
+    pub(crate) fn leave(&self, len: &CacheCounter, live: &CacheCounter) {
+        // Relaxed: see `add_extents`.
+        let extents = len.fetch_add(LEFT, crate::sync::Ordering::Relaxed);
+        debug_assert!(!has_left(extents), "a cache leaves its books once");
+        self.counts.extents.fetch_sub(extents, Ordering::Relaxed);
+        let bytes = live.fetch_add(LEFT, crate::sync::Ordering::Relaxed);
+        self.counts.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// The drop of a cache in the books: it leaves them unless it already has.
+    pub(crate) fn drop_member(&self, len: &CacheCounter, live: &CacheCounter) {
+        // Relaxed: the cache is being dropped; nobody else touches its counters.
+        if !has_left(len.load(crate::sync::Ordering::Relaxed)) {
+            self.leave(len, live);
+        }
+    }
+
+    /// Extents, live and retired bytes of the caches in the books.
+    fn memory(&self) -> MemoryUsage {
+        MemoryUsage {
+            extents: self.counts.extents.load(Ordering::Relaxed).max(0) as usize,
+            live_bytes: self.counts.live.load(Ordering::Relaxed).max(0) as usize,
+            retired_bytes: self.ledger.retired_bytes(),
+        }
+    }
+}
+
+impl Books {
+    /// The automatic mode, on the thread whose write took the books over the budget: once per
+    /// thread at a time, it lets the epoch free what it can, then, if the books are still
+    /// over, runs one bounded shrink.
+    #[cold]
+    fn shrink_over_budget(&self) {
+        let Some(budget) = self.budget else {
+            return;
+        };
+        if SHRINKING.try_with(|s| s.replace(true)) != Ok(false) {
+            return;
+        }
+        /// Clears the flag however the shrink ends.
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let _ = SHRINKING.try_with(|s| s.set(false));
+            }
+        }
+        let _done = Done;
+        // Garbage counts against the budget: let the epoch free what it can first.
+        epoch::flush();
+        let over = self.memory().total_bytes().saturating_sub(budget);
+        if over == 0 {
+            return;
+        }
+        // A dropped registry has nothing left to shrink.
+        if let Some(registry) = self.registry.upgrade() {
+            registry.shrink_auto(over + budget / AUTO_MARGIN_DIVISOR);
+        }
+    }
+}
+
+impl<M: Mapping> ExtentCache<M> {
+    /// An empty cache in `books`: like [`new`](Self::new), plus the one pointer.
+    fn in_books(books: Arc<Books>) -> Self {
+        ExtentCache {
+            store: Store::in_books(Shape::new(page::DEFAULT_CAP), books),
+        }
+    }
+
+    /// Runs after every write of a cache in a registry (the caller checked it is one): if a
+    /// change on this thread took the registry over its budget, shrinks it (bounded). The
+    /// caller holds no guard, so that the epoch can free what the writes retired.
+    pub(crate) fn after_change(&self) {
+        if OVER_BUDGET.try_with(|o| o.replace(false)) == Ok(true) {
+            if let Some(books) = self.store.books() {
+                books.shrink_over_budget();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry.
+
+impl<M: Mapping> Default for ExtentCaches<M> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<M: Mapping> fmt::Debug for ExtentCaches<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtentCaches")
+            .field("files", &self.len())
+            .field("budget", &self.budget())
+            .field("memory", &self.memory())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Mapping> ExtentCaches<M> {
+    /// An empty registry with no budget: it books memory, and shrinks only when asked
+    /// ([`shrink`](Self::shrink)).
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// assert!(caches.is_empty());
+    /// assert_eq!(caches.budget(), None);
+    /// ```
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty registry that keeps its caches' live and retired bytes
+    /// ([`memory`](Self::memory)`.total_bytes()`) near `bytes`: a write that takes them over
+    /// it evicts clean extents of the registry's files, a bounded amount, before it returns
+    /// (see the type's documentation). `bytes == 0` is [`Error::InvalidArgument`].
+    ///
+    /// ```
+    /// use extent_cache::{Error, ExtentCaches};
+    /// let caches = ExtentCaches::<extent_cache::BlockMapping>::with_budget(64 << 20).unwrap();
+    /// assert_eq!(caches.budget(), Some(64 << 20));
+    /// assert!(matches!(
+    ///     ExtentCaches::<extent_cache::BlockMapping>::with_budget(0),
+    ///     Err(Error::InvalidArgument { .. })
+    /// ));
+    /// ```
+    pub fn with_budget(bytes: usize) -> Result<Self, Error<M>> {
+        if bytes == 0 {
+            return Err(Error::invalid(
+                "a budget of 0 bytes: use ExtentCaches::new for a registry without one",
+            ));
+        }
+        Ok(Self::build(Some(bytes)))
+    }
+
+    fn build(budget: Option<usize>) -> Self {
+        let registry = Arc::new_cyclic(|weak: &Weak<Registry<M>>| Registry {
+            files: SkipMap::new(),
+            books: Arc::new(Books {
+                counts: CachePadded::new(Counts {
+                    extents: AtomicIsize::new(0),
+                    live: AtomicIsize::new(0),
+                }),
+                ledger: SharedLedger::new(),
+                budget,
+                registry: weak.clone() as Weak<dyn Shrink>,
+            }),
+            cursor: AtomicU64::new(0),
+        });
+        ExtentCaches { registry }
+    }
+
+    /// The budget, if the registry has one.
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::with_budget(4096).unwrap();
+    /// assert_eq!(caches.budget(), Some(4096));
+    /// ```
+    pub fn budget(&self) -> Option<usize> {
+        self.registry.books.budget
+    }
+
+    /// The cache of `file`, created empty if the registry has none. Lock-free; two threads
+    /// that create the same file at once get the same cache (the index inserts an entry only
+    /// when the file has none, and never replaces one in place).
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// let a = caches.get_or_create(3);
+    /// let b = caches.get_or_create(3);
+    /// assert!(std::ptr::eq(&*a, &*b));
+    /// assert_eq!(caches.len(), 1);
+    /// ```
+    pub fn get_or_create(&self, file: u64) -> CacheRef<M> {
+        let entry = self.registry.files.get_or_insert_with(file, || File {
+            // Dropped unused if another thread inserts the file first: an empty cache leaves
+            // the books as it came, with nothing.
+            cache: Arc::new(ExtentCache::in_books(self.registry.books.clone())),
+            resume: AtomicU64::new(0),
+        });
+        CacheRef {
+            file,
+            cache: entry.value().cache.clone(),
+        }
+    }
+
+    /// The cache of `file`, if the registry has one. Lock-free.
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// assert!(caches.get(3).is_none());
+    /// caches.get_or_create(3);
+    /// assert_eq!(caches.get(3).unwrap().file(), 3);
+    /// ```
+    pub fn get(&self, file: u64) -> Option<CacheRef<M>> {
+        let entry = self.registry.files.get(&file)?;
+        Some(CacheRef {
+            file,
+            cache: entry.value().cache.clone(),
+        })
+    }
+
+    /// Takes the cache of `file` out of the registry and returns a handle on it, or `None`
+    /// when the registry has no cache for `file`.
+    ///
+    /// The cache leaves the registry's books at once: its extents and live bytes come off
+    /// them (exactly, once the changes in flight on it have finished), and what it does from
+    /// now on is its own (its own [`ExtentCache::memory`] has it all, retired bytes
+    /// included). Bytes it retired before leaving stay in the registry's retired bytes until
+    /// the epoch frees them. The cache itself lives on while a handle does (this one, and any
+    /// taken before the removal); a later [`get_or_create`](Self::get_or_create) of `file`
+    /// creates a new, empty cache.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCaches};
+    /// let caches = ExtentCaches::new();
+    /// caches.get_or_create(3).insert(Extent::hole(0, 4096)).unwrap();
+    /// let gone = caches.remove(3).unwrap();
+    /// assert_eq!((gone.file(), gone.len()), (3, 1));
+    /// assert_eq!(caches.memory().extents, 0);
+    /// assert!(caches.get(3).is_none() && caches.remove(3).is_none());
+    /// ```
+    pub fn remove(&self, file: u64) -> Option<CacheRef<M>> {
+        let entry = self.registry.files.remove(&file)?;
+        let cache = entry.value().cache.clone();
+        // Only the thread whose removal marked the entry gets it: the cache leaves once.
+        cache.store.leave_books();
+        Some(CacheRef { file, cache })
+    }
+
+    /// Number of files in the registry (approximate while files are created or removed).
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// caches.get_or_create(1);
+    /// caches.get_or_create(2);
+    /// assert_eq!(caches.len(), 2);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.registry.files.len()
+    }
+
+    /// Whether the registry has no file (approximate, like [`len`](Self::len)).
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// assert!(caches.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Handles on the caches of the registry, in file order. Weakly consistent, like the
+    /// skip list it walks: a file present for the whole iteration is yielded once.
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// caches.get_or_create(9);
+    /// caches.get_or_create(2);
+    /// let files: Vec<u64> = caches.iter().map(|c| c.file()).collect();
+    /// assert_eq!(files, [2, 9]);
+    /// ```
+    pub fn iter(&self) -> CacheRefs<'_, M> {
+        CacheRefs {
+            inner: self.registry.files.iter(),
+        }
+    }
+
+    /// The memory of all the registry's caches, from its books, in O(1): extents and live
+    /// bytes are the sums of the caches' own [`ExtentCache::memory`] (exact when no change is
+    /// in flight), retired bytes those of the registry's shared ledger (the caches in the
+    /// registry report none of their own). The registry's index is not in it: see
+    /// [`overhead_bytes`](Self::overhead_bytes).
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCaches};
+    /// let caches = ExtentCaches::new();
+    /// caches.get_or_create(1).insert(Extent::hole(0, 4096)).unwrap();
+    /// caches.get_or_create(2).insert(Extent::hole(0, 4096)).unwrap();
+    /// let m = caches.memory();
+    /// assert_eq!(m.extents, 2);
+    /// let sum: usize = caches.iter().map(|c| c.memory().live_bytes).sum();
+    /// assert_eq!(m.live_bytes, sum);
+    /// ```
+    pub fn memory(&self) -> MemoryUsage {
+        self.registry.books.memory()
+    }
+
+    /// Heap bytes the registry holds for its files beyond their caches' books, estimated:
+    /// per file, the shared allocation of its cache (the cache's two cache lines and a
+    /// reference count's padding) and its node in the index (whose tower height is random:
+    /// two pointers on average). Neither [`memory`](Self::memory) nor the budget counts them:
+    /// eviction cannot give them back, removing files does.
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(caches.overhead_bytes(), 0);
+    /// caches.get_or_create(1);
+    /// assert!(caches.overhead_bytes() >= size_of::<extent_cache::ExtentCache>());
+    /// ```
+    pub fn overhead_bytes(&self) -> usize {
+        self.len() * Self::file_bytes()
+    }
+
+    /// What one file costs the registry: see [`overhead_bytes`](Self::overhead_bytes).
+    fn file_bytes() -> usize {
+        // `Arc`'s allocation: two counts, then the cache at its alignment.
+        let shared = Layout::new::<[usize; 2]>()
+            .extend(Layout::new::<ExtentCache<M>>())
+            .map_or(0, |(l, _)| l.pad_to_align().size());
+        // A skip list node: value, key, a word of counts and height, then its tower.
+        let node = Layout::new::<File<M>>()
+            .extend(Layout::new::<[u64; 2]>())
+            .and_then(|(l, _)| l.extend(Layout::new::<[usize; 2]>()))
+            .map_or(0, |(l, _)| l.pad_to_align().size());
+        shared + node
+    }
+
+    /// Evicts clean extents of the registry's files until the evictions have given back at
+    /// least `bytes_to_free` live bytes (by the caches' books, see [`Shrunk::bytes`]), or
+    /// nothing more can go. [`Error::InvalidArgument`] when `bytes_to_free == 0`.
+    ///
+    /// Round-robin from a saved cursor, like the btrfs extent map shrinker: files are visited
+    /// in file order from where the last shrink stopped, wrapping around; a visit evicts up to
+    /// 64 extents with [`ExtentCache::evict`]`(from, u64::MAX, _, Evict::Clean)`, `from`
+    /// being where the file's last visit stopped, and remembers where it stops in turn. So
+    /// never a modified, pinned or logging extent goes, and every file gives its share in
+    /// turn. In the first round, files whose [`CacheRef`] is held outside the registry (a
+    /// handle's reference count above the registry's own: someone is using the file) are
+    /// skipped; later rounds visit them too. The shrink ends when the target is met, or when
+    /// a round that visited every file from its start evicted nothing.
+    ///
+    /// Concurrent writers may fill what it evicts; concurrent shrinks may visit the same
+    /// files (the cursor is a hint).
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCaches};
+    ///
+    /// let caches = ExtentCaches::new();
+    /// for file in 0..3 {
+    ///     let cache = caches.get_or_create(file);
+    ///     cache.insert(Extent::hole(0, 4096)).unwrap();
+    ///     cache.insert_modified(Extent::hole(8192, 4096)).unwrap(); // an fsync needs it
+    /// }
+    /// let shrunk = caches.shrink(usize::MAX).unwrap();
+    /// assert_eq!(shrunk.extents, 3);
+    /// assert_eq!(caches.memory().extents, 3); // the modified ones stay
+    /// assert!(caches.shrink(0).is_err());
+    /// ```
+    pub fn shrink(&self, bytes_to_free: usize) -> Result<Shrunk, Error<M>> {
+        if bytes_to_free == 0 {
+            return Err(Error::invalid("shrink of 0 bytes"));
+        }
+        Ok(self.registry.shrink(bytes_to_free, MANUAL))
+    }
+}
+
+/// The bounds of one shrink.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// Extents evicted, at most.
+    extents: usize,
+    /// Calls of `evict`, at most.
+    calls: usize,
+    /// Files looked at (visited or skipped), at most.
+    files: usize,
+}
+
+/// One round of a shrink: one pass over the files, from the cursor around to it.
+#[derive(Default)]
+struct Round {
+    /// Extents it evicted.
+    evicted: usize,
+    /// Files it skipped as held.
+    skipped: usize,
+    /// Whether one of its visits started inside a file (where an earlier visit stopped).
+    resumed: bool,
+}
+
+/// What one visit of a file did.
+struct Visit {
+    extents: usize,
+    bytes: usize,
+    /// Whether it started inside the file.
+    resumed: bool,
+}
+
+impl<M: Mapping> Registry<M> {
+    /// Runs rounds from the cursor until `target` live bytes were given back, a limit is hit,
+    /// or a round that skipped no file and started every visit at its file's start evicted
+    /// nothing (every file was then looked at whole: nothing is left to evict).
+    fn shrink(&self, target: usize, limits: Limits) -> Shrunk {
+        let mut report = Shrunk::default();
+        let start = self.cursor.load(Ordering::Relaxed);
+        let mut first_round = true;
+        let mut round = Round::default();
+        // The next file to look at is the first at or after `pos`: in `[start, MAX]` before
+        // the round wraps, in `[0, start)` after. `None`: past `u64::MAX`.
+        let mut pos = Some(start);
+        let mut wrapped = false;
+        let mut calls = 0;
+        let mut looked = 0;
+        loop {
+            let next = match (pos, wrapped) {
+                (Some(p), false) => self.files.range(p..).next(),
+                (Some(p), true) => self.files.range(p..start).next(),
+                (None, _) => None,
+            };
+            let Some(entry) = next else {
+                if !wrapped {
+                    (wrapped, pos) = (true, Some(0));
+                    continue;
+                }
+                // The round is over.
+                if round.evicted == 0 && round.skipped == 0 && !round.resumed {
+                    break;
+                }
+                first_round = false;
+                round = Round::default();
+                (wrapped, pos) = (false, Some(start));
+                continue;
+            };
+            let file = *entry.key();
+            pos = file.checked_add(1);
+            if looked == limits.files {
+                break;
+            }
+            looked += 1;
+            let f = entry.value();
+            // The registry holds one reference; a handle someone keeps is another.
+            if first_round && Arc::strong_count(&f.cache) > 1 {
+                report.files_skipped += 1;
+                round.skipped += 1;
+                continue;
+            }
+            let want = CHUNK.min(limits.extents - report.extents);
+            let v = f.visit(want, &mut calls, limits.calls);
+            // Relaxed: a hint for the next shrink; it orders nothing.
+            self.cursor.store(file.wrapping_add(1), Ordering::Relaxed);
+            report.files_visited += 1;
+            report.extents += v.extents;
+            report.bytes += v.bytes;
+            round.evicted += v.extents;
+            round.resumed |= v.resumed;
+            if report.bytes >= target || report.extents >= limits.extents || calls >= limits.calls {
+                break;
+            }
+        }
+        report
+    }
+}
+
+impl<M: Mapping> File<M> {
+    /// Evicts up to `want` clean extents from where the last visit stopped, with as many calls
+    /// of `evict` as that takes (until the file's end, `want` extents, or `max_calls` calls in
+    /// all), and remembers where it stops.
+    fn visit(&self, want: usize, calls: &mut usize, max_calls: usize) -> Visit {
+        // Relaxed, `resume` here and below: a position, not a publication; a concurrent
+        // shrink that moves it makes this visit start elsewhere, nothing worse.
+        let from = self.resume.load(Ordering::Relaxed);
+        let mut v = Visit {
+            extents: 0,
+            bytes: 0,
+            resumed: from != 0,
+        };
+        let mut from = from;
+        while v.extents < want && *calls < max_calls {
+            *calls += 1;
+            let before = self.cache.store.live_bytes();
+            // `from` is an extent's start, below `u64::MAX`, and `want > v.extents`: the
+            // arguments are valid, and an eviction cannot fail otherwise.
+            let Ok(ev) = self
+                .cache
+                .evict(from, u64::MAX, want - v.extents, Evict::Clean)
+            else {
+                self.resume.store(0, Ordering::Relaxed);
+                break;
+            };
+            // A write to the file between the two reads can hide what the eviction gave
+            // back: the extents' own bytes are the floor.
+            v.bytes += before
+                .saturating_sub(self.cache.store.live_bytes())
+                .max(ev.bytes);
+            v.extents += ev.extents;
+            from = ev.resume_at.unwrap_or(0);
+            self.resume.store(from, Ordering::Relaxed);
+            if ev.resume_at.is_none() {
+                break;
+            }
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handles.
+
+impl<M: Mapping> CacheRef<M> {
+    /// The file this cache belongs to.
+    ///
+    /// ```
+    /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+    /// assert_eq!(caches.get_or_create(42).file(), 42);
+    /// ```
+    pub fn file(&self) -> u64 {
+        self.file
+    }
+}
+
+impl<M: Mapping> Clone for CacheRef<M> {
+    fn clone(&self) -> Self {
+        CacheRef {
+            file: self.file,
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+impl<M: Mapping> Deref for CacheRef<M> {
+    type Target = ExtentCache<M>;
+
+    fn deref(&self) -> &ExtentCache<M> {
+        &self.cache
+    }
+}
+
+impl<M: Mapping> fmt::Debug for CacheRef<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheRef")
+            .field("file", &self.file)
+            .field("cache", &*self.cache)
+            .finish()
+    }
+}
+
+/// Iterator over handles on the caches of an [`ExtentCaches`], in file order; see
+/// [`ExtentCaches::iter`].
+///
+/// ```
+/// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
+/// caches.get_or_create(1);
+/// let mut it = caches.iter();
+/// assert_eq!(it.next().map(|c| c.file()), Some(1));
+/// assert!(it.next().is_none());
+/// ```
+pub struct CacheRefs<'a, M: Mapping> {
+    inner: crossbeam_skiplist::map::Iter<'a, u64, File<M>>,
+}
+
+impl<M: Mapping> Iterator for CacheRefs<'_, M> {
+    type Item = CacheRef<M>;
+
+    fn next(&mut self) -> Option<CacheRef<M>> {
+        let entry = self.inner.next()?;
+        Some(CacheRef {
+            file: *entry.key(),
+            cache: entry.value().cache.clone(),
+        })
+    }
+}
