@@ -25,12 +25,22 @@
 //! `ops` counts requests: a `get`, a write, a drop, or (seed-race) a read that missed and then
 //! called `get_or_insert`; for `fill`, `get_or_insert` calls.
 //!
+//! `--workload files` is another kind of run: many files under one memory budget, with fill
+//! tickets, writes, fsyncs and truncates, on the registry `ExtentCaches` against a locked map
+//! per file (see `examples/files/mod.rs` for what it does and prints):
+//!
+//! ```sh
+//! cargo run --release --example workload -- --workload files --files 10000 --file-extents 1000
+//! ```
+//!
 //! `errors` counts every error returned, every answer that does not cover the offset asked for,
 //! every `get` that misses where the file is known to be fully cached (read, hot, mixed), and
 //! every overlap, ordering or coverage violation found by a check of the whole map at the end
 //! (a `snapshot()` of either implementation; full coverage of the file is checked for read, hot,
 //! mixed and every completed fill round). It must be 0.
 
+#[path = "files/mod.rs"]
+mod files;
 #[path = "../benches/support/mod.rs"]
 mod support;
 
@@ -41,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
-use extent_cache::{Extent, ExtentCache};
+use extent_cache::{Extent, ExtentCache, ExtentCaches};
 use indicatif::{ProgressBar, ProgressStyle};
 use support::{File, K, Map, NEW_DISK_BASE, Rng, Workload, steady_op};
 
@@ -73,6 +83,12 @@ struct Args {
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
+    /// `--workload files`: the number of files.
+    #[arg(long, default_value_t = 10_000, value_parser = file_count)]
+    files: usize,
+    /// `--workload files`: the most extents a file has (each file draws from 1 to this).
+    #[arg(long, default_value_t = 1000, value_parser = file_extent_count)]
+    file_extents: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -82,7 +98,10 @@ enum WorkloadArg {
     Mixed,
     SeedRace,
     Fill,
+    /// The five workloads above (not `files`).
     All,
+    /// Many files in a memory budget: the registry against a locked map per file.
+    Files,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -105,6 +124,19 @@ fn whole_number(s: &str, max: usize) -> Result<usize, String> {
         Ok(_) => Err(format!("must be from 1 to {max}")),
         Err(e) => Err(format!("not a positive whole number: {e}")),
     }
+}
+
+/// Most files of `--workload files`.
+const MAX_FILES: usize = 1_000_000;
+/// Most extents per file of `--workload files`.
+const MAX_FILE_EXTENTS: usize = 100_000;
+
+fn file_count(s: &str) -> Result<usize, String> {
+    whole_number(s, MAX_FILES)
+}
+
+fn file_extent_count(s: &str) -> Result<usize, String> {
+    whole_number(s, MAX_FILE_EXTENTS)
 }
 
 fn thread_count(s: &str) -> Result<usize, String> {
@@ -412,8 +444,107 @@ fn table(results: &[RunResult]) -> String {
     out
 }
 
+/// Resident memory of the process in bytes, from `/proc/self/statm` (0 where there is none).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// `--workload files`: the registry in a budget, then the locked baseline, on the same files.
+fn run_files(args: &Args) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores);
+    let disk = files::Disk::new(args.files, args.file_extents, 0xf17e5);
+    let per_extent = files::bytes_per_extent();
+    let working_set = disk.extents() * per_extent;
+    let budget = (working_set / 3).max(1);
+    println!(
+        "{} files, {} extents of 16 KiB; working set {:.1} MiB ({per_extent} B per cached extent); \
+         budget {:.1} MiB; {threads} threads, {} s per run",
+        args.files,
+        disk.extents(),
+        mib(working_set as u64),
+        mib(budget as u64),
+        args.seconds
+    );
+    println!(
+        "{:<16} {:>8} {:>9} {:>8} {:>14} {:>14} {:>13} {:>8} {:>6}",
+        "impl",
+        "Mops/s",
+        "hit rate",
+        "refused",
+        "accounted MiB",
+        "resident MiB",
+        "evicted",
+        "stale",
+        "errors"
+    );
+    let mut errors = 0;
+    let lockfree = args.implementation != ImplArg::Locked;
+    let locked = args.implementation != ImplArg::Lockfree;
+    for budget in [Some(budget), None].into_iter().filter(|_| lockfree) {
+        let caches = match budget {
+            Some(b) => ExtentCaches::with_budget(b).expect("a budget above 0"),
+            None => ExtentCaches::new(),
+        };
+        let (c, secs, stale) = files::run(&caches, &disk, threads, args.seconds);
+        let accounted = caches.memory().total_bytes() as u64;
+        println!(
+            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>14.1} {:>14.1} {:>13} {:>8} {:>6}",
+            if budget.is_some() {
+                "ExtentCaches"
+            } else {
+                "  (no budget)"
+            },
+            c.ops as f64 / secs / 1e6,
+            100.0 * c.hit_rate(),
+            c.refused,
+            mib(accounted),
+            mib(resident_bytes()),
+            caches.shrunk().extents,
+            stale,
+            c.errors + stale
+        );
+        errors += c.errors + stale;
+    }
+    if locked {
+        let locked = files::LockedFiles::default();
+        let (c, secs, stale) = files::run(&locked, &disk, threads, args.seconds);
+        println!(
+            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>14} {:>14.1} {:>13} {:>8} {:>6}",
+            <files::LockedFiles as files::Files>::NAME,
+            c.ops as f64 / secs / 1e6,
+            100.0 * c.hit_rate(),
+            c.refused,
+            "-",
+            mib(resident_bytes()),
+            "-",
+            stale,
+            c.errors + stale
+        );
+        errors += c.errors + stale;
+    }
+    println!(
+        "(resident: the whole process after each run, in this order; the baseline has no budget)"
+    );
+    if errors > 0 {
+        eprintln!("error: the files workload counted errors");
+        std::process::exit(1);
+    }
+}
+
 fn main() {
     let args = Args::parse();
+    if args.workload == WorkloadArg::Files {
+        run_files(&args);
+        return;
+    }
     let workloads: Vec<Workload> = match args.workload {
         WorkloadArg::All => Workload::ALL.to_vec(),
         WorkloadArg::Read => vec![Workload::Read],
@@ -421,6 +552,7 @@ fn main() {
         WorkloadArg::Mixed => vec![Workload::Mixed],
         WorkloadArg::SeedRace => vec![Workload::SeedRace],
         WorkloadArg::Fill => vec![Workload::Fill],
+        WorkloadArg::Files => unreachable!("run above"),
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let thread_counts: Vec<usize> = match args.threads {

@@ -24,7 +24,7 @@ use crate::plan::Evict;
 use crate::store::Store;
 use crate::sync::AtomicIsize as CacheCounter;
 use crate::sync::epoch::{self, SharedLedger};
-use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, Ordering, Weak};
+use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Ordering, Weak};
 
 /// How many extents one visit of a file evicts at most: each file gives up this much per
 /// visit, then the shrinker goes on to the next one, so that a large file does not absorb a
@@ -103,6 +103,17 @@ struct Registry<M: Mapping> {
     /// The file the next shrink starts at (the first one at or after it): where the last
     /// shrink stopped. A hint: concurrent shrinks may visit the same files.
     cursor: AtomicU64,
+    /// What every shrink did so far, summed (see [`ExtentCaches::shrunk`]).
+    totals: Totals,
+}
+
+/// The sums of every [`Shrunk`] of a registry (`Relaxed`: statistics).
+#[derive(Default)]
+struct Totals {
+    extents: AtomicUsize,
+    bytes: AtomicUsize,
+    files_visited: AtomicUsize,
+    files_skipped: AtomicUsize,
 }
 
 /// A file's entry in the index.
@@ -411,6 +422,7 @@ impl<M: Mapping> ExtentCaches<M> {
                 registry: weak.clone() as Weak<dyn Shrink>,
             }),
             cursor: AtomicU64::new(0),
+            totals: Totals::default(),
         });
         ExtentCaches { registry }
     }
@@ -618,6 +630,28 @@ impl<M: Mapping> ExtentCaches<M> {
         }
         Ok(self.registry.shrink(bytes_to_free, MANUAL))
     }
+
+    /// What every shrink did so far, summed: the calls of [`shrink`](Self::shrink) and those
+    /// of the automatic mode.
+    ///
+    /// ```
+    /// use extent_cache::{Extent, ExtentCaches};
+    ///
+    /// let caches = ExtentCaches::new();
+    /// caches.get_or_create(1).insert(Extent::hole(0, 4096)).unwrap();
+    /// caches.shrink(1).unwrap();
+    /// assert_eq!(caches.shrunk().extents, 1);
+    /// ```
+    pub fn shrunk(&self) -> Shrunk {
+        let t = &self.registry.totals;
+        // Relaxed: statistics.
+        Shrunk {
+            extents: t.extents.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+            files_visited: t.files_visited.load(Ordering::Relaxed),
+            files_skipped: t.files_skipped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The bounds of one shrink.
@@ -655,6 +689,20 @@ impl<M: Mapping> Registry<M> {
     /// or a round that skipped no file and started every visit at its file's start evicted
     /// nothing (every file was then looked at whole: nothing is left to evict).
     fn shrink(&self, target: usize, limits: Limits) -> Shrunk {
+        let report = self.shrink_rounds(target, limits);
+        let t = &self.totals;
+        // Relaxed: statistics.
+        t.extents.fetch_add(report.extents, Ordering::Relaxed);
+        t.bytes.fetch_add(report.bytes, Ordering::Relaxed);
+        t.files_visited
+            .fetch_add(report.files_visited, Ordering::Relaxed);
+        t.files_skipped
+            .fetch_add(report.files_skipped, Ordering::Relaxed);
+        report
+    }
+
+    /// The rounds of [`shrink`](Self::shrink).
+    fn shrink_rounds(&self, target: usize, limits: Limits) -> Shrunk {
         let mut report = Shrunk::default();
         let start = self.cursor.load(Ordering::Relaxed);
         let mut first_round = true;

@@ -17,7 +17,7 @@ pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsi
 /// reference counts that keep them. `std`'s even under loom, like the graveyard's ledger: they
 /// are bookkeeping, and no loom model builds a registry.
 pub(crate) mod shared {
-    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::{Arc, Weak};
 }
 
