@@ -461,6 +461,7 @@ fn run_files(args: &Args) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
     let disk = files::Disk::new(args.files, args.file_extents, 0xf17e5);
+    let at_start = resident_bytes();
     let per_extent = files::bytes_per_extent();
     let working_set = disk.extents() * per_extent;
     let budget = (working_set / 3).max(1);
@@ -477,7 +478,7 @@ fn run_files(args: &Args) {
         "{:<16} {:>8} {:>9} {:>8} {:>14} {:>14} {:>13} {:>8} {:>6}",
         "impl",
         "Mops/s",
-        "hit rate",
+        "hit rate*",
         "refused",
         "accounted MiB",
         "resident MiB",
@@ -488,19 +489,23 @@ fn run_files(args: &Args) {
     let mut errors = 0;
     let lockfree = args.implementation != ImplArg::Locked;
     let locked = args.implementation != ImplArg::Lockfree;
-    for budget in [Some(budget), None].into_iter().filter(|_| lockfree) {
+    // The registry in its budget with second chances for marked pages, the same in plain
+    // round-robin order, and without a budget.
+    let configs = [(Some(budget), true), (Some(budget), false), (None, true)];
+    for (budget, recency) in configs.into_iter().filter(|_| lockfree) {
         let caches = match budget {
             Some(b) => ExtentCaches::with_budget(b).expect("a budget above 0"),
             None => ExtentCaches::new(),
         };
+        caches.set_recency(recency);
         let (c, secs, stale) = files::run(&caches, &disk, threads, args.seconds);
         let accounted = caches.memory().total_bytes() as u64;
         println!(
             "{:<16} {:>8.3} {:>8.1}% {:>8} {:>14.1} {:>14.1} {:>13} {:>8} {:>6}",
-            if budget.is_some() {
-                "ExtentCaches"
-            } else {
-                "  (no budget)"
+            match (budget, recency) {
+                (Some(_), true) => "ExtentCaches",
+                (Some(_), false) => "  (round-robin)",
+                (None, _) => "  (no budget)",
             },
             c.ops as f64 / secs / 1e6,
             100.0 * c.hit_rate(),
@@ -531,7 +536,12 @@ fn run_files(args: &Args) {
         errors += c.errors + stale;
     }
     println!(
-        "(resident: the whole process after each run, in this order; the baseline has no budget)"
+        "(*: over the second half of each thread's requests; resident: the whole process after \
+         each run, in this order; the baseline has no budget)"
+    );
+    println!(
+        "resident before the first run (the program, the simulated disk's versions): {:.1} MiB",
+        mib(at_start)
     );
     if errors > 0 {
         eprintln!("error: the files workload counted errors");

@@ -169,7 +169,34 @@ impl<M: Mapping> ExtentCache<M> {
         let dir = self.store.dir(guard)?;
         let one = OnePage::read(&self.store, dir, offset, guard)?;
         let item = one.at_or_before(offset).ok()??;
-        item.ext.contains(offset).then_some(item.ext)
+        if !item.ext.contains(offset) {
+            return None;
+        }
+        one.leaf.page.touch();
+        Some(item.ext)
+    }
+
+    /// For the shrinker's second chance: from the page owning `from` on, the first page that
+    /// no reader marked since the last look, as the range `[max(from, its start), its end)`
+    /// to evict from; the marks of the pages passed on the way are taken. After `max_pages`
+    /// marked pages, `Err` with where to look next time (`None`: the end of the map).
+    pub(crate) fn cold_from(&self, from: u64, max_pages: usize) -> Result<(u64, u64), Option<u64>> {
+        let guard = &pin();
+        let Some(dir) = self.store.dir(guard) else {
+            return Err(None);
+        };
+        let first = dir.slot_of(from);
+        for i in (first..dir.len()).take(max_pages) {
+            let hot = match self.store.word(dir.slot(i), guard) {
+                crate::store::Word::Page(page) => page.take_referenced(),
+                // A change in flight: let the eviction deal with it.
+                crate::store::Word::Desc(_) => false,
+            };
+            if !hot {
+                return Ok((from.max(dir.keys[i]), dir.bound(i).unwrap_or(u64::MAX)));
+            }
+        }
+        Err(dir.keys.get(first + max_pages).copied())
     }
 
     // ----------------------------------------------------------------------------------------
@@ -312,7 +339,11 @@ impl<M: Mapping> ExtentCache<M> {
                     0 => {}
                     n => {
                         let ext = &page.items()[n - 1].ext;
-                        return ext.contains(offset).then(|| ext.clone());
+                        if !ext.contains(offset) {
+                            return None;
+                        }
+                        page.touch();
+                        return Some(ext.clone());
                     }
                 }
             }

@@ -105,6 +105,9 @@ struct Registry<M: Mapping> {
     cursor: AtomicU64,
     /// What every shrink did so far, summed (see [`ExtentCaches::shrunk`]).
     totals: Totals,
+    /// Whether the shrinker gives pages that readers marked a second chance (on unless a
+    /// measurement turns it off: [`ExtentCaches::set_recency`]).
+    recency: std::sync::atomic::AtomicBool,
 }
 
 /// The sums of every [`Shrunk`] of a registry (`Relaxed`: statistics).
@@ -203,6 +206,9 @@ struct Counts {
     /// Live bytes (directories, slots, pages).
     live: AtomicIsize,
 }
+
+/// How many marked pages one look of the second chance passes before the visit moves on.
+const MARKED_PAGES_PER_LOOK: usize = 16;
 
 /// Added to a cache's own `len` and `live` counters when it leaves its registry's books: so
 /// large that no count comes near it, so that the counter's value says both the count and
@@ -423,6 +429,7 @@ impl<M: Mapping> ExtentCaches<M> {
             }),
             cursor: AtomicU64::new(0),
             totals: Totals::default(),
+            recency: std::sync::atomic::AtomicBool::new(true),
         });
         ExtentCaches { registry }
     }
@@ -631,6 +638,17 @@ impl<M: Mapping> ExtentCaches<M> {
         Ok(self.registry.shrink(bytes_to_free, MANUAL))
     }
 
+    /// Turns the second chance of pages that readers marked (on by default) off or on: with
+    /// it off the shrinker evicts in plain round-robin order. For measurements
+    /// (docs/performance.md, recency).
+    #[doc(hidden)]
+    pub fn set_recency(&self, on: bool) {
+        // Relaxed: a setting read by later shrinks; it orders nothing.
+        self.registry
+            .recency
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// What every shrink did so far, summed: the calls of [`shrink`](Self::shrink) and those
     /// of the automatic mode.
     ///
@@ -747,7 +765,10 @@ impl<M: Mapping> Registry<M> {
                 continue;
             }
             let want = CHUNK.min(limits.extents - report.extents);
-            let v = f.visit(want, &mut calls, limits.calls);
+            // Second chances in the first round only, so that readers that keep marking
+            // pages cannot keep a shrink going. Relaxed: a setting; see `recency`.
+            let recency = first_round && self.recency.load(std::sync::atomic::Ordering::Relaxed);
+            let v = f.visit(want, &mut calls, limits.calls, recency);
             // Relaxed: a hint for the next shrink; it orders nothing.
             self.cursor.store(file.wrapping_add(1), Ordering::Relaxed);
             report.files_visited += 1;
@@ -767,7 +788,12 @@ impl<M: Mapping> File<M> {
     /// Evicts up to `want` clean extents from where the last visit stopped, with as many calls
     /// of `evict` as that takes (until the file's end, `want` extents, or `max_calls` calls in
     /// all), and remembers where it stops.
-    fn visit(&self, want: usize, calls: &mut usize, max_calls: usize) -> Visit {
+    ///
+    /// With `recency`, a page that readers marked since the last look gets a second chance:
+    /// its mark is taken and the visit goes on at the next page (`ExtentCache::cold_from`).
+    /// A visit that only took marks counts as resumed, so the shrink's next round comes back
+    /// to the file.
+    fn visit(&self, want: usize, calls: &mut usize, max_calls: usize, recency: bool) -> Visit {
         // Relaxed, `resume` here and below: a position, not a publication; a concurrent
         // shrink that moves it makes this visit start elsewhere, nothing worse.
         let from = self.resume.load(Ordering::Relaxed);
@@ -779,13 +805,24 @@ impl<M: Mapping> File<M> {
         let mut from = from;
         while v.extents < want && *calls < max_calls {
             *calls += 1;
+            let (lo, hi) = if recency {
+                match self.cache.cold_from(from, MARKED_PAGES_PER_LOOK) {
+                    Ok(range) => range,
+                    Err(next) => {
+                        // Only marked pages: their marks are taken; evict there next time.
+                        v.resumed = true;
+                        self.resume.store(next.unwrap_or(0), Ordering::Relaxed);
+                        break;
+                    }
+                }
+            } else {
+                (from, u64::MAX)
+            };
             let before = self.cache.store.live_bytes();
-            // `from` is an extent's start, below `u64::MAX`, and `want > v.extents`: the
-            // arguments are valid, and an eviction cannot fail otherwise.
-            let Ok(ev) = self
-                .cache
-                .evict(from, u64::MAX, want - v.extents, Evict::Clean)
-            else {
+            // `lo < hi` (a page's range, or from an extent's start to the end), and
+            // `want > v.extents`: the arguments are valid, and an eviction cannot fail
+            // otherwise.
+            let Ok(ev) = self.cache.evict(lo, hi, want - v.extents, Evict::Clean) else {
                 self.resume.store(0, Ordering::Relaxed);
                 break;
             };
@@ -795,9 +832,11 @@ impl<M: Mapping> File<M> {
                 .saturating_sub(self.cache.store.live_bytes())
                 .max(ev.bytes);
             v.extents += ev.extents;
-            from = ev.resume_at.unwrap_or(0);
+            // Where to go on: inside the range, else past it (the file's start after its end).
+            let next = ev.resume_at.or((hi < u64::MAX).then_some(hi));
+            from = next.unwrap_or(0);
             self.resume.store(from, Ordering::Relaxed);
-            if ev.resume_at.is_none() {
+            if next.is_none() {
                 break;
             }
         }

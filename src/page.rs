@@ -23,10 +23,11 @@ pub(crate) struct Page<M> {
     starts: *const u64,
     /// `len` items, in this page's own allocation, after the starts.
     items: *const Item<M>,
-    len: usize,
+    /// How many items (a page holds few: `u32` keeps the header in one cache line).
+    len: u32,
     /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
     /// set's walks.
-    modified: usize,
+    modified: u32,
     /// The latest change that removed or replaced mappings in this page's range: its range
     /// (empty when none is recorded).
     last: (u64, u64),
@@ -35,6 +36,10 @@ pub(crate) struct Page<M> {
     last_at: AtomicU64,
     /// When the latest of the older such changes in this page's range committed (0: none).
     before: u64,
+    /// Whether a reader found an extent here since the shrinker last looked (the
+    /// second-chance mark, `docs/design.md` §4.9). A hint, not part of the protocol: `std`'s
+    /// atomic even under loom, `Relaxed` everywhere.
+    referenced: std::sync::atomic::AtomicBool,
 }
 
 /// A page's `last_at` before it is settled: later than any ticket.
@@ -51,6 +56,9 @@ pub(crate) struct Marks {
     pub(crate) last_at: u64,
     /// When the latest of the older ones committed.
     pub(crate) before: u64,
+    /// The second-chance mark (not a removal record: [`removed_since`](Self::removed_since)
+    /// ignores it); rebuilt pages keep their old pages' mark.
+    pub(crate) referenced: bool,
 }
 
 impl Marks {
@@ -68,6 +76,7 @@ impl Marks {
             last: (lo, hi),
             last_at: PENDING,
             before: self.before.max(self.last_at),
+            referenced: self.referenced,
         }
     }
 
@@ -84,6 +93,7 @@ impl Marks {
                 last: newer.last,
                 last_at: newer.last_at,
                 before: newer.before.max(older.before).max(older.last_at),
+                referenced: acc.referenced || m.referenced,
             }
         })
     }
@@ -115,13 +125,14 @@ impl<M> Page<M> {
     {
         let NewPage { items, marks } = new;
         let len = items.len();
+        let len32 = u32::try_from(len).expect("a page holds few items");
         let (layout, at_starts, at_items) = Self::layout(len);
         // SAFETY: the layout is never zero-sized (it holds the header).
         let base = unsafe { alloc::alloc(layout) };
         if base.is_null() {
             alloc::handle_alloc_error(layout);
         }
-        let mut modified = 0;
+        let mut modified = 0u32;
         // SAFETY: `base` is a fresh allocation of `layout`: the offsets computed with it are in
         // bounds and aligned for their types, and nothing else can see the memory yet. Every
         // slot of both arrays is written once (moving the items in), then the header.
@@ -129,18 +140,19 @@ impl<M> Page<M> {
             let starts = base.add(at_starts).cast::<u64>();
             let slots = base.add(at_items).cast::<Item<M>>();
             for (k, item) in items.into_iter().enumerate() {
-                modified += usize::from(item.modified);
+                modified += u32::from(item.modified);
                 starts.add(k).write(item.ext.start());
                 slots.add(k).write(item);
             }
             base.cast::<Page<M>>().write(Page {
                 starts,
                 items: slots,
-                len,
+                len: len32,
                 modified,
                 last: marks.last,
                 last_at: AtomicU64::new(marks.last_at),
                 before: marks.before,
+                referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
             });
         }
         base.cast::<Page<M>>()
@@ -153,7 +165,7 @@ impl<M> Page<M> {
     /// `page` came from `alloc`, is freed only this once, and nobody can reach it any more.
     pub(crate) unsafe fn free(page: *const Page<M>) {
         // SAFETY: per the caller, the page is alive and ours alone.
-        let len = unsafe { (*page).len };
+        let len = unsafe { (*page).len } as usize;
         // SAFETY: the items were written by `alloc` and are dropped only here.
         unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut((*page).items.cast_mut(), len)) };
         // SAFETY: the header too (its atomic; under loom a modelled object).
@@ -165,24 +177,43 @@ impl<M> Page<M> {
 
     /// The bytes this page's allocation takes.
     pub(crate) fn bytes(&self) -> usize {
-        Self::layout(self.len).0.size()
+        Self::layout(self.len as usize).0.size()
     }
 
     /// The items, in start order.
     pub(crate) fn items(&self) -> &[Item<M>] {
         // SAFETY: `items` points at `len` initialized items in this page's allocation, which
         // lives as long as `self` and is never written after `alloc`.
-        unsafe { slice::from_raw_parts(self.items, self.len) }
+        unsafe { slice::from_raw_parts(self.items, self.len as usize) }
     }
 
     fn starts(&self) -> &[u64] {
         // SAFETY: as in `items`.
-        unsafe { slice::from_raw_parts(self.starts, self.len) }
+        unsafe { slice::from_raw_parts(self.starts, self.len as usize) }
     }
 
     /// How many items are in the modified set.
     pub(crate) fn modified(&self) -> usize {
-        self.modified
+        self.modified as usize
+    }
+
+    /// A reader found an extent here: sets the second-chance mark, with a store only when it
+    /// is not set yet (a hit on a marked page writes nothing). A measurement build
+    /// (`--cfg extent_cache_unmarked`) marks nothing.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        // Relaxed: a hint that orders nothing.
+        use std::sync::atomic::Ordering::Relaxed;
+        if !cfg!(extent_cache_unmarked) && !self.referenced.load(Relaxed) {
+            self.referenced.store(true, Relaxed);
+        }
+    }
+
+    /// Takes the second-chance mark: whether it was set (it is clear afterwards).
+    pub(crate) fn take_referenced(&self) -> bool {
+        // Relaxed: a hint that orders nothing.
+        use std::sync::atomic::Ordering::Relaxed;
+        self.referenced.load(Relaxed) && self.referenced.swap(false, Relaxed)
     }
 
     /// The page's marks as they stand (`last_at` may be [`PENDING`] in a page not settled).
@@ -192,6 +223,7 @@ impl<M> Page<M> {
             // SeqCst: one total order with the ticket's read of the clock (see `settle`).
             last_at: self.last_at.load(Ordering::SeqCst),
             before: self.before,
+            referenced: self.referenced.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -409,3 +409,70 @@ fn a_budget_is_kept_by_the_writers_that_cross_it() {
     assert_eq!(modified, 2000);
     assert_books_are_the_sum("under a budget", &caches);
 }
+
+#[test]
+fn pages_readers_marked_get_a_second_chance() {
+    // One file of 256 clean blocks, in pages of about 28. Readers hit blocks 0..64, which marks
+    // the first three pages; a shrink of one chunk then evicts from the pages nobody read and
+    // takes the marks it passes. With second chances off, the same shrink starts at block 0.
+    for recency in [true, false] {
+        let caches = ExtentCaches::new();
+        caches.set_recency(recency);
+        fill(&caches.get_or_create(1), 256, 1 << 20);
+        for b in 0..64 {
+            assert!(caches.get(1).unwrap().get(b * BLOCK).is_some());
+        }
+        let shrunk = caches.shrink(1).unwrap();
+        assert!(shrunk.extents > 0, "{shrunk:?}");
+        let left = blocks(&caches.get(1).unwrap());
+        let read_and_kept = (0..64).filter(|b| left.contains(b)).count();
+        if recency {
+            assert_eq!(
+                read_and_kept, 64,
+                "a block read before the shrink was evicted"
+            );
+        } else {
+            assert!(read_and_kept < 64, "round-robin starts at the file's start");
+        }
+    }
+}
+
+#[test]
+fn readers_that_keep_marking_pages_cannot_keep_a_shrink_going() {
+    // Second chances are given in a shrink's first round only: a shrink of everything visits
+    // the file at most once to take its marks, four times to evict its 256 extents a chunk of
+    // 64 at a time, and once to find nothing left, however often a reader marks the pages
+    // again meanwhile (with second chances in every round it goes on while the reader wins).
+    let caches = ExtentCaches::new();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the reader however the test ends (a failed assertion too).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = Stop(&done);
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(file) = caches.get(1) {
+                    for b in (0..256).step_by(8) {
+                        let _ = file.get(b * BLOCK);
+                    }
+                }
+            }
+        });
+        for round in 0..if cfg!(miri) { 2 } else { 200 } {
+            let file = caches.get_or_create(1);
+            fill(&file, 256, (1 << 20) + (round << 10));
+            for b in 0..256 {
+                let _ = file.get(b * BLOCK);
+            }
+            drop(file);
+            let shrunk = caches.shrink(usize::MAX).unwrap();
+            assert_eq!(shrunk.extents, 256, "round {round}: {shrunk:?}");
+            assert!(shrunk.files_visited <= 6, "round {round}: {shrunk:?}");
+        }
+    });
+}

@@ -235,6 +235,9 @@ pub struct Counts {
     pub ops: u64,
     pub hits: u64,
     pub misses: u64,
+    /// Hits and misses of the second half of each thread's requests (the cache warm).
+    pub late_hits: u64,
+    pub late_misses: u64,
     pub refused: u64,
     pub errors: u64,
 }
@@ -244,12 +247,15 @@ impl Counts {
         self.ops += o.ops;
         self.hits += o.hits;
         self.misses += o.misses;
+        self.late_hits += o.late_hits;
+        self.late_misses += o.late_misses;
         self.refused += o.refused;
         self.errors += o.errors;
     }
 
+    /// Hits per read, over the second half of each thread's requests.
     pub fn hit_rate(&self) -> f64 {
-        self.hits as f64 / (self.hits + self.misses).max(1) as f64
+        self.late_hits as f64 / (self.late_hits + self.late_misses).max(1) as f64
     }
 }
 
@@ -308,11 +314,16 @@ pub fn run<F: Files>(files: &F, disk: &Disk, threads: usize, seconds: f64) -> (C
     let (_, elapsed) = timed(threads, Some(seconds), |t, stop: &AtomicBool| {
         let mut rng = Rng::with_seed(0xf11e + t as u64);
         let mut c = Counts::default();
+        // Hits and misses after each block of requests, to count the second half alone.
+        let mut marks = Vec::new();
         while !stopped(stop) {
             for _ in 0..CHECK_EVERY {
                 request(files, disk, &mut rng, &mut c);
             }
+            marks.push((c.hits, c.misses));
         }
+        let (h, m) = marks.get(marks.len() / 2).copied().unwrap_or_default();
+        (c.late_hits, c.late_misses) = (c.hits - h, c.misses - m);
         totals.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
         crate::Tally {
             ops: c.ops,
