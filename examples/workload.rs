@@ -44,9 +44,10 @@ mod files;
 #[path = "../benches/support/mod.rs"]
 mod support;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
@@ -445,11 +446,101 @@ fn table(results: &[RunResult]) -> String {
 }
 
 /// Resident memory of the process in bytes, from `/proc/self/statm` (0 where there is none).
-fn resident_bytes() -> u64 {
+pub fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// The global allocator of this program: the system's, counting the bytes it holds once
+/// [`count_heap`] turned counting on (`--workload files` does, first thing; the other
+/// workloads pay one relaxed load per allocation).
+struct Counting;
+
+/// Net bytes allocated since counting began, striped by thread so that two threads rarely
+/// share a counter's cache line.
+static HEAP: [Stripe; 16] = [const { Stripe(AtomicI64::new(0)) }; 16];
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+#[repr(align(128))]
+struct Stripe(AtomicI64);
+
+std::thread_local! {
+    /// Its address picks the thread's stripe (const, no destructor: allocates nothing).
+    static STRIPE: u8 = const { 0 };
+}
+
+impl Counting {
+    #[inline]
+    fn count(&self, bytes: i64) {
+        // Relaxed, here and below: the counts are statistics and order nothing.
+        if COUNTING.load(Ordering::Relaxed) {
+            let at = STRIPE
+                .try_with(|s| std::ptr::from_ref(s) as usize)
+                .unwrap_or(0);
+            HEAP[(at >> 7) % HEAP.len()]
+                .0
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+// SAFETY: every call goes to `System` with the caller's arguments; the counting allocates
+// nothing and never unwinds.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.count(layout.size() as i64);
+        // SAFETY: per `GlobalAlloc::alloc`'s contract, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.count(layout.size() as i64);
+        // SAFETY: per `GlobalAlloc::alloc_zeroed`'s contract, passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        self.count(-(layout.size() as i64));
+        // SAFETY: per `GlobalAlloc::dealloc`'s contract, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.count(new_size as i64 - layout.size() as i64);
+        // SAFETY: per `GlobalAlloc::realloc`'s contract, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Turns heap counting on (see [`Counting`]): blocks allocated before it and freed after it
+/// count negative, so measure growth from a point after it.
+fn count_heap() {
+    COUNTING.store(true, Ordering::Relaxed);
+}
+
+/// Net bytes allocated since [`count_heap`] (0 before it).
+pub fn heap_bytes() -> i64 {
+    HEAP.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe extern "C" {
+    fn malloc_trim(pad: usize) -> std::ffi::c_int;
+}
+
+/// Gives the allocator's free memory back to the system (glibc's `malloc_trim`; nothing
+/// elsewhere), so that a run's resident memory does not start with the last run's garbage.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` may be called from any thread at any time; 0 keeps no padding.
+    unsafe {
+        malloc_trim(0);
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -458,6 +549,7 @@ fn mib(bytes: u64) -> f64 {
 
 /// `--workload files`: the registry in a budget, then the locked baseline, on the same files.
 fn run_files(args: &Args) {
+    count_heap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
     let disk = files::Disk::new(args.files, args.file_extents, 0xf17e5);
@@ -475,13 +567,14 @@ fn run_files(args: &Args) {
         args.seconds
     );
     println!(
-        "{:<16} {:>8} {:>9} {:>8} {:>14} {:>14} {:>13} {:>8} {:>6}",
+        "{:<16} {:>8} {:>9} {:>8} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
         "impl",
         "Mops/s",
         "hit rate*",
         "refused",
-        "accounted MiB",
-        "resident MiB",
+        "accounted",
+        "heap",
+        "resident",
         "evicted",
         "stale",
         "errors"
@@ -489,6 +582,7 @@ fn run_files(args: &Args) {
     let mut errors = 0;
     let lockfree = args.implementation != ImplArg::Locked;
     let locked = args.implementation != ImplArg::Lockfree;
+    let or_dash = |bytes: Option<u64>| bytes.map_or("-".to_string(), |b| format!("{:.1}", mib(b)));
     // The registry in its budget with second chances for marked pages, the same in plain
     // round-robin order, and without a budget.
     let configs = [(Some(budget), true), (Some(budget), false), (None, true)];
@@ -498,46 +592,51 @@ fn run_files(args: &Args) {
             None => ExtentCaches::new(),
         };
         caches.set_recency(recency);
-        let (c, secs, stale) = files::run(&caches, &disk, threads, args.seconds);
-        let accounted = caches.memory().total_bytes() as u64;
+        let run = files::run(&caches, &disk, threads, args.seconds);
+        let c = run.counts;
         println!(
-            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>14.1} {:>14.1} {:>13} {:>8} {:>6}",
+            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>10} {:>10.1} {:>10.1} {:>9} {:>6} {:>6}",
             match (budget, recency) {
                 (Some(_), true) => "ExtentCaches",
                 (Some(_), false) => "  (round-robin)",
                 (None, _) => "  (no budget)",
             },
-            c.ops as f64 / secs / 1e6,
+            c.ops as f64 / run.seconds / 1e6,
             100.0 * c.hit_rate(),
             c.refused,
-            mib(accounted),
-            mib(resident_bytes()),
+            or_dash(run.peak.accounted),
+            mib(run.peak.heap),
+            mib(run.peak.resident),
             caches.shrunk().extents,
-            stale,
-            c.errors + stale
+            run.stale,
+            c.errors + run.stale
         );
-        errors += c.errors + stale;
+        errors += c.errors + run.stale;
     }
     if locked {
         let locked = files::LockedFiles::default();
-        let (c, secs, stale) = files::run(&locked, &disk, threads, args.seconds);
+        let run = files::run(&locked, &disk, threads, args.seconds);
+        let c = run.counts;
         println!(
-            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>14} {:>14.1} {:>13} {:>8} {:>6}",
+            "{:<16} {:>8.3} {:>8.1}% {:>8} {:>10} {:>10.1} {:>10.1} {:>9} {:>6} {:>6}",
             <files::LockedFiles as files::Files>::NAME,
-            c.ops as f64 / secs / 1e6,
+            c.ops as f64 / run.seconds / 1e6,
             100.0 * c.hit_rate(),
             c.refused,
             "-",
-            mib(resident_bytes()),
+            mib(run.peak.heap),
+            mib(run.peak.resident),
             "-",
-            stale,
-            c.errors + stale
+            run.stale,
+            c.errors + run.stale
         );
-        errors += c.errors + stale;
+        errors += c.errors + run.stale;
     }
     println!(
-        "(*: over the second half of each thread's requests; resident: the whole process after \
-         each run, in this order; the baseline has no budget)"
+        "(*: over the second half of each thread's requests. accounted, heap, resident: MiB, the \
+         highest during the run over the run's start: what the caches account for, what the \
+         program allocated, the process's resident memory. The baseline has no \
+         budget.)"
     );
     println!(
         "resident before the first run (the program, the simulated disk's versions): {:.1} MiB",

@@ -48,6 +48,10 @@ const MANUAL: Limits = Limits {
     files: usize::MAX,
 };
 
+/// Most flushes of the epoch an automatic shrink makes before it evicts (see
+/// `Books::shrink_over_budget`).
+const AUTO_FLUSHES: usize = 16;
+
 /// An automatic shrink frees what the books are over the budget plus this share of the
 /// budget, so that the next few writes do not all land over it again.
 const AUTO_MARGIN_DIVISOR: usize = 16;
@@ -70,7 +74,7 @@ const AUTO_MARGIN_DIVISOR: usize = 16;
 /// * [`shrink`](Self::shrink) evicts only what [`Evict::Clean`] may evict: never a modified,
 ///   pinned or logging extent.
 /// * With a [budget](Self::with_budget), a write that takes the books' live and retired bytes
-///   over it evicts a bounded amount (at most 256 extents, 8 evictions, 64 files looked at)
+///   plus the registry's own ([`overhead_bytes`](Self::overhead_bytes)) over it evicts a bounded amount (at most 256 extents, 8 evictions, 64 files looked at)
 ///   before it returns: no caller stalls.
 ///
 /// # Not promised
@@ -180,8 +184,11 @@ pub(crate) struct Books {
     counts: CachePadded<Counts>,
     /// The ledger every cache of the registry books its retired bytes in (until it leaves).
     ledger: SharedLedger,
-    /// Live plus retired bytes above which a growing write shrinks.
+    /// Live plus retired plus overhead bytes above which a growing write shrinks.
     budget: Option<usize>,
+    /// What one file costs the registry beyond its cache's books (see
+    /// [`ExtentCaches::overhead_bytes`]).
+    per_file: usize,
     /// The registry, for the automatic mode; dead once the registry is dropped. Its mapping
     /// type erased, so that the books (and the store that points at them) need none.
     registry: Weak<dyn Shrink>,
@@ -205,6 +212,8 @@ struct Counts {
     extents: AtomicIsize,
     /// Live bytes (directories, slots, pages).
     live: AtomicIsize,
+    /// `per_file` bytes for each cache in the books.
+    overhead: AtomicIsize,
 }
 
 /// How many marked pages one look of the second chance passes before the visit moves on.
@@ -255,9 +264,10 @@ impl Books {
     }
 
     /// Books a change of `n` live bytes of a cache whose `live` counter held `before` (as
-    /// [`add_extents`](Self::add_extents)). A change that grew them and took the books' live
-    /// and retired bytes over the budget marks the thread to shrink: one relaxed load (the
-    /// ledger's) and a compare, the live sum being what this RMW returned.
+    /// [`add_extents`](Self::add_extents)). A change that grew them and took the books' live,
+    /// retired and overhead bytes over the budget marks the thread to shrink: two relaxed
+    /// loads (the ledger's, and the overhead on the line this RMW just took) and a compare,
+    /// the live sum being what this RMW returned.
     #[inline]
     pub(crate) fn add_live(&self, before: isize, n: isize) {
         if has_left(before) {
@@ -265,12 +275,29 @@ impl Books {
         }
         let live = self.counts.live.fetch_add(n, Ordering::Relaxed) + n;
         if let Some(budget) = self.budget {
-            if n > 0 && live.saturating_add(self.ledger.retired_bytes() as isize) > budget as isize
+            if n > 0
+                && live
+                    .saturating_add(self.ledger.retired_bytes() as isize)
+                    .saturating_add(self.counts.overhead.load(Ordering::Relaxed))
+                    > budget as isize
             {
                 // `try_with`: a write from a thread-local's destructor must not panic.
                 let _ = OVER_BUDGET.try_with(|o| o.set(true));
             }
         }
+    }
+
+    /// Books a new cache's overhead: it is in the books until it [leaves](Self::leave).
+    pub(crate) fn join(&self) {
+        // Relaxed: see `add_extents`.
+        self.counts
+            .overhead
+            .fetch_add(self.per_file as isize, Ordering::Relaxed);
+    }
+
+    /// The registry's own bytes for its files (see [`join`](Self::join)).
+    fn overhead(&self) -> usize {
+        self.counts.overhead.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Takes a cache out of the books: its own counters get [`LEFT`], each with one RMW, and
@@ -287,6 +314,9 @@ impl Books {
         self.counts.extents.fetch_sub(extents, Ordering::Relaxed);
         let bytes = live.fetch_add(LEFT, crate::sync::Ordering::Relaxed);
         self.counts.live.fetch_sub(bytes, Ordering::Relaxed);
+        self.counts
+            .overhead
+            .fetch_sub(self.per_file as isize, Ordering::Relaxed);
     }
 
     /// The drop of a cache in the books: it leaves them unless it already has.
@@ -327,9 +357,21 @@ impl Books {
             }
         }
         let _done = Done;
-        // Garbage counts against the budget: let the epoch free what it can first.
-        epoch::flush();
-        let over = self.memory().total_bytes().saturating_sub(budget);
+        // Garbage counts against the budget: let the epoch free what it can first. One flush
+        // frees a few hundred objects at most (the epoch collects a few bags per call), and
+        // evicting to make up for garbage would only make more: flush again while that frees
+        // something and the books are still over (bounded, like the shrink).
+        let held = || self.memory().total_bytes() + self.overhead();
+        let mut retired = usize::MAX;
+        for _ in 0..AUTO_FLUSHES {
+            epoch::flush();
+            let now = self.ledger.retired_bytes();
+            if now >= retired || held() <= budget {
+                break;
+            }
+            retired = now;
+        }
+        let over = held().saturating_sub(budget);
         if over == 0 {
             return;
         }
@@ -343,6 +385,7 @@ impl Books {
 impl<M: Mapping> ExtentCache<M> {
     /// An empty cache in `books`: like [`new`](Self::new), plus the one pointer.
     fn in_books(books: Arc<Books>) -> Self {
+        books.join();
         ExtentCache {
             store: Store::in_books(Shape::new(page::DEFAULT_CAP), books),
         }
@@ -393,7 +436,8 @@ impl<M: Mapping> ExtentCaches<M> {
     }
 
     /// An empty registry that keeps its caches' live and retired bytes
-    /// ([`memory`](Self::memory)`.total_bytes()`) near `bytes`: a write that takes them over
+    /// ([`memory`](Self::memory)`.total_bytes()`) plus its own for its files
+    /// ([`overhead_bytes`](Self::overhead_bytes)) near `bytes`: a write that takes them over
     /// it evicts clean extents of the registry's files, a bounded amount, before it returns
     /// (see the type's documentation). `bytes == 0` is [`Error::InvalidArgument`].
     ///
@@ -422,9 +466,11 @@ impl<M: Mapping> ExtentCaches<M> {
                 counts: CachePadded::new(Counts {
                     extents: AtomicIsize::new(0),
                     live: AtomicIsize::new(0),
+                    overhead: AtomicIsize::new(0),
                 }),
                 ledger: SharedLedger::new(),
                 budget,
+                per_file: Self::file_bytes(),
                 registry: weak.clone() as Weak<dyn Shrink>,
             }),
             cursor: AtomicU64::new(0),
@@ -573,8 +619,11 @@ impl<M: Mapping> ExtentCaches<M> {
     /// Heap bytes the registry holds for its files beyond their caches' books, estimated:
     /// per file, the shared allocation of its cache (the cache's two cache lines and a
     /// reference count's padding) and its node in the index (whose tower height is random:
-    /// two pointers on average). Neither [`memory`](Self::memory) nor the budget counts them:
-    /// eviction cannot give them back, removing files does.
+    /// two pointers on average). O(1), kept with the books: a cache counts from its creation
+    /// until it is removed (or, if another thread created the file first, dropped unused).
+    /// [`memory`](Self::memory) does not include them; the budget does, so that it bounds
+    /// all the registry holds: eviction cannot give them back (removing files does), and every
+    /// file leaves that much less room for extents.
     ///
     /// ```
     /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
@@ -583,7 +632,7 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert!(caches.overhead_bytes() >= size_of::<extent_cache::ExtentCache>());
     /// ```
     pub fn overhead_bytes(&self) -> usize {
-        self.len() * Self::file_bytes()
+        self.registry.books.overhead()
     }
 
     /// What one file costs the registry: see [`overhead_bytes`](Self::overhead_bytes).

@@ -107,9 +107,11 @@ fn a_budget_holds_under_a_churn_across_thousands_of_files() {
     // Modified extents are never evicted: they are all there.
     let modified: usize = caches.iter().map(|c| c.modified().len()).sum();
     assert!(modified > 0);
+    // The budget bounds the books and the registry's own bytes for its files.
     assert!(
-        m.total_bytes() <= BUDGET + BUDGET / 10,
-        "the books hold {} bytes, over the budget of {BUDGET} by more than 10% ({m:?})",
+        m.total_bytes() + overhead <= BUDGET + BUDGET / 10,
+        "the books hold {} bytes and the registry {overhead}, over the budget of {BUDGET} by \
+         more than 10% ({m:?})",
         m.total_bytes()
     );
     let slack = booked / 10 + 64 * 1024;

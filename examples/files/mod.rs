@@ -185,6 +185,8 @@ pub trait Files: Sync {
     where
         Self: 'a;
     fn open(&self, f: u64) -> Self::Handle<'_>;
+    /// The bytes the files' caches account for (`None`: nothing accounts them).
+    fn accounted(&self) -> Option<u64>;
     /// Every file's extents, with its number.
     fn all(&self) -> Vec<(u64, Vec<Extent>)>;
 }
@@ -195,6 +197,9 @@ impl Files for ExtentCaches {
     type Handle<'a> = extent_cache::CacheRef;
     fn open(&self, f: u64) -> Self::Handle<'_> {
         self.get_or_create(f)
+    }
+    fn accounted(&self) -> Option<u64> {
+        Some(self.memory().total_bytes() as u64)
     }
     fn all(&self) -> Vec<(u64, Vec<Extent>)> {
         self.iter()
@@ -222,6 +227,9 @@ impl Files for LockedFiles {
             .entry(f)
             .or_insert_with(|| Arc::new(LockedExtentMap::new()))
             .clone()
+    }
+    fn accounted(&self) -> Option<u64> {
+        None
     }
     fn all(&self) -> Vec<(u64, Vec<Extent>)> {
         let read = self.0.read().unwrap_or_else(|e| e.into_inner());
@@ -307,36 +315,100 @@ fn request<F: Files>(files: &F, disk: &Disk, rng: &mut Rng, c: &mut Counts) {
     c.errors += u64::from(!ok);
 }
 
-/// Runs the workload on `files` for `seconds` with `threads` threads; returns what they did,
-/// the time taken, and the stale extents found in the files at the end (errors).
-pub fn run<F: Files>(files: &F, disk: &Disk, threads: usize, seconds: f64) -> (Counts, f64, u64) {
+/// Memory during a run, in bytes: each figure is the growth over the run's start (the program,
+/// the simulated disk and what earlier runs left are not counted), the highest of samples taken
+/// every 10 ms while the threads ran and once after they stopped.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Memory {
+    /// What the caches account for (`None` for the baseline).
+    pub accounted: Option<u64>,
+    /// What the program has allocated.
+    pub heap: u64,
+    /// Resident memory of the process.
+    pub resident: u64,
+}
+
+impl Memory {
+    fn max(self, o: Memory) -> Memory {
+        Memory {
+            accounted: self.accounted.max(o.accounted),
+            heap: self.heap.max(o.heap),
+            resident: self.resident.max(o.resident),
+        }
+    }
+}
+
+/// Samples memory (see [`Memory`]) against the figures at `start`.
+fn sample<F: Files>(files: &F, start: (i64, u64)) -> Memory {
+    Memory {
+        accounted: files.accounted(),
+        heap: (crate::heap_bytes() - start.0).max(0) as u64,
+        resident: crate::resident_bytes().saturating_sub(start.1),
+    }
+}
+
+/// What one run did.
+pub struct Outcome {
+    pub counts: Counts,
+    pub seconds: f64,
+    /// Cached extents whose mapping is not the disk's current version, once the threads stopped.
+    pub stale: u64,
+    /// The highest memory figures of the run.
+    pub peak: Memory,
+}
+
+/// Runs the workload on `files` (empty at the start) for `seconds` with `threads` threads.
+pub fn run<F: Files>(files: &F, disk: &Disk, threads: usize, seconds: f64) -> Outcome {
+    crate::trim_heap();
+    let start = (crate::heap_bytes(), crate::resident_bytes());
     let totals = std::sync::Mutex::new(Counts::default());
-    let (_, elapsed) = timed(threads, Some(seconds), |t, stop: &AtomicBool| {
-        let mut rng = Rng::with_seed(0xf11e + t as u64);
-        let mut c = Counts::default();
-        // Hits and misses after each block of requests, to count the second half alone.
-        let mut marks = Vec::new();
-        while !stopped(stop) {
-            for _ in 0..CHECK_EVERY {
-                request(files, disk, &mut rng, &mut c);
+    let done = AtomicBool::new(false);
+    let (peak, (_, elapsed)) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = Memory::default();
+            // Relaxed: the flag carries no data (the scope's join orders the rest).
+            while !done.load(Ordering::Relaxed) {
+                peak = peak.max(sample(files, start));
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            marks.push((c.hits, c.misses));
-        }
-        let (h, m) = marks.get(marks.len() / 2).copied().unwrap_or_default();
-        (c.late_hits, c.late_misses) = (c.hits - h, c.misses - m);
-        totals.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
-        crate::Tally {
-            ops: c.ops,
-            errors: c.errors,
-        }
+            peak
+        });
+        let timed = timed(threads, Some(seconds), |t, stop: &AtomicBool| {
+            let mut rng = Rng::with_seed(0xf11e + t as u64);
+            let mut c = Counts::default();
+            // Hits and misses after each block of requests, to count the second half alone.
+            let mut marks = Vec::new();
+            while !stopped(stop) {
+                for _ in 0..CHECK_EVERY {
+                    request(files, disk, &mut rng, &mut c);
+                }
+                marks.push((c.hits, c.misses));
+            }
+            let (h, m) = marks.get(marks.len() / 2).copied().unwrap_or_default();
+            (c.late_hits, c.late_misses) = (c.hits - h, c.misses - m);
+            totals.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
+            crate::Tally {
+                ops: c.ops,
+                errors: c.errors,
+            }
+        });
+        done.store(true, Ordering::Relaxed);
+        let peak = sampler.join().expect("the sampler does not panic");
+        (peak.max(sample(files, start)), timed)
     });
+    // Only now: the check copies every cached extent, which would count as the run's memory.
     let stale = files
         .all()
         .into_iter()
         .map(|(f, extents)| extents.iter().filter(|e| !current(disk, f, e)).count() as u64)
         .sum();
     let counts = totals.into_inner().unwrap_or_else(|e| e.into_inner());
-    (counts, elapsed, stale)
+    Outcome {
+        counts,
+        seconds: elapsed,
+        stale,
+        peak,
+    }
 }
 
 /// Heap bytes per cached extent of an `ExtentCache` holding one file of 1000 extents.
