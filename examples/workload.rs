@@ -580,6 +580,7 @@ fn run_files(args: &Args) {
         "errors"
     );
     let mut errors = 0;
+    let mut overhead = 0;
     let lockfree = args.implementation != ImplArg::Locked;
     let locked = args.implementation != ImplArg::Lockfree;
     let or_dash = |bytes: Option<u64>| bytes.map_or("-".to_string(), |b| format!("{:.1}", mib(b)));
@@ -612,6 +613,7 @@ fn run_files(args: &Args) {
             c.errors + run.stale
         );
         errors += c.errors + run.stale;
+        overhead = overhead.max(caches.overhead_bytes());
     }
     if locked {
         let locked = files::LockedFiles::default();
@@ -638,6 +640,12 @@ fn run_files(args: &Args) {
          program allocated, the process's resident memory. The baseline has no \
          budget.)"
     );
+    if lockfree {
+        println!(
+            "the registry's own bytes for its files (in the budget, not in accounted): {:.1} MiB",
+            mib(overhead as u64)
+        );
+    }
     println!(
         "resident before the first run (the program, the simulated disk's versions): {:.1} MiB",
         mib(at_start)

@@ -21,6 +21,16 @@
 //! locked baseline holds a [`LockedExtentMap`] per file in a `RwLock<HashMap>` and has no
 //! budget (nothing in it accounts memory): its hit rate is what an unbounded cache gets.
 //!
+//! Memory, per run, each figure the highest reached during the run (sampled every 10 ms) over
+//! what the process held when the run started: *accounted*, what the registry's books say
+//! (`memory().total_bytes()`: live and retired bytes; the budget bounds them plus the
+//! registry's per-file overhead, printed below the table); *heap*, what the program allocated, from a
+//! counting global allocator (everything: the caches, the registry, garbage waiting for its
+//! grace period, the threads' own buffers); *resident*, the process's resident memory from
+//! `/proc/self/statm`, which adds what the allocator keeps (freed blocks it has not returned,
+//! fragmentation, per-thread arenas). Before each run the allocator gives back what it can
+//! (glibc's `malloc_trim`).
+//!
 //! Errors: an answer that does not cover its offset, an error other than `Stale` from `fill`,
 //! any failed write, fsync or truncate, and, once the threads are done, every cached extent
 //! whose mapping is not the disk's current version (a stale mapping served). It must be 0.
