@@ -179,7 +179,10 @@ fn the_registry_may_go_before_its_handles() {
     let kept = caches.get_or_create(1);
     // 200 extents take about 20 KiB.
     fill(&kept, 200, 1);
-    assert!(kept.len() < 200, "over the budget, even a file in use gives");
+    assert!(
+        kept.len() < 200,
+        "over the budget, even a file in use gives"
+    );
     drop(caches);
     // Over the budget, with no registry to shrink: the writes go on, and nothing is evicted.
     for b in 200..2000 {
