@@ -6,6 +6,7 @@
 //! cargo bench --bench ops -- --quick      # each benchmark until it is stable enough
 //! cargo bench --bench ops -- --test       # run each benchmark once (CI)
 //! cargo bench --bench ops -- get-hit      # a filter
+//! EXTENT_CACHE_PAGE_CAPACITY=16 cargo bench --bench ops -- --quick   # pages of 16 extents
 //! ```
 //!
 //! Benchmarks are named `ops/100k/operation/implementation`, with throughput in operations.

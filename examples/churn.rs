@@ -222,7 +222,7 @@ fn main() {
             .exit();
     }
     match args.map {
-        Which::Cache => churn(ExtentCache::new(), &args, threads),
+        Which::Cache => churn(support::empty_cache(), &args, threads),
         Which::Locked => churn(LockedExtentMap::new(), &args, threads),
         Which::Both => {
             let exe = std::env::current_exe().expect("the path of this program");

@@ -6,8 +6,10 @@
 //! here, next to the code.
 
 use std::alloc::{self, Layout};
-use std::{ptr, slice};
+use std::ptr::{self, NonNull};
+use std::slice;
 
+use crate::extent::Mapping;
 use crate::plan::{Change, Item};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -99,11 +101,158 @@ impl Marks {
     }
 }
 
-/// A page to build: its items and its marks.
-#[derive(Clone, Debug, PartialEq)]
+/// A page built and not published yet. It owns its allocation, as a `Box` would, until
+/// [`into_raw`](Self::into_raw) hands it to the store; dropped unpublished (a change that lost
+/// its compare-and-swap, or a plan thrown away), it frees the page.
+///
+/// A change builds its pages in place: each item is cloned once, straight from the old page
+/// (or the change) into the new page's allocation, with no vector in between.
 pub(crate) struct NewPage<M> {
-    pub(crate) items: Vec<Item<M>>,
-    pub(crate) marks: Marks,
+    page: NonNull<Page<M>>,
+}
+
+impl<M: Mapping> NewPage<M> {
+    /// A page of exactly `len` items, taken in order from `items` (sorted by start, not
+    /// overlapping), with `marks`. `items` must yield `len` items; it is not asked for more.
+    pub(crate) fn build(len: usize, items: impl Iterator<Item = Item<M>>, marks: Marks) -> Self {
+        let len32 = u32::try_from(len).expect("a page holds few items");
+        let (layout, at_starts, at_items) = Page::<M>::layout(len);
+        // SAFETY: the layout is never zero-sized (it holds the header).
+        let base = unsafe { alloc::alloc(layout) };
+        if base.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        // SAFETY (for the pointer arithmetic): `base` is a fresh allocation of `layout`, and the
+        // offsets computed with it are in bounds and aligned for their types.
+        let (starts, slots) = unsafe {
+            (
+                base.add(at_starts).cast::<u64>(),
+                base.add(at_items).cast::<Item<M>>(),
+            )
+        };
+        // If a clone panics (a user's `Mapping`), the items written so far are dropped and the
+        // allocation freed as the panic unwinds.
+        let mut partial = Partial {
+            base,
+            layout,
+            items: slots,
+            written: 0,
+        };
+        let mut modified = 0u32;
+        for item in items.take(len) {
+            modified += u32::from(item.modified);
+            // SAFETY: `written < len`: both writes are to slots of this allocation that nothing
+            // else can see, each written once.
+            unsafe {
+                starts.add(partial.written).write(item.ext.start());
+                slots.add(partial.written).write(item);
+            }
+            partial.written += 1;
+        }
+        assert_eq!(
+            partial.written, len,
+            "a page's items fell short of its length"
+        );
+        core::mem::forget(partial);
+        // SAFETY: the header's place in the allocation, written once; `starts` and `slots`
+        // now hold `len` initialized values each.
+        unsafe {
+            base.cast::<Page<M>>().write(Page {
+                starts,
+                items: slots,
+                len: len32,
+                modified,
+                last: marks.last,
+                last_at: AtomicU64::new(marks.last_at),
+                before: marks.before,
+                referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
+            });
+        }
+        NewPage {
+            // SAFETY: `base` is not null (checked above).
+            page: unsafe { NonNull::new_unchecked(base.cast::<Page<M>>()) },
+        }
+    }
+
+    /// A page of the items of `items`.
+    #[cfg(test)]
+    pub(crate) fn from_vec(items: Vec<Item<M>>, marks: Marks) -> Self {
+        Self::build(items.len(), items.into_iter(), marks)
+    }
+}
+
+impl<M> NewPage<M> {
+    fn page(&self) -> &Page<M> {
+        // SAFETY: ours, alive until `self` is dropped or handed over.
+        unsafe { self.page.as_ref() }
+    }
+
+    /// The items, in start order.
+    pub(crate) fn items(&self) -> &[Item<M>] {
+        self.page().items()
+    }
+
+    /// The marks the page was built with.
+    pub(crate) fn marks(&self) -> Marks {
+        self.page().marks()
+    }
+
+    /// Hands the page over: the caller owns it from now on and frees it with
+    /// [`Page::free`], once.
+    pub(crate) fn into_raw(self) -> *const Page<M> {
+        let page = self.page.as_ptr();
+        core::mem::forget(self);
+        page
+    }
+}
+
+impl<M> Drop for NewPage<M> {
+    fn drop(&mut self) {
+        // SAFETY: built by `build`, never published (else `into_raw` would have taken it),
+        // dropped once.
+        unsafe { Page::free(self.page.as_ptr()) };
+    }
+}
+
+impl<M: Mapping> Clone for NewPage<M> {
+    fn clone(&self) -> Self {
+        let items = self.items();
+        Self::build(items.len(), items.iter().cloned(), self.marks())
+    }
+}
+
+impl<M: core::fmt::Debug> core::fmt::Debug for NewPage<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NewPage")
+            .field("items", &self.items())
+            .field("marks", &self.marks())
+            .finish()
+    }
+}
+
+impl<M: PartialEq> PartialEq for NewPage<M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.items() == other.items() && self.marks() == other.marks()
+    }
+}
+
+/// A page being built: on unwind, drops the items written so far and frees the allocation.
+struct Partial<M> {
+    base: *mut u8,
+    layout: Layout,
+    items: *mut Item<M>,
+    written: usize,
+}
+
+impl<M> Drop for Partial<M> {
+    fn drop(&mut self) {
+        // SAFETY: the first `written` items were written and nobody else can see them; the
+        // allocation is `layout`'s and the header was never written.
+        unsafe {
+            ptr::drop_in_place(ptr::slice_from_raw_parts_mut(self.items, self.written));
+            alloc::dealloc(self.base, self.layout);
+        }
+    }
 }
 
 impl<M> Page<M> {
@@ -117,61 +266,21 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_items)
     }
 
-    /// A new page holding `new.items` (already sorted and non-overlapping). The caller owns
-    /// it: it is freed with [`free`](Self::free), once.
-    pub(crate) fn alloc(new: NewPage<M>) -> *const Page<M>
-    where
-        M: crate::extent::Mapping,
-    {
-        let NewPage { items, marks } = new;
-        let len = items.len();
-        let len32 = u32::try_from(len).expect("a page holds few items");
-        let (layout, at_starts, at_items) = Self::layout(len);
-        // SAFETY: the layout is never zero-sized (it holds the header).
-        let base = unsafe { alloc::alloc(layout) };
-        if base.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
-        let mut modified = 0u32;
-        // SAFETY: `base` is a fresh allocation of `layout`: the offsets computed with it are in
-        // bounds and aligned for their types, and nothing else can see the memory yet. Every
-        // slot of both arrays is written once (moving the items in), then the header.
-        unsafe {
-            let starts = base.add(at_starts).cast::<u64>();
-            let slots = base.add(at_items).cast::<Item<M>>();
-            for (k, item) in items.into_iter().enumerate() {
-                modified += u32::from(item.modified);
-                starts.add(k).write(item.ext.start());
-                slots.add(k).write(item);
-            }
-            base.cast::<Page<M>>().write(Page {
-                starts,
-                items: slots,
-                len: len32,
-                modified,
-                last: marks.last,
-                last_at: AtomicU64::new(marks.last_at),
-                before: marks.before,
-                referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
-            });
-        }
-        base.cast::<Page<M>>()
-    }
-
-    /// Frees a page made by [`alloc`](Self::alloc), dropping its items.
+    /// Frees a page built by [`NewPage::build`], dropping its items.
     ///
     /// # Safety
     ///
-    /// `page` came from `alloc`, is freed only this once, and nobody can reach it any more.
+    /// `page` came from [`NewPage::build`], is freed only this once, and nobody can reach it
+    /// any more.
     pub(crate) unsafe fn free(page: *const Page<M>) {
         // SAFETY: per the caller, the page is alive and ours alone.
         let len = unsafe { (*page).len } as usize;
-        // SAFETY: the items were written by `alloc` and are dropped only here.
+        // SAFETY: the items were written by `NewPage::build` and are dropped only here.
         unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut((*page).items.cast_mut(), len)) };
         // SAFETY: the header too (its atomic; under loom a modelled object).
         unsafe { ptr::drop_in_place(page.cast_mut()) };
         let (layout, ..) = Self::layout(len);
-        // SAFETY: allocated by `alloc` with this very layout (the same `len`).
+        // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`).
         unsafe { alloc::dealloc(page.cast_mut().cast::<u8>(), layout) };
     }
 
@@ -183,7 +292,7 @@ impl<M> Page<M> {
     /// The items, in start order.
     pub(crate) fn items(&self) -> &[Item<M>] {
         // SAFETY: `items` points at `len` initialized items in this page's allocation, which
-        // lives as long as `self` and is never written after `alloc`.
+        // lives as long as `self` and is never written after `NewPage::build`.
         unsafe { slice::from_raw_parts(self.items, self.len as usize) }
     }
 
@@ -312,7 +421,7 @@ pub(crate) struct Widen;
 /// make the whole window repacked. Every slot whose range meets the range the change removes
 /// or replaces (`change.clobber`) gets a new page recording it, even with the same items; that
 /// range must lie in the window.
-pub(crate) fn rebuild<M: crate::extent::Mapping>(
+pub(crate) fn rebuild<M: Mapping>(
     parts: &[Part<'_, M>],
     bound: Option<u64>,
     whole: bool,
@@ -341,8 +450,10 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
     {
         return Err(Widen);
     }
+    // First what each slot gets (nothing is built yet: a window that must be repacked builds
+    // its pages only once).
     let (mut ri, mut ai) = (0, 0);
-    let mut slots = Vec::with_capacity(parts.len());
+    let mut edits = Vec::with_capacity(parts.len());
     let (mut overflow, mut underflow) = (false, false);
     for (k, part) in parts.iter().enumerate() {
         let hi = parts.get(k + 1).map(|p| p.key).or(bound);
@@ -355,28 +466,24 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
             .clobber
             .filter(|&(lo, c_hi)| part.key < c_hi && hi.is_none_or(|h| lo < h));
         if ri == r_end && ai == a_end && clobbered.is_none() {
-            slots.push(None);
+            edits.push(None);
             continue;
         }
         let marks = match clobbered {
             Some(r) => part.marks.after_removal(r),
             None => part.marks,
         };
-        if ri == r_end && ai == a_end {
-            slots.push(Some(NewPage {
-                items: part.items.to_vec(),
-                marks,
-            }));
-            continue;
+        let edit = Edit {
+            remove: &change.remove[ri..r_end],
+            add: &change.add[ai..a_end],
+            marks,
+        };
+        if !edit.remove.is_empty() || !edit.add.is_empty() {
+            let len = edit.len(part.items);
+            overflow |= len > shape.cap;
+            underflow |= len < shape.min;
         }
-        let items = apply(
-            part.items,
-            &change.remove[ri..r_end],
-            &change.add[ai..a_end],
-        );
-        overflow |= items.len() > shape.cap;
-        underflow |= items.len() < shape.min;
-        slots.push(Some(NewPage { items, marks }));
+        edits.push(Some(edit));
         (ri, ai) = (r_end, a_end);
     }
     debug_assert_eq!(
@@ -384,22 +491,34 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
         change.remove.len(),
         "every removed item lies in the window"
     );
+    let in_place = |edits: Vec<Option<Edit<'_, M>>>| {
+        let slots = parts
+            .iter()
+            .zip(edits)
+            .map(|(part, edit)| {
+                edit.map(|e| {
+                    NewPage::build(
+                        e.len(part.items),
+                        apply(part.items, e.remove, e.add),
+                        e.marks,
+                    )
+                })
+            })
+            .collect();
+        Ok(Rebuilt::InPlace(slots))
+    };
     if !overflow && !underflow {
-        return Ok(Rebuilt::InPlace(slots));
+        return in_place(edits);
     }
     if !overflow && parts.len() == 1 {
         // A small page with no neighbour in the window: keep it if it is the only page,
         // else ask for the neighbours to merge with.
-        return if whole {
-            Ok(Rebuilt::InPlace(slots))
-        } else {
-            Err(Widen)
-        };
+        return if whole { in_place(edits) } else { Err(Widen) };
     }
     let mut all = Vec::new();
-    for (part, new) in parts.iter().zip(slots) {
-        match new {
-            Some(new) => all.extend(new.items),
+    for (part, edit) in parts.iter().zip(&edits) {
+        match edit {
+            Some(e) => all.extend(apply(part.items, e.remove, e.add)),
             None => all.extend(part.items.iter().cloned()),
         }
     }
@@ -417,35 +536,65 @@ pub(crate) fn rebuild<M: crate::extent::Mapping>(
     )))
 }
 
-/// `items` without `remove` and with `add` (all three sorted by start).
-fn apply<M: crate::extent::Mapping>(
-    items: &[Item<M>],
-    remove: &[Item<M>],
-    add: &[Item<M>],
-) -> Vec<Item<M>> {
-    let mut out = Vec::with_capacity(items.len() + add.len() - remove.len().min(items.len()));
-    let mut r = remove.iter().peekable();
-    let mut a = add.iter().peekable();
-    for item in items {
-        let start = item.ext.start();
-        while let Some(x) = a.next_if(|x| x.ext.start() < start) {
-            out.push(x.clone());
-        }
-        if r.next_if(|x| x.ext.start() == start).is_some() {
-            continue;
-        }
-        out.push(item.clone());
+/// What a change does to one page: the items it takes out, those it puts in (both sorted by
+/// start, within the page's range) and the page's marks afterwards.
+struct Edit<'c, M> {
+    remove: &'c [Item<M>],
+    add: &'c [Item<M>],
+    marks: Marks,
+}
+
+impl<M> Edit<'_, M> {
+    /// How many items the page holds after the edit (every removed item is one of `items`).
+    fn len(&self, items: &[Item<M>]) -> usize {
+        items.len() + self.add.len() - self.remove.len().min(items.len())
     }
-    out.extend(a.cloned());
-    debug_assert!(r.next().is_none(), "a removed item is not in its page");
-    out
+}
+
+/// `items` without `remove` and with `add` (all three sorted by start), each cloned once, in
+/// start order.
+fn apply<'a, M: Mapping>(
+    items: &'a [Item<M>],
+    remove: &'a [Item<M>],
+    add: &'a [Item<M>],
+) -> impl Iterator<Item = Item<M>> + 'a {
+    let (mut i, mut r, mut a) = (0, 0, 0);
+    core::iter::from_fn(move || {
+        loop {
+            match (items.get(i), add.get(a)) {
+                (Some(x), Some(y)) if y.ext.start() < x.ext.start() => {
+                    a += 1;
+                    return Some(y.clone());
+                }
+                (Some(x), _) => {
+                    i += 1;
+                    if remove
+                        .get(r)
+                        .is_some_and(|z| z.ext.start() == x.ext.start())
+                    {
+                        r += 1;
+                        continue;
+                    }
+                    return Some(x.clone());
+                }
+                (None, Some(y)) => {
+                    a += 1;
+                    return Some(y.clone());
+                }
+                (None, None) => {
+                    debug_assert_eq!(r, remove.len(), "a removed item is not in its page");
+                    return None;
+                }
+            }
+        }
+    })
 }
 
 /// Cuts `items` into pages of about `shape.fill` items. At the end of the map (`tail`) pages
 /// are filled in order, so that appending leaves full pages behind; elsewhere the items are
 /// spread evenly. The first page gets `first_key`, the others the start of their first item;
 /// every page gets `marks` (those of the pages repacked, joined).
-fn repack<M: crate::extent::Mapping>(
+fn repack<M: Mapping>(
     items: Vec<Item<M>>,
     first_key: u64,
     shape: Shape,
@@ -475,13 +624,13 @@ fn repack<M: crate::extent::Mapping>(
     let mut out = Vec::with_capacity(pages);
     let mut rest = items.into_iter();
     for (i, size) in sizes.into_iter().enumerate() {
-        let page: Vec<Item<M>> = rest.by_ref().take(size).collect();
+        let page = NewPage::build(size, rest.by_ref().take(size), marks);
         let key = if i == 0 {
             first_key
         } else {
-            page[0].ext.start()
+            page.items()[0].ext.start()
         };
-        out.push((key, NewPage { items: page, marks }));
+        out.push((key, page));
     }
     out
 }
@@ -530,7 +679,7 @@ mod tests {
         else {
             panic!("expected an in-place rebuild")
         };
-        assert_eq!(starts(&slots[0].as_ref().unwrap().items), [0, 5, 20, 30]);
+        assert_eq!(starts(slots[0].as_ref().unwrap().items()), [0, 5, 20, 30]);
         assert!(slots[1].is_none());
     }
 
@@ -582,10 +731,10 @@ mod tests {
         };
         assert_eq!(pages.len(), 2);
         assert_eq!(pages[0].0, 0);
-        assert_eq!(pages[1].0, pages[1].1.items[0].ext.start());
-        let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(&p.items)).collect();
+        assert_eq!(pages[1].0, pages[1].1.items()[0].ext.start());
+        let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(p.items())).collect();
         assert_eq!(all, [10, 20, 30, 40, 45]);
-        assert!(pages.iter().all(|(_, p)| p.items.len() <= shape.cap));
+        assert!(pages.iter().all(|(_, p)| p.items().len() <= shape.cap));
     }
 
     #[test]
@@ -593,7 +742,7 @@ mod tests {
         let shape = Shape::new(8);
         let items: Vec<_> = (0..30).map(|i| item(i * 10, 1)).collect();
         let pages = repack(items, 0, shape, true, Marks::default());
-        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.items.len()).collect();
+        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.items().len()).collect();
         assert_eq!(sizes, [7, 7, 7, 7, 2]);
         let even = repack(
             (0..30).map(|i| item(i * 10, 1)).collect(),
@@ -602,7 +751,7 @@ mod tests {
             false,
             Marks::default(),
         );
-        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.items.len()).collect();
+        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.items().len()).collect();
         assert_eq!(sizes, [6, 6, 6, 6, 6]);
     }
 
@@ -624,10 +773,10 @@ mod tests {
         assert_eq!(rebuild(&lone, Some(100), false, &change, shape), Err(Widen));
         assert_eq!(
             rebuild(&lone, None, true, &change, shape),
-            Ok(Rebuilt::InPlace(vec![Some(NewPage {
-                items: vec![],
-                marks: Marks::default(),
-            })]))
+            Ok(Rebuilt::InPlace(vec![Some(NewPage::from_vec(
+                vec![],
+                Marks::default()
+            ))]))
         );
         let two = [
             Part {
@@ -646,7 +795,42 @@ mod tests {
         };
         assert_eq!(pages.len(), 1);
         assert_eq!(pages[0].0, 0);
-        assert_eq!(starts(&pages[0].1.items), [100, 110]);
+        assert_eq!(starts(pages[0].1.items()), [100, 110]);
+    }
+
+    #[test]
+    fn a_page_built_in_place_holds_its_items_and_counts_the_modified() {
+        let mut items: Vec<_> = (0..5).map(|i| item(i * 10, 1)).collect();
+        items[3].modified = true;
+        let page = NewPage::build(5, items.iter().cloned(), Marks::default());
+        assert_eq!(page.items(), &items[..]);
+        assert_eq!(page.clone(), page);
+        let raw = page.into_raw();
+        // SAFETY: handed over by `into_raw`, freed once.
+        unsafe {
+            assert_eq!((*raw).modified(), 1);
+            assert_eq!((*raw).upto(25), 3);
+            Page::free(raw);
+        }
+    }
+
+    // A clone that panics half-way (a user's `Mapping` may) must leave nothing behind: the
+    // items written so far are dropped once and the allocation freed (Miri and ASan check the
+    // "once" and the "freed").
+    #[test]
+    fn a_build_that_panics_half_way_frees_what_it_wrote() {
+        let half_way = std::panic::catch_unwind(|| {
+            let items = (0..4).map(|i| {
+                assert!(i < 2, "a clone failed");
+                item(i * 10, 1)
+            });
+            NewPage::build(4, items, Marks::default())
+        });
+        assert!(half_way.is_err());
+        let short = std::panic::catch_unwind(|| {
+            NewPage::build(4, (0..3).map(|i| item(i * 10, 1)), Marks::default())
+        });
+        assert!(short.is_err(), "a page whose items fall short is refused");
     }
 
     #[test]

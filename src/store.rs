@@ -738,7 +738,7 @@ impl<M: Mapping> Store<M> {
         delta: Delta,
         guard: &Guard,
     ) -> Outcome {
-        let page = Page::alloc(new);
+        let page = new.into_raw();
         // SAFETY: `page` is ours; `old` was read from the slot under `guard`.
         let delta = Delta {
             bytes: unsafe { (*page).bytes() as isize - (*old).bytes() as isize },
@@ -808,7 +808,7 @@ impl<M: Mapping> Store<M> {
         let mut slots = Vec::with_capacity(pages.len());
         for (key, page) in pages {
             keys.push(key);
-            slots.push(Slot::new(key, Page::alloc(page)));
+            slots.push(Slot::new(key, page.into_raw()));
         }
         Dir {
             keys: keys.into_boxed_slice(),
@@ -829,7 +829,7 @@ impl<M: Mapping> Store<M> {
                         slot,
                         old,
                         new: match new {
-                            Some(page) => Page::alloc(page),
+                            Some(page) => page.into_raw(),
                             None => old,
                         },
                     })
@@ -848,7 +848,7 @@ impl<M: Mapping> Store<M> {
                     .collect();
                 let successors = pages
                     .into_iter()
-                    .map(|(key, page)| Slot::new(key, Page::alloc(page)))
+                    .map(|(key, page)| Slot::new(key, page.into_raw()))
                     .collect();
                 (entries, successors)
             }

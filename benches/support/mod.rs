@@ -40,11 +40,11 @@ pub trait Map: Sync + Sized {
 }
 
 macro_rules! impl_map {
-    ($t:ty, $name:literal) => {
+    ($t:ty, $name:literal, $empty:expr) => {
         impl Map for $t {
             const NAME: &'static str = $name;
             fn empty() -> Self {
-                <$t>::new()
+                $empty
             }
             fn get(&self, offset: u64) -> Option<Extent> {
                 <$t>::get(self, offset)
@@ -83,8 +83,37 @@ macro_rules! impl_map {
     };
 }
 
-impl_map!(ExtentCache, "lockfree");
-impl_map!(LockedExtentMap, "locked");
+impl_map!(ExtentCache, "lockfree", empty_cache());
+impl_map!(LockedExtentMap, "locked", LockedExtentMap::new());
+
+/// The environment variable that sets the lock-free cache's page capacity in every benchmark
+/// and driver run (unset: the crate's default), so that page sizes can be compared with the
+/// same binaries: `EXTENT_CACHE_PAGE_CAPACITY=16 cargo bench --bench ops`.
+pub const PAGE_CAPACITY_VAR: &str = "EXTENT_CACHE_PAGE_CAPACITY";
+
+/// The page capacity [`PAGE_CAPACITY_VAR`] asks for, if any; a value that is not a number of
+/// at least 2 stops the run with a message rather than measuring something else.
+pub fn page_capacity() -> Option<usize> {
+    static CAP: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var(PAGE_CAPACITY_VAR).ok()?;
+        match v.parse::<usize>() {
+            Ok(cap) if cap >= 2 => Some(cap),
+            _ => {
+                eprintln!("{PAGE_CAPACITY_VAR}={v}: expected a page capacity of at least 2");
+                std::process::exit(2);
+            }
+        }
+    })
+}
+
+/// An empty lock-free cache with the page capacity of [`page_capacity`].
+pub fn empty_cache() -> ExtentCache {
+    match page_capacity() {
+        Some(cap) => ExtentCache::with_page_capacity(cap),
+        None => ExtentCache::new(),
+    }
+}
 
 /// A `get` that must hit: a miss or a wrong answer is an error (returns 1, else 0).
 pub fn must_get<T: Map>(map: &T, offset: u64) -> u64 {
