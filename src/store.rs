@@ -261,34 +261,17 @@ impl<M> Dir<M> {
 /// The number of keys `<= off` in the sorted `keys`.
 ///
 /// A page's starts (a few dozen at most) are counted one by one: their loads do not depend on
-/// each other, and there is no branch to mispredict. A directory is searched by blocks of
-/// [`BLOCK`] keys: a binary search over the first key of each block (the upper steps read the
-/// same few keys on every call, which stay in the cache), then a count within one block (two
-/// cache lines). The counts keep four independent sums, so that the comparisons do not wait on
-/// each other through one running total.
+/// each other, and there is no branch to mispredict. A directory is searched with the
+/// standard library's binary search, which chooses each half without a branch (a conditional
+/// move): the halves a search takes are a coin toss to the processor, and a mispredicted step
+/// costs more than the load it waits on.
 pub(crate) fn count_upto(keys: &[u64], off: u64) -> usize {
-    /// Keys per block of a directory.
-    const BLOCK: usize = 16;
     /// Up to this many keys, no binary search at all.
     const SHORT: usize = 64;
     if keys.len() <= SHORT {
         return count_in(keys, off);
     }
-    let blocks = keys.len().div_ceil(BLOCK);
-    // The last block whose first key is <= off (keys are sorted, so every earlier block is
-    // entirely <= off).
-    let (mut lo, mut hi) = (0, blocks);
-    while hi - lo > 1 {
-        let mid = (lo + hi) / 2;
-        if keys[mid * BLOCK] <= off {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    let start = lo * BLOCK;
-    let end = (start + BLOCK).min(keys.len());
-    start + count_in(&keys[start..end], off)
+    keys.partition_point(|&k| k <= off)
 }
 
 /// The number of keys `<= off` in `keys`, in four independent sums.
