@@ -113,17 +113,24 @@ pub(crate) struct NewPage<M> {
 
 impl<M: Mapping> NewPage<M> {
     /// A page of exactly `len` items, taken in order from `items` (sorted by start, not
-    /// overlapping), with `marks`. `items` must yield `len` items; it is not asked for more.
-    pub(crate) fn build(len: usize, items: impl Iterator<Item = Item<M>>, marks: Marks) -> Self {
+    /// overlapping), with `marks`. `items` must yield exactly `len` items: fewer or more is a
+    /// bug of the caller's and panics (the page is freed as the panic unwinds).
+    pub(crate) fn build(
+        len: usize,
+        mut items: impl Iterator<Item = Item<M>>,
+        marks: Marks,
+    ) -> Self {
         let len32 = u32::try_from(len).expect("a page holds few items");
         let (layout, at_starts, at_items) = Page::<M>::layout(len);
         // SAFETY: the layout is never zero-sized (it holds the header).
-        let base = unsafe { alloc::alloc(layout) };
-        if base.is_null() {
-            alloc::handle_alloc_error(layout);
-        }
-        // SAFETY (for the pointer arithmetic): `base` is a fresh allocation of `layout`, and the
-        // offsets computed with it are in bounds and aligned for their types.
+        let Some(base) = NonNull::new(unsafe { alloc::alloc(layout) }) else {
+            alloc::handle_alloc_error(layout)
+        };
+        let base = base.as_ptr();
+        // SAFETY (for the pointer arithmetic): `base` is a fresh allocation of `layout`, and
+        // `Page::layout` computed the offsets with `Layout::extend`, which keeps each in bounds
+        // and aligned for its type (`at_starts` may be the allocation's end when `len == 0`,
+        // one past the end, which `add` allows).
         let (starts, slots) = unsafe {
             (
                 base.add(at_starts).cast::<u64>(),
@@ -139,10 +146,10 @@ impl<M: Mapping> NewPage<M> {
             written: 0,
         };
         let mut modified = 0u32;
-        for item in items.take(len) {
+        for item in items.by_ref().take(len) {
             modified += u32::from(item.modified);
-            // SAFETY: `written < len`: both writes are to slots of this allocation that nothing
-            // else can see, each written once.
+            // SAFETY: `take(len)` keeps `written < len`: both writes are to slots of this
+            // allocation that nothing else can see, each written once.
             unsafe {
                 starts.add(partial.written).write(item.ext.start());
                 slots.add(partial.written).write(item);
@@ -153,21 +160,23 @@ impl<M: Mapping> NewPage<M> {
             partial.written, len,
             "a page's items fell short of its length"
         );
+        // An item left over would be an extent lost without a word.
+        assert!(items.next().is_none(), "a page's items exceed its length");
+        let header = Page {
+            starts,
+            items: slots,
+            len: len32,
+            modified,
+            last: marks.last,
+            last_at: AtomicU64::new(marks.last_at),
+            before: marks.before,
+            referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
+        };
         core::mem::forget(partial);
-        // SAFETY: the header's place in the allocation, written once; `starts` and `slots`
-        // now hold `len` initialized values each.
-        unsafe {
-            base.cast::<Page<M>>().write(Page {
-                starts,
-                items: slots,
-                len: len32,
-                modified,
-                last: marks.last,
-                last_at: AtomicU64::new(marks.last_at),
-                before: marks.before,
-                referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
-            });
-        }
+        // SAFETY: the header's place in the allocation, written once: `base` is aligned to
+        // `layout.align()`, at least `Page`'s alignment; `starts` and `slots` now hold `len`
+        // initialized values each.
+        unsafe { base.cast::<Page<M>>().write(header) };
         NewPage {
             // SAFETY: `base` is not null (checked above).
             page: unsafe { NonNull::new_unchecked(base.cast::<Page<M>>()) },
@@ -545,9 +554,14 @@ struct Edit<'c, M> {
 }
 
 impl<M> Edit<'_, M> {
-    /// How many items the page holds after the edit (every removed item is one of `items`).
+    /// How many items the page holds after the edit (every removed item is one of `items`;
+    /// `NewPage::build` checks that the edit yields exactly this many).
     fn len(&self, items: &[Item<M>]) -> usize {
-        items.len() + self.add.len() - self.remove.len().min(items.len())
+        debug_assert!(
+            self.remove.len() <= items.len(),
+            "a removed item is not in its page"
+        );
+        (items.len() + self.add.len()).saturating_sub(self.remove.len())
     }
 }
 
@@ -814,23 +828,88 @@ mod tests {
         }
     }
 
-    // A clone that panics half-way (a user's `Mapping` may) must leave nothing behind: the
-    // items written so far are dropped once and the allocation freed (Miri and ASan check the
-    // "once" and the "freed").
+    /// How many [`Tracked`] mappings are alive.
+    static TRACKED: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+    /// A mapping that counts its live copies and whose clone fails on demand, as a user's
+    /// `Mapping` may.
+    #[derive(Debug, PartialEq)]
+    struct Tracked {
+        fail_clone: bool,
+    }
+
+    impl Tracked {
+        fn new(fail_clone: bool) -> Self {
+            TRACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Tracked { fail_clone }
+        }
+    }
+
+    impl Clone for Tracked {
+        fn clone(&self) -> Self {
+            assert!(!self.fail_clone, "a clone failed");
+            Tracked::new(false)
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            TRACKED.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Mapping for Tracked {
+        fn validate(&self, _: u64, _: u64) -> Result<(), &'static str> {
+            Ok(())
+        }
+        fn skip(&self, _: u64) -> Option<Self> {
+            Some(self.clone())
+        }
+        fn merge(&self, _: u64, _: &Self, _: u64) -> Option<Self> {
+            None
+        }
+    }
+
+    // A build that fails half-way (a user's `Mapping` whose clone panics, or too few or too
+    // many items) must leave nothing behind: the items written so far are dropped exactly
+    // once and the allocation freed (the count checks the first, Miri and ASan the second).
     #[test]
     fn a_build_that_panics_half_way_frees_what_it_wrote() {
-        let half_way = std::panic::catch_unwind(|| {
-            let items = (0..4).map(|i| {
-                assert!(i < 2, "a clone failed");
-                item(i * 10, 1)
-            });
-            NewPage::build(4, items, Marks::default())
-        });
-        assert!(half_way.is_err());
-        let short = std::panic::catch_unwind(|| {
-            NewPage::build(4, (0..3).map(|i| item(i * 10, 1)), Marks::default())
-        });
+        let tracked = |i: u64, fail_clone| Item {
+            ext: Extent::with_mapping(i * 10, 1, Tracked::new(fail_clone)),
+            modified: false,
+        };
+        let source: Vec<_> = (0..4).map(|i| tracked(i, i == 2)).collect();
+        let live = || TRACKED.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(live(), 4);
+        let build = |len: usize, n: usize| {
+            std::panic::catch_unwind(|| {
+                NewPage::build(len, source.iter().take(n).cloned(), Marks::default())
+            })
+        };
+        // The third clone panics after two items were written.
+        assert!(build(4, 4).is_err());
+        assert_eq!(
+            live(),
+            4,
+            "the items written before the panic were dropped once"
+        );
+        let fine = NewPage::build(2, source.iter().take(2).cloned(), Marks::default());
+        assert_eq!(live(), 6);
+        drop(fine);
+        assert_eq!(live(), 4);
+        // Too few items for the length, or too many.
+        let short = build(3, 2);
         assert!(short.is_err(), "a page whose items fall short is refused");
+        let source_ok: Vec<_> = (0..3).map(|i| tracked(i, false)).collect();
+        let long = std::panic::catch_unwind(|| {
+            NewPage::build(2, source_ok.iter().cloned(), Marks::default())
+        });
+        assert!(
+            long.is_err(),
+            "a page whose items exceed its length is refused"
+        );
+        assert_eq!(live(), 7, "the source items only");
     }
 
     #[test]
