@@ -111,10 +111,61 @@ impl<M> Slot<M> {
     }
 }
 
+/// A page read from a slot word under a guard (`'g`): a reference to it, that also keeps the
+/// pointer exactly as the word held it. A page pointer that goes back into a slot word (a slot
+/// a change only read is given back its page) or that frees the page must be this one: a
+/// pointer made from a `&Page` may only read (it cannot free the page under the aliasing
+/// model), so `&'g Page` alone would lose that right on the way.
+pub(crate) struct PageRef<'g, M> {
+    ptr: *const Page<M>,
+    _guard: PhantomData<&'g Page<M>>,
+}
+
+impl<M> Clone for PageRef<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for PageRef<'_, M> {}
+
+impl<'g, M> PageRef<'g, M> {
+    /// # Safety
+    ///
+    /// `ptr` is a page that outlives the guard `'g` (read under it from a slot word, or from a
+    /// descriptor that outlives it).
+    unsafe fn new(ptr: *const Page<M>) -> Self {
+        PageRef {
+            ptr,
+            _guard: PhantomData,
+        }
+    }
+
+    /// The page, for as long as the guard it was read under.
+    pub(crate) fn get(self) -> &'g Page<M> {
+        // SAFETY: read from a slot word under the guard `'g`; a page is retired only after it
+        // left its slot, so it outlives that guard (see `Store::decode`).
+        unsafe { &*self.ptr }
+    }
+
+    /// The pointer as the slot word held it.
+    pub(crate) fn as_ptr(self) -> *const Page<M> {
+        self.ptr
+    }
+}
+
+impl<M> core::ops::Deref for PageRef<'_, M> {
+    type Target = Page<M>;
+
+    fn deref(&self) -> &Page<M> {
+        self.get()
+    }
+}
+
 /// A slot word as read under a guard.
 pub(crate) enum Word<'g, M> {
     /// The slot holds this page.
-    Page(&'g Page<M>),
+    Page(PageRef<'g, M>),
     /// A change claimed the slot.
     Desc(&'g Desc<M>),
 }
@@ -297,7 +348,7 @@ pub(crate) struct Leaf<'g, M> {
     pub(crate) key: u64,
     /// The end of the range (`None`: the end of the map).
     pub(crate) bound: Option<u64>,
-    pub(crate) page: &'g Page<M>,
+    pub(crate) page: PageRef<'g, M>,
 }
 
 /// What a reader saw in one slot word: the double collect compares these.
@@ -575,7 +626,7 @@ impl<M: Mapping> Store<M> {
         seen: &mut Vec<Seen>,
     ) -> Result<(), Moved> {
         let raw = slot.word.load(ORD);
-        let push = |out: &mut Vec<Leaf<'g, M>>, page: &'g Page<M>| {
+        let push = |out: &mut Vec<Leaf<'g, M>>, page: PageRef<'g, M>| {
             out.push(Leaf {
                 slot,
                 key: slot.key,
@@ -605,11 +656,11 @@ impl<M: Mapping> Store<M> {
                 if !committed {
                     // SAFETY: the old page of a claimed slot is retired only with the
                     // descriptor (when it committed), which outlives this guard.
-                    push(out, unsafe { &*e.old });
+                    push(out, unsafe { PageRef::new(e.old) });
                 } else if !d.replaces_slots() {
                     // SAFETY: the new page of a committed change is retired only after it
                     // left the slot, which happens after the descriptor left it.
-                    push(out, unsafe { &*e.new });
+                    push(out, unsafe { PageRef::new(e.new) });
                 } else {
                     // Forwarded: the successors covering this slot's range, each read as a
                     // slot of its own. Two claimed slots may share a successor: skip it the
@@ -649,7 +700,7 @@ impl<M: Mapping> Store<M> {
         match tag::decode::<M>(raw) {
             // SAFETY: a page is retired only after it left its slot (replaced by a CAS, or
             // released by a descriptor), so it outlives the guard the word was loaded under.
-            tag::Decoded::Page(p) => Word::Page(unsafe { &*p }),
+            tag::Decoded::Page(ptr) => Word::Page(unsafe { PageRef::new(ptr) }),
             // SAFETY: a slot holds a descriptor only while a thread holds a reference to it, or
             // (forwarded) while the slot is reachable; it is retired after that, through the
             // epoch (I4 in docs/design.md), so it outlives the guard the word was loaded under.

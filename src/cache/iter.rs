@@ -164,7 +164,7 @@ impl<'c, M: Mapping> Iter<'c, M> {
         let store = &self.cache.store;
         let slot = dir.slot(i);
         match store.word(slot, guard) {
-            Word::Page(page) => self.take(page, lo, hi, end),
+            Word::Page(page) => self.take(page.get(), lo, hi, end),
             Word::Desc(_) => {
                 // A change in flight: read what the slot stands for now.
                 let (mut leaves, mut seen) = (Vec::new(), Vec::new());
@@ -175,11 +175,13 @@ impl<'c, M: Mapping> Iter<'c, M> {
                     return Err(moved);
                 }
                 match end {
-                    End::Front => leaves.iter().for_each(|l| self.take(l.page, lo, hi, end)),
+                    End::Front => leaves
+                        .iter()
+                        .for_each(|l| self.take(l.page.get(), lo, hi, end)),
                     End::Back => leaves
                         .iter()
                         .rev()
-                        .for_each(|l| self.take(l.page, lo, hi, end)),
+                        .for_each(|l| self.take(l.page.get(), lo, hi, end)),
                 }
             }
         }

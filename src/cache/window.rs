@@ -160,10 +160,9 @@ impl<'g, M: Mapping> Window<'g, M> {
         if self.seen.is_empty() {
             // A writer's window: every slot held a page.
             return leaves.len() == self.leaves.len()
-                && leaves
-                    .iter()
-                    .zip(&self.leaves)
-                    .all(|(a, b)| core::ptr::eq(a.page, b.page) && core::ptr::eq(a.slot, b.slot));
+                && leaves.iter().zip(&self.leaves).all(|(a, b)| {
+                    core::ptr::eq(a.page.as_ptr(), b.page.as_ptr()) && core::ptr::eq(a.slot, b.slot)
+                });
         }
         seen == self.seen
     }
@@ -177,7 +176,7 @@ impl<'g, M: Mapping> Window<'g, M> {
     pub(crate) fn read(&self) -> Vec<(*const Slot<M>, *const crate::page::Page<M>)> {
         self.leaves
             .iter()
-            .map(|l| (l.slot, l.page as *const _))
+            .map(|l| (l.slot, l.page.as_ptr()))
             .collect()
     }
 
