@@ -127,10 +127,9 @@ impl<M: Mapping> NewPage<M> {
             alloc::handle_alloc_error(layout)
         };
         let base = base.as_ptr();
-        // SAFETY (for the pointer arithmetic): `base` is a fresh allocation of `layout`, and
-        // `Page::layout` computed the offsets with `Layout::extend`, which keeps each in bounds
-        // and aligned for its type (`at_starts` may be the allocation's end when `len == 0`,
-        // one past the end, which `add` allows).
+        // The offsets come from `Layout::extend` (`Page::layout`): in bounds and aligned for
+        // their types; `at_starts` may be the end of the allocation when `len == 0`.
+        // SAFETY: `base` is a fresh allocation of `layout`; one past the end is allowed.
         let (starts, slots) = unsafe {
             (
                 base.add(at_starts).cast::<u64>(),
