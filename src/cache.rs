@@ -185,18 +185,22 @@ impl<M: Mapping> ExtentCache<M> {
         let Some(dir) = self.store.dir(guard) else {
             return Err(None);
         };
-        let first = dir.slot_of(from);
-        for i in (first..dir.len()).take(max_pages) {
-            let hot = match self.store.word(dir.slot(i), guard) {
+        let mut at = Some(dir.find(from));
+        for _ in 0..max_pages {
+            let Some(p) = at else {
+                return Err(None);
+            };
+            let hot = match self.store.word(dir.slot(p), guard) {
                 crate::store::Word::Page(page) => page.take_referenced(),
                 // A change in flight: let the eviction deal with it.
                 crate::store::Word::Desc(_) => false,
             };
             if !hot {
-                return Ok((from.max(dir.keys[i]), dir.bound(i).unwrap_or(u64::MAX)));
+                return Ok((from.max(dir.key(p)), dir.bound(p).unwrap_or(u64::MAX)));
             }
+            at = dir.next(p);
         }
-        Err(dir.keys.get(first + max_pages).copied())
+        Err(at.map(|p| dir.key(p)))
     }
 
     // ----------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 //!
 //! # Shape
 //!
-//! * A [`Dir`] is an immutable, sorted array of slot keys and slot pointers. Slot `i` owns the
-//!   items whose start lies in `[keys[i], keys[i + 1])` (the last slot: to the end of the map).
-//!   `keys[0]` is always 0. The cache holds one pointer to the current directory; it is
-//!   replaced, never changed, and only when the set of slots changes (a page split or merge).
+//! * A [`Dir`] holds the slots in key order, in two immutable levels ([`dir`]). A slot owns the
+//!   items whose start lies between its key and the next slot's (the last slot: to the end of
+//!   the map); the first key is always 0. The cache holds one pointer to the current
+//!   directory; it is replaced, never changed, and only when the set of slots changes (a page
+//!   split or merge), by one that shares every chunk the change does not touch.
 //! * A [`Slot`] is one atomic word: the page it holds, or a [`Desc`] that claimed it.
 //!
 //! # Changes
@@ -35,6 +36,8 @@
 //! replaced by a single CAS, a directory and the slots it dropped by the swap), or, for what a
 //! descriptor alone knows about, by the last thread to let go of the descriptor.
 
+mod dir;
+
 use core::any::Any;
 use core::marker::PhantomData;
 
@@ -47,6 +50,8 @@ use crate::plan::Item;
 use crate::sync::epoch::{Deferred, Graveyard, Guard};
 use crate::sync::shared::Arc;
 use crate::sync::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+pub(crate) use dir::Pos;
 
 /// Every protocol atomic (slot words, status words, the directory pointer) uses `SeqCst`. This
 /// is deliberate: the argument in `docs/design.md` is phrased over one total order of claims,
@@ -272,42 +277,8 @@ impl<M> Desc<M> {
     }
 }
 
-/// The directory: slot keys and slots, in key order. Immutable once published.
-pub(crate) struct Dir<M> {
-    pub(crate) keys: Box<[u64]>,
-    slots: Box<[*const Slot<M>]>,
-}
-
-impl<M> Dir<M> {
-    /// The index of the slot owning offset `off`.
-    pub(crate) fn slot_of(&self, off: u64) -> usize {
-        count_upto(&self.keys, off).saturating_sub(1)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// The slot at index `i`.
-    pub(crate) fn slot(&self, i: usize) -> &Slot<M> {
-        // SAFETY: a slot stays allocated while a directory that holds it is reachable: the
-        // swap that drops a slot retires it together with the old directory, so it outlives
-        // every guard under which that directory was loaded.
-        unsafe { &*self.slots[i] }
-    }
-
-    /// The slot at index `i` as the directory holds it: a pointer with the provenance of the
-    /// slot's allocation (what descriptors keep, so that the swap that retires the slot frees
-    /// it through a pointer allowed to).
-    pub(crate) fn slot_ptr(&self, i: usize) -> *const Slot<M> {
-        self.slots[i]
-    }
-
-    /// The end of slot `i`'s range (`None`: the end of the map).
-    pub(crate) fn bound(&self, i: usize) -> Option<u64> {
-        self.keys.get(i + 1).copied()
-    }
-}
+/// The directory of a cache's slots (see the [`dir`] module).
+pub(crate) type Dir<M> = dir::Dir<Slot<M>>;
 
 /// The number of keys `<= off` in the sorted `keys`.
 ///
@@ -843,8 +814,9 @@ impl<M: Mapping> Store<M> {
                 });
                 // SAFETY: published just above; its pages are retired only by later changes,
                 // while we are still pinned.
-                for i in 0..unsafe { (*dir).len() } {
-                    if let Word::Page(page) = self.word(unsafe { (*dir).slot(i) }, guard) {
+                for slot in unsafe { (*dir).slots() } {
+                    // SAFETY: the directory holds the slot; see `Dir::slot`.
+                    if let Word::Page(page) = self.word(unsafe { &*slot }, guard) {
                         page.settle(self.clock());
                     }
                 }
@@ -860,16 +832,12 @@ impl<M: Mapping> Store<M> {
     }
 
     fn new_dir(&self, pages: Vec<(u64, NewPage<M>)>) -> Dir<M> {
-        let mut keys = Vec::with_capacity(pages.len());
-        let mut slots = Vec::with_capacity(pages.len());
-        for (key, page) in pages {
-            keys.push(key);
-            slots.push(Slot::new(key, page.into_raw()));
-        }
-        Dir {
-            keys: keys.into_boxed_slice(),
-            slots: slots.into_boxed_slice(),
-        }
+        let slots = pages
+            .into_iter()
+            .map(|(key, page)| (key, Slot::new(key, page.into_raw())));
+        // SAFETY: the slots are new; the directory that holds them is their owner, and the swap
+        // that drops one retires it (see `retire_swapped`).
+        unsafe { Dir::build(slots, self.counters.shape.chunk) }
     }
 
     /// A descriptor for `p`, holding its owner's reference (and, for an attempt of an
@@ -1127,20 +1095,20 @@ impl<M: Mapping> Store<M> {
     fn swap_in(&self, d: &Desc<M>, guard: &Guard) {
         debug_assert_eq!(d.status(), Status::Committed);
         let first = d.entries[0].slot;
+        // SAFETY: slots outlive their descriptors.
+        let key = unsafe { (*first).key };
         let mut cur = self.dir.load(ORD);
         loop {
             // SAFETY: loaded under `guard`; see `dir`.
             let Some(dir) = (unsafe { cur.as_ref() }) else {
                 return;
             };
-            // SAFETY: slots outlive their descriptors.
-            let key = unsafe { (*first).key };
-            let at = dir.keys.partition_point(|&k| k < key);
-            if dir.slots.get(at).is_none_or(|&s| !core::ptr::eq(s, first)) {
+            // The slot owning `key` is `first` until the swap (successors start at `key` too).
+            let at = dir.find(key);
+            if !core::ptr::eq(dir.slot_ptr(at), first) {
                 debug_assert!(
-                    !dir.slots
-                        .iter()
-                        .any(|&s| d.entries.iter().any(|e| core::ptr::eq(s, e.slot))),
+                    !dir.slots()
+                        .any(|s| d.entries.iter().any(|e| core::ptr::eq(s, e.slot))),
                     "a forwarded slot is in the directory, but its run's first slot is not"
                 );
                 return; // swapped already
@@ -1149,47 +1117,44 @@ impl<M: Mapping> Store<M> {
             debug_assert!(
                 d.entries
                     .iter()
-                    .zip(&dir.slots[at..at + n])
-                    .all(|(e, &s)| core::ptr::eq(e.slot, s)),
+                    .zip(dir.walk(at, dir.right(at, n - 1)))
+                    .all(|(e, p)| core::ptr::eq(e.slot, dir.slot_ptr(p))),
                 "a change's slots stay consecutive in the directory"
             );
-            let mut keys = Vec::with_capacity(dir.keys.len() - n + d.successors.len());
-            keys.extend_from_slice(&dir.keys[..at]);
             // SAFETY: successors are owned by `d` until the swap, then by the directory.
-            keys.extend(d.successors.iter().map(|&s| unsafe { (*s).key }));
-            keys.extend_from_slice(&dir.keys[at + n..]);
-            debug_assert!(
-                keys.windows(2).all(|w| w[0] < w[1]),
-                "the swap keeps the directory's keys sorted and unique"
-            );
-            let mut slots = Vec::with_capacity(keys.len());
-            slots.extend_from_slice(&dir.slots[..at]);
-            slots.extend_from_slice(&d.successors);
-            slots.extend_from_slice(&dir.slots[at + n..]);
-            let new = Box::into_raw(Box::new(Dir {
-                keys: keys.into_boxed_slice(),
-                slots: slots.into_boxed_slice(),
-            }));
+            let successors = d.successors.iter().map(|&s| (unsafe { (*s).key }, s));
+            // SAFETY: the successors stay allocated while a directory holds them: the swap that
+            // drops one retires it.
+            let spliced = unsafe { dir.splice(at, n, successors, self.counters.shape.chunk) };
+            let new = Box::into_raw(Box::new(spliced.dir));
             match self.dir.compare_exchange(cur, new, ORD, ORD) {
                 Ok(_) => {
                     // The directory and the slots: the pages moved at the commit.
-                    // SAFETY: both directories are alive (we are pinned).
+                    // SAFETY: `new` is published and alive (we are pinned).
+                    let made = unsafe { &*new }.chunks_bytes(spliced.made);
+                    let gone: usize = spliced.gone.iter().map(|c| c.bytes()).sum();
                     let slot = core::mem::size_of::<Slot<M>>() as isize;
-                    self.add_live(unsafe {
-                        dir_bytes(&*new) as isize - dir_bytes(dir) as isize
-                            + (d.successors.len() as isize - n as isize) * slot
-                    });
-                    // SAFETY: the swap made the old directory, `d`'s old slots, their pages
-                    // and `d` itself unreachable for threads that pin from now on (a
-                    // forwarded slot is reachable only through a directory holding it).
-                    unsafe { self.retire_swapped(cur, d, guard) };
+                    // SAFETY: both tops are alive (we are pinned).
+                    let tops = unsafe { (*new).top_bytes() as isize - dir.top_bytes() as isize };
+                    self.add_live(
+                        tops + made as isize - gone as isize
+                            + (d.successors.len() as isize - n as isize) * slot,
+                    );
+                    // SAFETY: the swap made the old top, the chunks it alone held, `d`'s old
+                    // slots, their pages and `d` itself unreachable for threads that pin from
+                    // now on (a forwarded slot is reachable only through a directory holding
+                    // it).
+                    unsafe { self.retire_swapped(cur, spliced.gone, d, guard) };
                     return;
                 }
                 // Another swap came first: build again on the directory it installed.
                 Err(now) => cur = now,
             }
-            // SAFETY: never shared.
-            drop(unsafe { Box::from_raw(new) });
+            // SAFETY: never shared: the top, and the chunks it does not share.
+            unsafe {
+                let new = Box::from_raw(new);
+                new.free_chunks(spliced.made);
+            }
         }
     }
 
@@ -1416,13 +1381,19 @@ impl<M: Mapping> Store<M> {
         };
     }
 
-    /// Retires what a directory swap made unreachable: the old directory, the slots the
-    /// committed change `d` replaced, the pages they held, and `d`.
+    /// Retires what a directory swap made unreachable: the old top, the chunks `gone` that only
+    /// it held, the slots the committed change `d` replaced, the pages they held, and `d`.
     ///
     /// # Safety
     ///
-    /// `old` was just replaced by a CAS that removed `d`'s slots.
-    unsafe fn retire_swapped(&self, old: *mut Dir<M>, d: &Desc<M>, guard: &Guard) {
+    /// `old` was just replaced by a CAS that removed `d`'s slots and the chunks `gone`.
+    unsafe fn retire_swapped(
+        &self,
+        old: *mut Dir<M>,
+        gone: Vec<dir::Chunk<Slot<M>>>,
+        d: &Desc<M>,
+        guard: &Guard,
+    ) {
         let d = (d as *const Desc<M>).cast_mut();
         // The slots, and `d` their words point at, wait one grace period longer than the
         // rest. A pending change that read one of them before it was forwarded may be helped
@@ -1450,10 +1421,11 @@ impl<M: Mapping> Store<M> {
                 }
             }
         };
-        // The old directory and the pages the forwarded slots held are reached only through
-        // the directory (the descriptor is committed: readers follow its successors), so one
-        // grace period is enough for them.
+        // The old directory (its top and the chunks only it held) and the pages the forwarded
+        // slots held are reached only through the directory (the descriptor is committed:
+        // readers follow its successors), so one grace period is enough for them.
         // SAFETY: `d` is alive until `free_late` runs, which is after this.
+        let gone_bytes: usize = gone.iter().map(|c| c.bytes()).sum();
         let old_pages: Vec<*mut Page<M>> =
             unsafe { (*d).entries.iter().map(|e| e.old.cast_mut()).collect() };
         let free = move || {
@@ -1461,6 +1433,9 @@ impl<M: Mapping> Store<M> {
             // is freed exactly once: by the one successful swap.
             unsafe {
                 drop(Box::from_raw(old));
+                for c in gone {
+                    c.free();
+                }
                 for p in old_pages {
                     Page::free(p);
                 }
@@ -1472,7 +1447,7 @@ impl<M: Mapping> Store<M> {
             let pages: usize = desc.entries.iter().map(|e| (*e.old).bytes()).sum();
             let slots = desc.entries.len() * core::mem::size_of::<Slot<M>>();
             let own = if free_d { desc_bytes(desc) } else { 0 };
-            (dir_bytes(&*old) + pages, slots + own)
+            ((*old).top_bytes() + gone_bytes + pages, slots + own)
         };
         // SAFETY: per the caller; the contents are `Send`.
         unsafe {
@@ -1603,13 +1578,6 @@ unsafe fn free_slot_and_page<M>(s: *const Slot<M>) {
 // ---------------------------------------------------------------------------------------------
 // Sizes, for the books (`ExtentCache::memory`): what each allocation asked for.
 
-/// The directory's own allocations: the struct and its two arrays.
-fn dir_bytes<M>(d: &Dir<M>) -> usize {
-    core::mem::size_of::<Dir<M>>()
-        + core::mem::size_of_val(&*d.keys)
-        + core::mem::size_of_val(&*d.slots)
-}
-
 /// A directory with its slots and their pages.
 ///
 /// # Safety
@@ -1617,12 +1585,11 @@ fn dir_bytes<M>(d: &Dir<M>) -> usize {
 /// Every slot of `d` is alive and holds a page.
 unsafe fn dir_and_slots_bytes<M>(d: &Dir<M>) -> usize {
     let slots: usize = d
-        .slots
-        .iter()
+        .slots()
         // SAFETY: per the caller.
-        .map(|&s| unsafe { slot_and_page_bytes(s) })
+        .map(|s| unsafe { slot_and_page_bytes(s) })
         .sum();
-    dir_bytes(d) + slots
+    d.bytes() + slots
 }
 
 /// A slot and the page it holds (none while it is claimed).
@@ -1703,18 +1670,21 @@ unsafe fn decided_bytes<M>(d: &Desc<M>, status: Status) -> usize {
     bytes
 }
 
-/// Frees a directory, its slots and their pages.
+/// Frees a directory (its top and every chunk), its slots and their pages.
 ///
 /// # Safety
 ///
-/// Nobody else can reach any of them, and every slot holds a page.
+/// Nobody else can reach any of them (no other directory shares a chunk), and every slot
+/// holds a page.
 unsafe fn free_dir_and_slots<M>(dir: *mut Dir<M>) {
     // SAFETY: per the caller.
     let dir = unsafe { Box::from_raw(dir) };
-    for &s in dir.slots.iter() {
+    for s in dir.slots() {
         // SAFETY: per the caller.
         unsafe { free_slot_and_page(s) };
     }
+    // SAFETY: per the caller, and the directory's chunks are freed here only.
+    unsafe { dir.free_chunks(dir.all()) };
 }
 
 impl<M> Drop for Store<M> {
@@ -1765,13 +1735,14 @@ mod tests {
     fn assert_all_pages(cache: &ExtentCache, what: &str) {
         let guard = &crate::sync::epoch::pin();
         let dir = cache.store.dir(guard).unwrap();
-        for i in 0..dir.len() {
+        let last = dir.right(dir.first(), dir.len());
+        for (i, p) in dir.walk(dir.first(), last).enumerate() {
             assert!(
-                matches!(cache.store.word(dir.slot(i), guard), Word::Page(_)),
+                matches!(cache.store.word(dir.slot(p), guard), Word::Page(_)),
                 "{what}: slot {i} of {} is not a page",
                 dir.len()
             );
-            assert_eq!(dir.slot(i).key, dir.keys[i]);
+            assert_eq!(dir.slot(p).key, dir.key(p));
         }
         // Quiet: the books agree with the structure.
         // SAFETY: every slot holds a page (checked above) and we are pinned.

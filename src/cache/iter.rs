@@ -8,7 +8,7 @@ use super::ExtentCache;
 use crate::extent::{Extent, Mapping};
 use crate::page::Page;
 use crate::plan::{Holes, Item};
-use crate::store::{Dir, Moved, Word};
+use crate::store::{Dir, Moved, Pos, Word};
 use crate::sync::epoch::{Guard, pin};
 
 /// Iterator over the extents of an [`ExtentCache`], in start order, or in reverse from the
@@ -110,11 +110,11 @@ impl<'c, M: Mapping> Iter<'c, M> {
             self.finish();
             return;
         };
-        let first = dir.slot_of(self.from);
-        for i in first..(first + SLOTS_PER_PIN).min(dir.len()) {
-            let hi = dir.bound(i).map_or(self.to, |b| b.min(self.to));
+        let first = dir.find(self.from);
+        for p in dir.walk(first, dir.right(first, SLOTS_PER_PIN - 1)) {
+            let hi = dir.bound(p).map_or(self.to, |b| b.min(self.to));
             if self
-                .read_slot((dir, guard), i, (self.from, hi), End::Front)
+                .read_slot((dir, guard), p, (self.from, hi), End::Front)
                 .is_err()
             {
                 return;
@@ -135,12 +135,12 @@ impl<'c, M: Mapping> Iter<'c, M> {
             self.finish();
             return;
         };
-        let last = dir.slot_of(self.to.saturating_sub(1));
-        for i in (last.saturating_sub(SLOTS_PER_PIN - 1)..=last).rev() {
-            // `keys[0]` is 0: the first slot reaches down to the front's part.
-            let lo = dir.keys[i].max(self.from);
+        let last = dir.find(self.to.saturating_sub(1));
+        for p in dir.walk_back(dir.left(last, SLOTS_PER_PIN - 1), last) {
+            // The first key is 0: the first slot reaches down to the front's part.
+            let lo = dir.key(p).max(self.from);
             if self
-                .read_slot((dir, guard), i, (lo, self.to), End::Back)
+                .read_slot((dir, guard), p, (lo, self.to), End::Back)
                 .is_err()
             {
                 return;
@@ -152,24 +152,24 @@ impl<'c, M: Mapping> Iter<'c, M> {
         }
     }
 
-    /// Takes, for `end`, the extents of slot `i` of `dir` that start in `[lo, hi)`. `Err` when
+    /// Takes, for `end`, the extents of the slot at `p` in `dir` that start in `[lo, hi)`. `Err` when
     /// the directory moved on (nothing taken: the next refill starts from the new one).
     fn read_slot(
         &mut self,
         (dir, guard): (&Dir<M>, &Guard),
-        i: usize,
+        p: Pos,
         (lo, hi): (u64, u64),
         end: End,
     ) -> Result<(), Moved> {
         let store = &self.cache.store;
-        let slot = dir.slot(i);
+        let slot = dir.slot(p);
         match store.word(slot, guard) {
             Word::Page(page) => self.take(page.get(), lo, hi, end),
             Word::Desc(_) => {
                 // A change in flight: read what the slot stands for now.
                 let (mut leaves, mut seen) = (Vec::new(), Vec::new());
                 if let Err(moved) =
-                    store.leaves(slot, dir.bound(i), dir, guard, &mut leaves, &mut seen)
+                    store.leaves(slot, dir.bound(p), dir, guard, &mut leaves, &mut seen)
                 {
                     crate::sync::retry_hint();
                     return Err(moved);

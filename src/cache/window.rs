@@ -13,7 +13,7 @@ use core::cell::Cell;
 use crate::extent::Mapping;
 use crate::page::{Part, Widen};
 use crate::plan::{self, Item, Probe, View};
-use crate::store::{Busy, Dir, Leaf, Seen, Slot, Store, Word};
+use crate::store::{Busy, Dir, Leaf, Pos, Seen, Slot, Store, Word};
 use crate::sync::epoch::Guard;
 
 /// Consecutive pages covering `[leaves[0].key, leaves.last().bound)`, with what was seen in
@@ -21,9 +21,9 @@ use crate::sync::epoch::Guard;
 pub(crate) struct Window<'g, M> {
     pub(crate) leaves: Vec<Leaf<'g, M>>,
     seen: Vec<Seen>,
-    /// The directory slots read, `lo..=hi` (unused for an empty map).
-    pub(crate) lo: usize,
-    pub(crate) hi: usize,
+    /// The directory slots read, `lo` to `hi` (unused for an empty map).
+    lo: Pos,
+    hi: Pos,
     /// Whether a query ran past the window's left or right end.
     edge_left: Cell<bool>,
     edge_right: Cell<bool>,
@@ -53,12 +53,12 @@ impl Margin {
 impl<'g, M: Mapping> Window<'g, M> {
     /// The window of an empty map (no directory yet).
     pub(crate) fn empty() -> Self {
-        Self::over(0, 0, 0, 0)
+        Self::over(Pos::default(), Pos::default(), 0, 0)
     }
 
-    /// A window about to read the slots `lo..=hi`, with room for `leaves` leaves and `seen`
+    /// A window about to read the slots `lo` to `hi`, with room for `leaves` leaves and `seen`
     /// records.
-    fn over(lo: usize, hi: usize, leaves: usize, seen: usize) -> Self {
+    fn over(lo: Pos, hi: Pos, leaves: usize, seen: usize) -> Self {
         Window {
             leaves: Vec::with_capacity(leaves),
             seen: Vec::with_capacity(seen),
@@ -69,11 +69,11 @@ impl<'g, M: Mapping> Window<'g, M> {
         }
     }
 
-    /// The slot range of `dir` covering `[a, b]` widened by `m`.
-    fn range(dir: &Dir<M>, a: u64, b: u64, m: Margin) -> (usize, usize) {
-        let lo = dir.slot_of(a).saturating_sub(m.left);
-        let hi = (dir.slot_of(b) + m.right).min(dir.len() - 1);
-        (lo, hi)
+    /// The slots of `dir` covering `[a, b]` widened by `m`: the first, the last, and how many.
+    fn range(dir: &Dir<M>, a: u64, b: u64, m: Margin) -> (Pos, Pos, usize) {
+        let lo = dir.left(dir.find(a), m.left);
+        let hi = dir.right(dir.find(b), m.right);
+        (lo, hi, dir.span(lo, hi))
     }
 
     /// A writer's window: the pages of the slots around `[a, b]`, or the change in flight in
@@ -86,19 +86,19 @@ impl<'g, M: Mapping> Window<'g, M> {
         m: Margin,
         guard: &'g Guard,
     ) -> Result<Self, Busy<'g, M>> {
-        let (lo, hi) = Self::range(dir, a, b, m);
-        let mut w = Self::over(lo, hi, hi - lo + 1, 0);
-        for i in lo..=hi {
-            let slot = dir.slot(i);
+        let (lo, hi, n) = Self::range(dir, a, b, m);
+        let mut w = Self::over(lo, hi, n, 0);
+        for p in dir.walk(lo, hi) {
+            let slot = dir.slot(p);
             match store.word(slot, guard) {
                 Word::Page(page) => {
                     // A page in a slot is committed: it may get its time now, so that the
                     // marks the plan and the rebuild read are settled.
                     page.settle(store.clock());
                     w.leaves.push(Leaf {
-                        slot: dir.slot_ptr(i),
+                        slot: dir.slot_ptr(p),
                         key: slot.key,
-                        bound: dir.bound(i),
+                        bound: dir.bound(p),
                         page,
                     })
                 }
@@ -118,12 +118,12 @@ impl<'g, M: Mapping> Window<'g, M> {
         m: Margin,
         guard: &'g Guard,
     ) -> Option<Self> {
-        let (lo, hi) = Self::range(dir, a, b, m);
-        let mut w = Self::over(lo, hi, hi - lo + 1, hi - lo + 1);
-        for i in lo..=hi {
+        let (lo, hi, n) = Self::range(dir, a, b, m);
+        let mut w = Self::over(lo, hi, n, n);
+        for p in dir.walk(lo, hi) {
             let leaves = (&mut w.leaves, &mut w.seen);
             store
-                .leaves(dir.slot(i), dir.bound(i), dir, guard, leaves.0, leaves.1)
+                .leaves(dir.slot(p), dir.bound(p), dir, guard, leaves.0, leaves.1)
                 .ok()?;
         }
         Some(w)
@@ -142,11 +142,11 @@ impl<'g, M: Mapping> Window<'g, M> {
         };
         let mut leaves = Vec::with_capacity(self.leaves.len());
         let mut seen = Vec::with_capacity(self.seen.len().max(self.leaves.len()));
-        for i in self.lo..=self.hi {
+        for p in dir.walk(self.lo, self.hi) {
             if store
                 .leaves(
-                    dir.slot(i),
-                    dir.bound(i),
+                    dir.slot(p),
+                    dir.bound(p),
                     dir,
                     guard,
                     &mut leaves,
@@ -187,7 +187,7 @@ impl<'g, M: Mapping> Window<'g, M> {
 
     /// Whether the window holds every slot of `dir`.
     pub(crate) fn whole(&self, dir: Option<&Dir<M>>) -> bool {
-        dir.is_none_or(|d| self.lo == 0 && self.hi + 1 == d.len())
+        dir.is_none_or(|d| d.is_whole(self.lo, self.hi))
     }
 
     fn left_edge<T>(&self) -> Probe<T> {
@@ -286,14 +286,14 @@ impl<'g, M: Mapping> OnePage<'g, M> {
         off: u64,
         guard: &'g Guard,
     ) -> Option<Self> {
-        let i = dir.slot_of(off);
-        let slot = dir.slot(i);
+        let p = dir.find(off);
+        let slot = dir.slot(p);
         match store.word(slot, guard) {
             Word::Page(page) => Some(OnePage {
                 leaf: Leaf {
                     slot,
                     key: slot.key,
-                    bound: dir.bound(i),
+                    bound: dir.bound(p),
                     page,
                 },
             }),

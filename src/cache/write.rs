@@ -328,8 +328,11 @@ mod loom_hooks {
                 return "no dir".into();
             };
             let mut out = String::new();
-            for i in 0..dir.len() {
-                let slot = dir.slot(i);
+            for (i, p) in dir
+                .walk(dir.first(), dir.right(dir.first(), dir.len()))
+                .enumerate()
+            {
+                let slot = dir.slot(p);
                 let w = match self.store.word(slot, guard) {
                     crate::store::Word::Page(p) => format!(
                         "page {:?}",
@@ -340,7 +343,7 @@ mod loom_hooks {
                     ),
                     crate::store::Word::Desc(d) => format!("desc {:?}", d.status()),
                 };
-                out += &format!("[{} key {}: {}] ", i, dir.keys[i], w);
+                out += &format!("[{} key {}: {}] ", i, dir.key(p), w);
             }
             out
         }
