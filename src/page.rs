@@ -381,9 +381,10 @@ pub(crate) struct Shape {
     pub(crate) fill: usize,
     /// A changed page with fewer items than this is merged with its neighbours.
     pub(crate) min: usize,
-    /// The most slots a chunk of the directory holds (see `store::dir`): eight times the page
-    /// capacity, 256 at the default page size. Tiny pages (tests) get chunks of 4, so that
-    /// chunks are split and merged all the time there.
+    /// The most slots a chunk of the directory holds (see `store::dir`): 32 times the page
+    /// capacity, 1024 at the default page size (measured in `docs/performance.md`, "A directory
+    /// in two levels"). Tiny pages (tests) get chunks of 4, so that chunks are split and merged
+    /// all the time there.
     pub(crate) chunk: usize,
 }
 
@@ -393,7 +394,7 @@ impl Shape {
         let cap = if cap < 2 { 2 } else { cap };
         let fill = cap - cap / 8;
         let min = if cap / 4 == 0 { 1 } else { cap / 4 };
-        let chunk = if cap <= 4 { 4 } else { 8 * cap };
+        let chunk = if cap <= 4 { 4 } else { 32 * cap };
         Shape {
             cap,
             fill,

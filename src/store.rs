@@ -1140,10 +1140,9 @@ impl<M: Mapping> Store<M> {
                         tops + made as isize - gone as isize
                             + (d.successors.len() as isize - n as isize) * slot,
                     );
-                    // SAFETY: the swap made the old top, the chunks it alone held, `d`'s old
-                    // slots, their pages and `d` itself unreachable for threads that pin from
-                    // now on (a forwarded slot is reachable only through a directory holding
-                    // it).
+                    // SAFETY: the swap made unreachable, for threads that pin from now on, the
+                    // old top, the chunks only it held, `d`'s old slots (a forwarded slot is
+                    // reachable only through a directory holding it), their pages and `d`.
                     unsafe { self.retire_swapped(cur, spliced.gone, d, guard) };
                     return;
                 }

@@ -280,20 +280,20 @@ pub(crate) struct OnePage<'g, M> {
 
 impl<'g, M: Mapping> OnePage<'g, M> {
     /// The page of the slot owning `off`, if that slot holds a page.
+    #[inline]
     pub(crate) fn read(
         store: &Store<M>,
         dir: &'g Dir<M>,
         off: u64,
         guard: &'g Guard,
     ) -> Option<Self> {
-        let p = dir.find(off);
-        let slot = dir.slot(p);
+        let (slot, bound) = dir.owner(off);
         match store.word(slot, guard) {
             Word::Page(page) => Some(OnePage {
                 leaf: Leaf {
                     slot,
                     key: slot.key,
-                    bound: dir.bound(p),
+                    bound,
                     page,
                 },
             }),
