@@ -66,7 +66,7 @@ const ORD: Ordering = Ordering::SeqCst;
 /// The tag layout of a slot word, in one place: a page pointer has its low bit clear, a
 /// descriptor pointer has it set (both types are at least 8-byte aligned).
 mod tag {
-    use super::{Desc, Page};
+    use super::{Desc, DescRef, Page};
 
     const DESC: usize = 1;
 
@@ -77,8 +77,10 @@ mod tag {
         p.cast_mut().cast()
     }
 
-    pub(super) fn desc<M>(d: *const Desc<M>) -> Raw {
-        d.cast_mut().cast::<u8>().map_addr(|a| a | DESC)
+    /// A descriptor's word, with the pointer `d` keeps (never one made from a `&Desc`: a
+    /// thread that loads the word may free the descriptor through it).
+    pub(super) fn desc<M>(d: DescRef<'_, M>) -> Raw {
+        d.as_ptr().cast_mut().cast::<u8>().map_addr(|a| a | DESC)
     }
 
     /// What a raw word points to.
@@ -167,12 +169,64 @@ impl<M> core::ops::Deref for PageRef<'_, M> {
     }
 }
 
+/// A descriptor reached under a guard (`'g`): a reference to it, that also keeps the pointer
+/// exactly as it was built ([`Store::build_desc`]) or as a slot word or an announcement held
+/// it. The pointer a change writes into the slot words it claims, and the one that frees the
+/// descriptor, must be this one: a pointer made from a `&Desc` may only read (it cannot free
+/// the descriptor under the aliasing model), so `&'g Desc` alone would lose that right on the
+/// way, and every thread that later loaded the word would have lost it too.
+pub(crate) struct DescRef<'g, M> {
+    ptr: *const Desc<M>,
+    _guard: PhantomData<&'g Desc<M>>,
+}
+
+impl<M> Clone for DescRef<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M> Copy for DescRef<'_, M> {}
+
+impl<'g, M> DescRef<'g, M> {
+    /// # Safety
+    ///
+    /// `ptr` is a descriptor that outlives the guard `'g`: one the caller holds a working
+    /// reference to, or one read under that guard from a slot word or an announcement.
+    unsafe fn new(ptr: *const Desc<M>) -> Self {
+        DescRef {
+            ptr,
+            _guard: PhantomData,
+        }
+    }
+
+    /// The descriptor, for as long as the guard it was reached under.
+    pub(crate) fn get(self) -> &'g Desc<M> {
+        // SAFETY: per `new`, the descriptor outlives the guard `'g`: it is retired, never freed
+        // at once, after the last slot word and the last reference let go of it.
+        unsafe { &*self.ptr }
+    }
+
+    /// The pointer as it was built, or as the word or announcement held it.
+    pub(crate) fn as_ptr(self) -> *const Desc<M> {
+        self.ptr
+    }
+}
+
+impl<M> core::ops::Deref for DescRef<'_, M> {
+    type Target = Desc<M>;
+
+    fn deref(&self) -> &Desc<M> {
+        self.get()
+    }
+}
+
 /// A slot word as read under a guard.
 pub(crate) enum Word<'g, M> {
     /// The slot holds this page.
     Page(PageRef<'g, M>),
     /// A change claimed the slot.
-    Desc(&'g Desc<M>),
+    Desc(DescRef<'g, M>),
 }
 
 /// The state of a descriptor. It moves once, from `Pending` to `Committed` or `Aborted`.
@@ -334,7 +388,7 @@ pub(crate) struct Seen {
 pub(crate) struct Moved;
 
 /// A slot word a writer cannot plan on: a change is in flight there.
-pub(crate) struct Busy<'g, M>(pub(crate) &'g Desc<M>, pub(crate) &'g Slot<M>);
+pub(crate) struct Busy<'g, M>(pub(crate) DescRef<'g, M>, pub(crate) &'g Slot<M>);
 
 /// The new contents of a window, ready to publish.
 pub(crate) struct Publish<M> {
@@ -675,7 +729,7 @@ impl<M: Mapping> Store<M> {
             // SAFETY: a slot holds a descriptor only while a thread holds a reference to it, or
             // (forwarded) while the slot is reachable; it is retired after that, through the
             // epoch (I4 in docs/design.md), so it outlives the guard the word was loaded under.
-            tag::Decoded::Desc(d) => Word::Desc(unsafe { &*d }),
+            tag::Decoded::Desc(d) => Word::Desc(unsafe { DescRef::new(d) }),
         }
     }
 
@@ -738,15 +792,14 @@ impl<M: Mapping> Store<M> {
             p => p,
         };
         let ticket = *ticket.get_or_insert_with(|| self.ticket());
-        let d = self.build_desc(p, ticket, None);
-        // SAFETY: we hold the owner's reference, taken at allocation.
-        let desc = unsafe { &*d };
-        self.help(desc, guard);
-        self.cleanup(desc, guard);
-        let outcome = if desc.status() == Status::Committed {
+        // SAFETY: we hold the owner's reference, taken at allocation, until `release` below.
+        let d = unsafe { DescRef::new(self.build_desc(p, ticket, None)) };
+        self.help(d, guard);
+        self.cleanup(d, guard);
+        let outcome = if d.status() == Status::Committed {
             // Before returning: a fill ticket taken after this returns must see the change
             // as before it (see `Page::settle`).
-            self.settle_pages(desc, guard);
+            self.settle_pages(&d, guard);
             Outcome::Committed
         } else {
             Outcome::Stale
@@ -926,7 +979,7 @@ impl<M: Mapping> Store<M> {
 
     /// Drives `d` to a decision: claims its slots in key order (finishing older changes and
     /// aborting younger ones in the way), then commits. The caller holds a reference to `d`.
-    fn help(&self, d: &Desc<M>, guard: &Guard) {
+    fn help(&self, d: DescRef<'_, M>, guard: &Guard) {
         for e in d.entries.iter() {
             if !self.claim(d, e, guard) {
                 break;
@@ -938,7 +991,7 @@ impl<M: Mapping> Store<M> {
         debug_assert_ne!(d.status(), Status::Pending);
         // A plain load: it reads what the decision above read, or later.
         if d.status() == Status::Committed {
-            self.settle_pages(d, guard);
+            self.settle_pages(&d, guard);
         }
     }
 
@@ -948,7 +1001,7 @@ impl<M: Mapping> Store<M> {
     /// Every turn of the loop follows a change to the slot word made by this thread or seen
     /// through a failed compare-and-swap (which reads the latest word), so the loop never
     /// rereads a word hoping that another thread changed it.
-    fn claim(&self, d: &Desc<M>, e: &Entry<M>, guard: &Guard) -> bool {
+    fn claim(&self, d: DescRef<'_, M>, e: &Entry<M>, guard: &Guard) -> bool {
         let me = tag::desc(d);
         let want = tag::page(e.old);
         // SAFETY: `e.slot` was read from a directory by the descriptor's owner, and a slot
@@ -1027,7 +1080,12 @@ impl<M: Mapping> Store<M> {
     /// other thread releases only the slot it stands on. That keeps helpers off slots they did
     /// not reach themselves once the change is decided (see
     /// [`retire_swapped`](Self::retire_swapped)).
-    pub(crate) fn help_other(&self, other: &Desc<M>, slot: &Slot<M>, guard: &Guard) -> tag::Raw {
+    pub(crate) fn help_other(
+        &self,
+        other: DescRef<'_, M>,
+        slot: &Slot<M>,
+        guard: &Guard,
+    ) -> tag::Raw {
         if other.try_acquire() {
             self.help(other, guard);
             let now = self.settle(other, slot, guard);
@@ -1042,7 +1100,7 @@ impl<M: Mapping> Store<M> {
 
     /// After `d` was decided: the page it leaves in `slot`, or the directory swap. Returns the
     /// slot word afterwards.
-    fn settle(&self, d: &Desc<M>, slot: &Slot<M>, guard: &Guard) -> tag::Raw {
+    fn settle(&self, d: DescRef<'_, M>, slot: &Slot<M>, guard: &Guard) -> tag::Raw {
         // The latest status (a read-modify-write reads the last value written): the caller
         // knows `d` is decided, and a plain load might still return `Pending`.
         match d.latest_status() {
@@ -1056,7 +1114,7 @@ impl<M: Mapping> Store<M> {
 
     /// Puts the page a decided descriptor leaves in `slot`, if `slot` still points at it.
     /// Returns the slot word afterwards.
-    fn release_slot(&self, d: &Desc<M>, slot: &Slot<M>) -> tag::Raw {
+    fn release_slot(&self, d: DescRef<'_, M>, slot: &Slot<M>) -> tag::Raw {
         let e = d.entry(slot);
         let page = match d.latest_status() {
             Status::Pending => return slot.word.load(ORD),
@@ -1076,7 +1134,7 @@ impl<M: Mapping> Store<M> {
     /// After the decision: releases every slot `d` claimed, or, for a committed change with
     /// successors, swaps the directory. Only the owner runs it (helpers release only the slot
     /// they stand on, in [`settle`](Self::settle)); idempotent.
-    fn cleanup(&self, d: &Desc<M>, guard: &Guard) {
+    fn cleanup(&self, d: DescRef<'_, M>, guard: &Guard) {
         match d.status() {
             Status::Pending => {}
             Status::Committed if d.replaces_slots() => self.swap_in(d, guard),
@@ -1092,7 +1150,7 @@ impl<M: Mapping> Store<M> {
     /// Puts the successors of the committed change `d` into the directory in place of its
     /// slots, unless that is done already. Lock-free: a failed CAS means another swap
     /// succeeded.
-    fn swap_in(&self, d: &Desc<M>, guard: &Guard) {
+    fn swap_in(&self, d: DescRef<'_, M>, guard: &Guard) {
         debug_assert_eq!(d.status(), Status::Committed);
         let first = d.entries[0].slot;
         // SAFETY: slots outlive their descriptors.
@@ -1163,8 +1221,8 @@ impl<M: Mapping> Store<M> {
     pub(crate) fn publish_stalled(&self, p: Publish<M>, claims: usize, guard: &Guard) -> usize {
         let ticket = self.ticket();
         let d = self.build_desc(p, ticket, None);
-        // SAFETY: the owner's reference.
-        let desc = unsafe { &*d };
+        // SAFETY: the owner's reference, kept until `resume`.
+        let desc = unsafe { DescRef::new(d) };
         for e in desc.entries.iter().take(claims) {
             if !self.claim(desc, e, guard) {
                 break;
@@ -1176,11 +1234,10 @@ impl<M: Mapping> Store<M> {
     /// Lets a stalled change run to its end and lets go of it.
     #[cfg(all(test, loom))]
     pub(crate) fn resume(&self, stalled: usize, guard: &Guard) {
-        let d = stalled as *const Desc<M>;
         // SAFETY: the owner's reference, kept by `publish_stalled`.
-        let desc = unsafe { &*d };
-        self.help(desc, guard);
-        self.cleanup(desc, guard);
+        let d = unsafe { DescRef::new(stalled as *const Desc<M>) };
+        self.help(d, guard);
+        self.cleanup(d, guard);
         // SAFETY: the owner's reference, cleanup done.
         unsafe { self.release(d, guard) };
     }
@@ -1252,11 +1309,13 @@ impl<M: Mapping> Store<M> {
         // SAFETY: per the caller, alive until we retire it below.
         let ann = unsafe { &*mine };
         self.run_announced(ann, guard);
-        let d = ann.attempt.load(ORD);
-        // SAFETY: the announcement still holds its reference to its committed attempt.
-        self.settle_pages(unsafe { &*d }, guard);
-        // SAFETY: as above.
-        let answer = unsafe { (*d).answer.as_ref() }
+        // SAFETY: the announcement still holds its reference to its committed attempt, until
+        // the `release` below.
+        let d = unsafe { DescRef::new(ann.attempt.load(ORD)) };
+        self.settle_pages(&d, guard);
+        let answer = d
+            .answer
+            .as_ref()
             .and_then(|a| a.downcast_ref::<T>())
             .expect("an announced change's attempts carry its answer")
             .clone();
@@ -1304,9 +1363,10 @@ impl<M: Mapping> Store<M> {
     fn run_announced(&self, ann: &Announcement<M>, guard: &Guard) {
         loop {
             let cur = ann.attempt.load(ORD);
-            // SAFETY: the announcement holds a reference to its current attempt; one replaced
-            // since we loaded it is retired, not freed, while we are pinned.
-            if let Some(d) = unsafe { cur.as_ref() } {
+            if !cur.is_null() {
+                // SAFETY: the announcement holds a reference to its current attempt; one
+                // replaced since we loaded it is retired, not freed, while we are pinned.
+                let d = unsafe { DescRef::new(cur) };
                 // The latest status: after helping it we know the attempt is decided, and a
                 // plain load might still say pending.
                 match d.latest_status() {
@@ -1316,7 +1376,7 @@ impl<M: Mapping> Store<M> {
                             self.help(d, guard);
                             // SAFETY: the reference taken just above; our late claims were
                             // undone in `claim`.
-                            unsafe { self.release(cur, guard) };
+                            unsafe { self.release(d, guard) };
                         }
                         continue;
                     }
@@ -1341,14 +1401,14 @@ impl<M: Mapping> Store<M> {
             }
             if !cur.is_null() {
                 // SAFETY: the announcement's reference to the attempt we replaced (aborted:
-                // nobody can commit it any more).
-                unsafe { self.release(cur, guard) };
+                // nobody can commit it any more), loaded as the announcement held it.
+                unsafe { self.release(DescRef::new(cur), guard) };
             }
             // We built it, so we run it as its owner: claims, decision, cleanup.
-            // SAFETY: our (the owner's) reference.
-            let desc = unsafe { &*d };
-            self.help(desc, guard);
-            self.cleanup(desc, guard);
+            // SAFETY: our (the owner's) reference, until the `release` below.
+            let d = unsafe { DescRef::new(d) };
+            self.help(d, guard);
+            self.cleanup(d, guard);
             // SAFETY: the owner's reference, cleanup done.
             unsafe { self.release(d, guard) };
         }
@@ -1390,23 +1450,21 @@ impl<M: Mapping> Store<M> {
         &self,
         old: *mut Dir<M>,
         gone: Vec<dir::Chunk<Slot<M>>>,
-        d: &Desc<M>,
+        d: DescRef<'_, M>,
         guard: &Guard,
     ) {
-        let d = (d as *const Desc<M>).cast_mut();
         // The slots, and `d` their words point at, wait one grace period longer than the
         // rest. A pending change that read one of them before it was forwarded may be helped
         // by a thread that pinned after the swap; it touches the slot (and reads `d` through
         // its word) only after seeing that change pending (see `claim`), that is, while the
         // change's owner (pinned since before the swap) is still pinned. So every such thread
         // is pinned at the end of the first grace period, and gone after the second.
-        // SAFETY: `d` is alive: we are pinned and it is retired below, not freed.
-        let slot_ptrs: Vec<*mut Slot<M>> =
-            unsafe { (*d).entries.iter().map(|e| e.slot.cast_mut()).collect() };
+        let slot_ptrs: Vec<*mut Slot<M>> = d.entries.iter().map(|e| e.slot.cast_mut()).collect();
         // An announced change's attempt is also reachable through its announcement: the last
         // reference frees it (see `release`), never before this swap.
-        // SAFETY: as above.
-        let free_d = unsafe { (*d).answer.is_none() };
+        let free_d = d.answer.is_none();
+        // Freed through the pointer `d` keeps (the allocation's own), which may free it.
+        let ptr = d.as_ptr().cast_mut();
         let free_late = move || {
             // SAFETY: after two grace periods nothing reaches a forwarded slot or the
             // descriptor its word points at (see above); each is freed once, by the one
@@ -1416,17 +1474,15 @@ impl<M: Mapping> Store<M> {
                     drop(Box::from_raw(s));
                 }
                 if free_d {
-                    drop(Box::from_raw(d));
+                    drop(Box::from_raw(ptr));
                 }
             }
         };
         // The old directory (its top and the chunks only it held) and the pages the forwarded
         // slots held are reached only through the directory (the descriptor is committed:
         // readers follow its successors), so one grace period is enough for them.
-        // SAFETY: `d` is alive until `free_late` runs, which is after this.
         let gone_bytes: usize = gone.iter().map(|c| c.bytes()).sum();
-        let old_pages: Vec<*mut Page<M>> =
-            unsafe { (*d).entries.iter().map(|e| e.old.cast_mut()).collect() };
+        let old_pages: Vec<*mut Page<M>> = d.entries.iter().map(|e| e.old.cast_mut()).collect();
         let free = move || {
             // SAFETY: nothing can reach these any more (the grace period is over), and each
             // is freed exactly once: by the one successful swap.
@@ -1442,10 +1498,9 @@ impl<M: Mapping> Store<M> {
         };
         // SAFETY: all alive until the frees below run.
         let (bytes, late_bytes) = unsafe {
-            let desc = &*d;
-            let pages: usize = desc.entries.iter().map(|e| (*e.old).bytes()).sum();
-            let slots = desc.entries.len() * core::mem::size_of::<Slot<M>>();
-            let own = if free_d { desc_bytes(desc) } else { 0 };
+            let pages: usize = d.entries.iter().map(|e| (*e.old).bytes()).sum();
+            let slots = d.entries.len() * core::mem::size_of::<Slot<M>>();
+            let own = if free_d { desc_bytes(&d) } else { 0 };
             ((*old).top_bytes() + gone_bytes + pages, slots + own)
         };
         // SAFETY: per the caller; the contents are `Send`.
@@ -1468,18 +1523,17 @@ impl<M: Mapping> Store<M> {
     /// [`cleanup`](Self::cleanup) before dropping its own reference, so when the last
     /// reference goes no slot points at `d` (unless `d` committed with successors: those slots
     /// are forwarded for good and retired by the swap).
-    unsafe fn release(&self, d: *const Desc<M>, guard: &Guard) {
-        // SAFETY: we hold a reference.
-        let desc = unsafe { &*d };
+    unsafe fn release(&self, d: DescRef<'_, M>, guard: &Guard) {
         // AcqRel: the last holder must see every other holder's work before the free (release
         // on each decrement, acquire on the last).
-        if desc.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
+        if d.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let status = desc.status();
-        let d = d.cast_mut();
-        if status == Status::Committed && desc.replaces_slots() {
-            if desc.answer.is_none() {
+        let status = d.status();
+        // Freed through the pointer `d` keeps (the allocation's own), which may free it.
+        let ptr = d.as_ptr().cast_mut();
+        if status == Status::Committed && d.replaces_slots() {
+            if d.answer.is_none() {
                 return; // the swap retires it
             }
             // An announced attempt: the swap retired its slots and pages but left the
@@ -1492,8 +1546,8 @@ impl<M: Mapping> Store<M> {
             unsafe {
                 self.counters.graveyard.retire_after_two(
                     guard,
-                    desc_bytes(desc),
-                    Deferred::new(move || drop(Box::from_raw(d))),
+                    desc_bytes(&d),
+                    Deferred::new(move || drop(Box::from_raw(ptr))),
                 )
             };
             return;
@@ -1504,8 +1558,8 @@ impl<M: Mapping> Store<M> {
         unsafe {
             self.counters.graveyard.retire(
                 guard,
-                decided_bytes(desc, status),
-                Deferred::new(move || free_decided(d, status)),
+                decided_bytes(&d, status),
+                Deferred::new(move || free_decided(ptr, status)),
             )
         };
     }
@@ -1537,7 +1591,8 @@ impl<M: Mapping> Store<M> {
 /// # Safety
 ///
 /// Nobody else can reach `d`, and `status` is its decision (`Aborted` for one never shared). A
-/// committed change with successors is freed by its swap instead.
+/// committed change with successors is freed by its swap instead. `d` is the pointer as
+/// [`Store::build_desc`] returned it, or as a [`DescRef`] kept it.
 unsafe fn free_decided<M>(d: *mut Desc<M>, status: Status) {
     // SAFETY: per the caller.
     let d = unsafe { Box::from_raw(d) };
