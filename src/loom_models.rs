@@ -40,7 +40,14 @@ fn entries(cache: &ExtentCache) -> Vec<(Extent, bool)> {
     cache.snapshot().entries()
 }
 
+/// No two extents overlap, and (every model calls this once its threads are done) no slot is
+/// left claimed.
 fn assert_no_overlap(cache: &ExtentCache) {
+    assert!(
+        cache.settled(),
+        "a slot still holds a descriptor after every operation returned: {}",
+        cache.dump()
+    );
     let mut end = 0;
     for (e, _) in entries(cache) {
         assert!(e.start() >= end, "overlap at {e:?}");

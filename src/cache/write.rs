@@ -321,6 +321,22 @@ mod loom_hooks {
             }
         }
 
+        /// Whether every slot of the current directory holds a page. True whenever no
+        /// operation is running: an operation's owner releases every slot its change claimed
+        /// (or swaps a forwarded run out of the directory) before it returns, and a helper
+        /// undoes a claim that landed after the decision.
+        pub(crate) fn settled(&self) -> bool {
+            let guard = &pin();
+            let Some(dir) = self.store.dir(guard) else {
+                return true;
+            };
+            dir.slots().all(|slot| {
+                // SAFETY: the directory holds the slot; see `Dir::slot`.
+                let slot = unsafe { &*slot };
+                matches!(self.store.word(slot, guard), crate::store::Word::Page(_))
+            })
+        }
+
         /// The directory as text (for model failures).
         pub(crate) fn dump(&self) -> String {
             let guard = &pin();
