@@ -46,17 +46,29 @@ impl<S> Clone for Chunk<S> {
 impl<S> Copy for Chunk<S> {}
 
 impl<S> Chunk<S> {
-    /// A chunk of the slots `keys` and `slots` (at least one).
-    fn new(keys: &[u64], slots: &[*const S]) -> Chunk<S> {
-        debug_assert_eq!(keys.len(), slots.len());
-        debug_assert!(!keys.is_empty(), "a chunk holds at least one slot");
-        let len = keys.len().next_power_of_two();
-        let mut padded = Vec::with_capacity(len);
-        padded.extend_from_slice(keys);
-        padded.resize(len, u64::MAX);
+    /// A chunk of the next `len` slots of `pieces` (`len` at least one), taken off their
+    /// fronts.
+    fn new(pieces: &mut Pieces<'_, S>, len: usize) -> Chunk<S> {
+        debug_assert!(len >= 1, "a chunk holds at least one slot");
+        let padded = len.next_power_of_two();
+        let mut keys = Vec::with_capacity(padded);
+        let mut slots = Vec::with_capacity(len);
+        while slots.len() < len {
+            let Some((k, s)) = pieces.first_mut() else {
+                unreachable!("the pieces hold the slots counted");
+            };
+            let take = (len - slots.len()).min(k.len());
+            keys.extend_from_slice(&k[..take]);
+            slots.extend_from_slice(&s[..take]);
+            (*k, *s) = (&k[take..], &s[take..]);
+            if k.is_empty() {
+                pieces.remove(0);
+            }
+        }
+        keys.resize(padded, u64::MAX);
         Chunk {
-            keys: Box::into_raw(padded.into_boxed_slice()),
-            slots: Box::into_raw(slots.to_vec().into_boxed_slice()),
+            keys: Box::into_raw(keys.into_boxed_slice()),
+            slots: Box::into_raw(slots.into_boxed_slice()),
         }
     }
 
@@ -78,6 +90,11 @@ impl<S> Chunk<S> {
 
     fn len(&self) -> usize {
         self.slots().len()
+    }
+
+    /// The slots `range`, with their keys, as a piece to copy.
+    fn piece(&self, range: Range<usize>) -> (&[u64], &[*const S]) {
+        (&self.keys()[range.clone()], &self.slots()[range])
     }
 
     /// The heap bytes of the chunk's two arrays.
@@ -144,7 +161,8 @@ impl<S> Dir<S> {
     ) -> Self {
         let (keys, slots): (Vec<u64>, Vec<*const S>) = slots.into_iter().unzip();
         debug_assert_eq!(keys.first(), Some(&0), "the first slot starts at 0");
-        let chunks = chunked(&keys, &slots, max);
+        let mut chunks = Vec::new();
+        push_chunked(&mut chunks, vec![(&keys[..], &slots[..])], keys.len(), max);
         Dir {
             firsts: firsts(&chunks),
             len: keys.len(),
@@ -368,35 +386,39 @@ impl<S> Dir<S> {
             }
         }
         let total = total + self.count(lo..at.chunk) + self.count(last + 1..hi + 1);
-        let mut keys = Vec::with_capacity(total);
-        let mut slots = Vec::with_capacity(total);
-        for c in &self.chunks[lo..at.chunk] {
-            keys.extend_from_slice(c.keys());
-            slots.extend_from_slice(c.slots());
-        }
-        keys.extend_from_slice(&self.chunks[at.chunk].keys()[..at.at]);
-        slots.extend_from_slice(&self.chunks[at.chunk].slots()[..at.at]);
-        for (k, s) in new {
-            keys.push(k);
-            slots.push(s);
-        }
-        keys.extend_from_slice(&self.chunks[last].keys()[end..]);
-        slots.extend_from_slice(&self.chunks[last].slots()[end..]);
-        for c in &self.chunks[last + 1..=hi] {
-            keys.extend_from_slice(c.keys());
-            slots.extend_from_slice(c.slots());
-        }
-        debug_assert_eq!(keys.len(), total);
+        // The slots of chunks `lo..=hi` with the run replaced, in order, as the pieces to copy
+        // into the new chunks: each slice is copied once, straight into its chunk.
+        let (new_keys, new_slots): (Vec<u64>, Vec<*const S>) = new.unzip();
+        let (first, end_chunk) = (&self.chunks[at.chunk], &self.chunks[last]);
+        let mut pieces: Pieces<'_, S> = Vec::with_capacity(hi - lo + 3);
+        pieces.extend(
+            self.chunks[lo..at.chunk]
+                .iter()
+                .map(|c| c.piece(0..c.len())),
+        );
+        pieces.push(first.piece(0..at.at));
+        pieces.push((&new_keys[..], &new_slots[..]));
+        pieces.push(end_chunk.piece(end..end_chunk.len()));
+        pieces.extend(
+            self.chunks[last + 1..=hi]
+                .iter()
+                .map(|c| c.piece(0..c.len())),
+        );
+        pieces.retain(|(k, _)| !k.is_empty());
+        let mut chunks =
+            Vec::with_capacity(self.chunks.len() - (hi - lo + 1) + total.div_ceil(max));
+        chunks.extend_from_slice(&self.chunks[..lo]);
+        push_chunked(&mut chunks, pieces, total, max);
+        let made = lo..chunks.len();
+        chunks.extend_from_slice(&self.chunks[hi + 1..]);
         debug_assert!(
-            keys.windows(2).all(|w| w[0] < w[1]),
+            chunks[made.clone()]
+                .iter()
+                .flat_map(|c| c.keys())
+                .zip(chunks[made.clone()].iter().flat_map(|c| c.keys()).skip(1))
+                .all(|(a, b)| a < b),
             "a splice keeps the keys sorted and unique"
         );
-        let made = chunked(&keys, &slots, max);
-        let made_range = lo..lo + made.len();
-        let mut chunks = Vec::with_capacity(self.chunks.len() - (hi - lo + 1) + made.len());
-        chunks.extend_from_slice(&self.chunks[..lo]);
-        chunks.extend_from_slice(&made);
-        chunks.extend_from_slice(&self.chunks[hi + 1..]);
         Spliced {
             dir: Dir {
                 firsts: firsts(&chunks),
@@ -404,7 +426,7 @@ impl<S> Dir<S> {
                 len: self.len - n + added,
             },
             gone: self.chunks[lo..=hi].to_vec(),
-            made: made_range,
+            made,
         }
     }
 
@@ -468,19 +490,19 @@ fn firsts<S>(chunks: &[Chunk<S>]) -> Box<[u64]> {
     firsts.into_boxed_slice()
 }
 
-/// `keys` and `slots` cut into as few chunks of at most `max` as will do, all of about the same
-/// size.
-fn chunked<S>(keys: &[u64], slots: &[*const S], max: usize) -> Vec<Chunk<S>> {
-    let n = keys.len();
+/// Runs of slots to copy into chunks, in order: keys and slot pointers of the same length.
+type Pieces<'a, S> = Vec<(&'a [u64], &'a [*const S])>;
+
+/// The `n` slots of `pieces` cut into as few chunks of at most `max` as will do, all of about
+/// the same size, pushed onto `out`.
+fn push_chunked<S>(out: &mut Vec<Chunk<S>>, mut pieces: Pieces<'_, S>, n: usize, max: usize) {
     let count = n.div_ceil(max).max(1);
-    let mut out = Vec::with_capacity(count);
     let mut from = 0;
     for i in 0..count {
         let to = n * (i + 1) / count;
-        out.push(Chunk::new(&keys[from..to], &slots[from..to]));
+        out.push(Chunk::new(&mut pieces, to - from));
         from = to;
     }
-    out
 }
 
 #[cfg(test)]
