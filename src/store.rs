@@ -118,105 +118,64 @@ impl<M> Slot<M> {
     }
 }
 
-/// A page read from a slot word under a guard (`'g`): a reference to it, that also keeps the
-/// pointer exactly as the word held it. A page pointer that goes back into a slot word (a slot
-/// a change only read is given back its page) or that frees the page must be this one: a
-/// pointer made from a `&Page` may only read (it cannot free the page under the aliasing
-/// model), so `&'g Page` alone would lose that right on the way.
-pub(crate) struct PageRef<'g, M> {
-    ptr: *const Page<M>,
-    _guard: PhantomData<&'g Page<M>>,
+/// An object of the store (a page or a descriptor) reached under a guard (`'g`): a reference to
+/// it that also keeps the pointer exactly as it was built, or as the slot word (or the
+/// announcement) it was read from held it. A pointer that goes back into a slot word (a page
+/// given back to a slot a change only read, a descriptor claiming a slot) or that frees the
+/// object must be this one: a pointer made from a `&T` may only read (it cannot free the object
+/// under the aliasing model), so `&'g T` alone would lose that right on the way, and every
+/// thread that later loaded the word would have lost it too.
+pub(crate) struct Shared<'g, T> {
+    ptr: *const T,
+    _guard: PhantomData<&'g T>,
 }
 
-impl<M> Clone for PageRef<'_, M> {
+/// A page read from a slot word or a descriptor under a guard.
+pub(crate) type PageRef<'g, M> = Shared<'g, Page<M>>;
+
+/// A descriptor reached under a guard: one a thread holds a working reference to (as
+/// [`Store::build_desc`] built it), or one read from a slot word or an announcement.
+pub(crate) type DescRef<'g, M> = Shared<'g, Desc<M>>;
+
+impl<T> Clone for Shared<'_, T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<M> Copy for PageRef<'_, M> {}
+impl<T> Copy for Shared<'_, T> {}
 
-impl<'g, M> PageRef<'g, M> {
+impl<'g, T> Shared<'g, T> {
     /// # Safety
     ///
-    /// `ptr` is a page that outlives the guard `'g` (read under it from a slot word, or from a
-    /// descriptor that outlives it).
-    unsafe fn new(ptr: *const Page<M>) -> Self {
-        PageRef {
+    /// `ptr` is an object that outlives the guard `'g`: a page read under it from a slot word
+    /// or from a descriptor that outlives it; a descriptor the caller holds a working reference
+    /// to, or one read under that guard from a slot word or an announcement.
+    unsafe fn new(ptr: *const T) -> Self {
+        Shared {
             ptr,
             _guard: PhantomData,
         }
     }
 
-    /// The page, for as long as the guard it was read under.
-    pub(crate) fn get(self) -> &'g Page<M> {
-        // SAFETY: read from a slot word under the guard `'g`; a page is retired only after it
-        // left its slot, so it outlives that guard (see `Store::decode`).
-        unsafe { &*self.ptr }
-    }
-
-    /// The pointer as the slot word held it.
-    pub(crate) fn as_ptr(self) -> *const Page<M> {
-        self.ptr
-    }
-}
-
-impl<M> core::ops::Deref for PageRef<'_, M> {
-    type Target = Page<M>;
-
-    fn deref(&self) -> &Page<M> {
-        self.get()
-    }
-}
-
-/// A descriptor reached under a guard (`'g`): a reference to it, that also keeps the pointer
-/// exactly as it was built ([`Store::build_desc`]) or as a slot word or an announcement held
-/// it. The pointer a change writes into the slot words it claims, and the one that frees the
-/// descriptor, must be this one: a pointer made from a `&Desc` may only read (it cannot free
-/// the descriptor under the aliasing model), so `&'g Desc` alone would lose that right on the
-/// way, and every thread that later loaded the word would have lost it too.
-pub(crate) struct DescRef<'g, M> {
-    ptr: *const Desc<M>,
-    _guard: PhantomData<&'g Desc<M>>,
-}
-
-impl<M> Clone for DescRef<'_, M> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<M> Copy for DescRef<'_, M> {}
-
-impl<'g, M> DescRef<'g, M> {
-    /// # Safety
-    ///
-    /// `ptr` is a descriptor that outlives the guard `'g`: one the caller holds a working
-    /// reference to, or one read under that guard from a slot word or an announcement.
-    unsafe fn new(ptr: *const Desc<M>) -> Self {
-        DescRef {
-            ptr,
-            _guard: PhantomData,
-        }
-    }
-
-    /// The descriptor, for as long as the guard it was reached under.
-    pub(crate) fn get(self) -> &'g Desc<M> {
-        // SAFETY: per `new`, the descriptor outlives the guard `'g`: it is retired, never freed
-        // at once, after the last slot word and the last reference let go of it.
+    /// The object, for as long as the guard it was reached under.
+    pub(crate) fn get(self) -> &'g T {
+        // SAFETY: per `new`, the object outlives the guard `'g`: pages and descriptors are
+        // retired, never freed at once, after the last slot word (and, for a descriptor, the
+        // last reference) let go of them (see `Store::decode`).
         unsafe { &*self.ptr }
     }
 
     /// The pointer as it was built, or as the word or announcement held it.
-    pub(crate) fn as_ptr(self) -> *const Desc<M> {
+    pub(crate) fn as_ptr(self) -> *const T {
         self.ptr
     }
 }
 
-impl<M> core::ops::Deref for DescRef<'_, M> {
-    type Target = Desc<M>;
+impl<T> core::ops::Deref for Shared<'_, T> {
+    type Target = T;
 
-    fn deref(&self) -> &Desc<M> {
+    fn deref(&self) -> &T {
         self.get()
     }
 }
