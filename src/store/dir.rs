@@ -176,6 +176,7 @@ impl<S> Dir<S> {
     }
 
     /// The slot owning offset `off`: the last one whose key is `<= off`.
+    #[inline(always)]
     pub(crate) fn find(&self, off: u64) -> Pos {
         let chunk = self.chunk_of(off);
         let c = &self.chunks[chunk];
@@ -197,21 +198,12 @@ impl<S> Dir<S> {
         (chunk + 1 < self.chunks.len()).then(|| self.firsts[chunk + 1])
     }
 
-    /// The slot owning offset `off` and the end of its range (see [`bound`](Self::bound)): what
-    /// [`find`](Self::find), [`slot`](Self::slot) and `bound` give, in one pass (the read path).
+    /// The slot owning offset `off` and the end of its range: [`find`](Self::find), then
+    /// [`slot`](Self::slot) and [`bound`](Self::bound) (the read path).
     #[inline(always)]
     pub(crate) fn owner(&self, off: u64) -> (&S, Option<u64>) {
-        let chunk = self.chunk_of(off);
-        let c = &self.chunks[chunk];
-        let len = c.len();
-        let at = count_pow2(c.padded(), off).min(len).saturating_sub(1);
-        let bound = if at + 1 < len {
-            Some(c.padded()[at + 1])
-        } else {
-            self.next_first(chunk)
-        };
-        // SAFETY: as in `slot`.
-        (unsafe { &*c.slots()[at] }, bound)
+        let p = self.find(off);
+        (self.slot(p), self.bound(p))
     }
 
     /// The first slot (key 0).
