@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Barrier;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
 use extent_cache::reference::ExtentMap;
@@ -424,7 +424,7 @@ fn random_extent(rng: &mut Rng, lo: u64, hi: u64) -> Extent {
 /// Watches the cache while others change it: every snapshot is a valid map, and every
 /// iteration is sorted and never yields overlapping extents. Stops after `max` rounds or when
 /// `done` is set.
-fn observe(cache: &ExtentCache, done: &AtomicBool, max: u64) -> u64 {
+fn observe(cache: &ExtentCache, done: &AtomicBool, max: u64, seen: &AtomicU64) -> u64 {
     let mut rounds = 0;
     while rounds < max && !done.load(Ordering::Relaxed) {
         check_snapshot(&cache.snapshot());
@@ -440,8 +440,18 @@ fn observe(cache: &ExtentCache, done: &AtomicBool, max: u64) -> u64 {
             assert!(e.overlaps(16 * K, 48 * K), "{e:?} outside the range");
         }
         rounds += 1;
+        seen.store(rounds, Ordering::Relaxed);
     }
     rounds
+}
+
+/// Whether a worker that has made `k` of its `ops` operations is done: it goes on past `ops`
+/// until the observer has finished a round, so that at least one observation overlaps the
+/// writes however the threads are scheduled (on a busy machine the workers may otherwise be
+/// done before the observer first runs). A hundred times `ops` bounds the wait, should the
+/// observer fail before its first round ends (its own panic then says why).
+fn worker_done(k: u64, ops: u64, seen: &AtomicU64) -> bool {
+    k >= ops && (seen.load(Ordering::Relaxed) > 0 || k >= 100 * ops)
 }
 
 /// Drives `it` from both ends until they meet (`next_back` where bit `k % 64` of `mask` is
@@ -575,15 +585,19 @@ fn random_mix(threads: u64, cap: usize) {
     const FILE: u64 = 32;
     let cache = ExtentCache::with_page_capacity(cap);
     let done = AtomicBool::new(false);
+    let seen = AtomicU64::new(0);
     let ops = size(6000, 80) / threads;
     thread::scope(|s| {
-        let (cache, done) = (&cache, &done);
-        let observer = s.spawn(move || observe(cache, done, size(2000, 10)));
+        let (cache, done, seen) = (&cache, &done, &seen);
+        let observer = s.spawn(move || observe(cache, done, size(2000, 10), seen));
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
                     let mut rng = seeded(threads * 100 + t);
-                    for _ in 0..ops {
+                    for k in 0.. {
+                        if worker_done(k, ops, seen) {
+                            break;
+                        }
                         run_op(cache, &random_op(cache, &mut rng, 0, FILE));
                     }
                 })
@@ -671,10 +685,11 @@ fn no_lost_update(threads: u64) {
     const REGION: u64 = 24;
     let cache = ExtentCache::new();
     let done = AtomicBool::new(false);
+    let seen = AtomicU64::new(0);
     let ops = size(4000, 60) / threads;
     let logs: Vec<Vec<Op>> = thread::scope(|s| {
-        let (cache, done) = (&cache, &done);
-        let observer = s.spawn(move || observe(cache, done, size(2000, 10)));
+        let (cache, done, seen) = (&cache, &done, &seen);
+        let observer = s.spawn(move || observe(cache, done, size(2000, 10), seen));
         let workers: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
@@ -682,7 +697,10 @@ fn no_lost_update(threads: u64) {
                     let mut rng = seeded(1000 + threads * 10 + t);
                     let mut mine = ExtentMap::new();
                     let mut log = Vec::new();
-                    for _ in 0..ops {
+                    for k in 0.. {
+                        if worker_done(k, ops, seen) {
+                            break;
+                        }
                         let op = random_write(&mut rng, &mine, lo, hi);
                         apply_both(cache, &mut mine, &op);
                         log.push(op);
