@@ -10,8 +10,12 @@
 //!
 //! Each map runs in its own child process (this program re-executed with `--map cache` or
 //! `--map locked`), so that one map's freed memory never shows up in the other's numbers.
-//! Resident memory is read from `/proc/self/statm` (Linux).
+//! Resident memory is read from `/proc/self/statm` (Linux); heap bytes are counted by the
+//! program's global allocator (`benches/support/heap.rs`): what the map holds, its garbage
+//! waiting for reclamation included, without the allocator's own overhead and free lists.
 
+#[path = "../benches/support/heap.rs"]
+mod heap;
 #[path = "../benches/support/mod.rs"]
 mod support;
 
@@ -22,7 +26,13 @@ use std::thread;
 use clap::{CommandFactory, Parser, ValueEnum};
 use extent_cache::reference::LockedExtentMap;
 use extent_cache::{Extent, ExtentCache};
+use heap::{Counting, count_heap, heap_bytes, resident_bytes as rss_bytes};
 use support::{Map, Rng};
+
+/// Counts the heap (from the start of `main`), to report the bytes the map holds beside the
+/// resident memory of the process.
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 const BLOCK: u64 = 4096;
 /// Operations between two memory reports.
@@ -73,17 +83,6 @@ impl Churnable for ExtentCache {
 
 impl Churnable for LockedExtentMap {
     const LABEL: &'static str = "LockedExtentMap";
-}
-
-/// Resident memory in bytes, from `/proc/self/statm` (second field, in pages of 4 KiB).
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm (Linux)");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|f| f.parse().ok())
-        .expect("resident pages in /proc/self/statm");
-    pages * 4096
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -139,33 +138,38 @@ impl Share {
 }
 
 fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
-    let base = rss_bytes();
     // A quarter more slots than extents, so inserts always find a free one.
     let slots = args.extents + args.extents / 4 + threads;
     let per = slots / threads;
     let mut shares: Vec<Share> = (0..threads)
         .map(|t| {
-            let mut rng = Rng::with_seed(0x5EED + t);
             let all: Vec<u64> = (t * per..(t + 1) * per).collect();
             let keep = (args.extents / threads) as usize;
             let (used, free) = all.split_at(keep.min(all.len()));
-            for &i in used {
-                map.insert(slot_extent(i, &mut rng)).expect("prefill");
-            }
             Share {
                 used: used.to_vec(),
                 free: free.to_vec(),
-                rng,
+                rng: Rng::with_seed(0x5EED + t),
             }
         })
         .collect();
+    let (base, heap_base) = (rss_bytes(), heap_bytes());
+    for share in &mut shares {
+        for &i in &share.used {
+            map.insert(slot_extent(i, &mut share.rng)).expect("prefill");
+        }
+    }
     let filled = rss_bytes();
+    let heap_filled = heap_bytes() - heap_base;
     println!(
-        "{:<16} threads {threads}  extents {}  rss before {:.1} MiB, after fill {:.1} MiB",
+        "{:<16} threads {threads}  extents {}  rss before {:.1} MiB, after fill {:.1} MiB; \
+         heap {:.1} MiB ({:.0} bytes per extent)",
         C::LABEL,
         map.len(),
         mib(base),
-        mib(filled)
+        mib(filled),
+        mib(heap_filled.max(0) as u64),
+        heap_filled as f64 / map.len().max(1) as f64
     );
     let done = AtomicU64::new(0);
     let mut steps = vec![0u64; threads as usize];
@@ -183,11 +187,12 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
         });
         let rss = rss_bytes();
         println!(
-            "{:<16} ops {:>10}  extents {:>7}  rss {:>7.1} MiB{}",
+            "{:<16} ops {:>10}  extents {:>7}  rss {:>7.1} MiB  heap {:>7.1} MiB{}",
             C::LABEL,
             done.load(Ordering::Relaxed),
             map.len(),
             mib(rss),
+            mib((heap_bytes() - heap_base).max(0) as u64),
             map.detail()
         );
         if chunk < threads {
@@ -196,16 +201,21 @@ fn churn<C: Churnable>(map: C, args: &Args, threads: u64) {
     }
     let end = rss_bytes();
     let per_extent = end.saturating_sub(base) as f64 / map.len().max(1) as f64;
+    let heap = heap_bytes() - heap_base;
     println!(
-        "{:<16} final: rss {:.1} MiB (+{:.1} MiB over the fill), {:.0} bytes per cached extent",
+        "{:<16} final: rss {:.1} MiB (+{:.1} MiB over the fill), {:.0} bytes per cached extent; \
+         heap {:.1} MiB, {:.0} bytes per cached extent",
         C::LABEL,
         mib(end),
         mib(end.saturating_sub(filled)),
-        per_extent
+        per_extent,
+        mib(heap.max(0) as u64),
+        heap as f64 / map.len().max(1) as f64
     );
 }
 
 fn main() {
+    count_heap();
     let args = Args::parse();
     let threads = args
         .threads

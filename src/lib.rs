@@ -20,3 +20,7 @@ pub use caches::{CacheRef, CacheRefs, ExtentCaches, Shrunk};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
 pub use plan::{Dropped, Evict, Evicted, FillTicket};
+
+/// A few values kept inline: what one change handles (the slots of its window, the pages it
+/// builds), one to three as a rule, and on the heap only past four.
+pub(crate) type Few<T> = smallvec::SmallVec<[T; 4]>;

@@ -9,6 +9,7 @@ use std::alloc::{self, Layout};
 use std::ptr::{self, NonNull};
 use std::slice;
 
+use crate::Few;
 use crate::extent::Mapping;
 use crate::plan::{Change, Item};
 use crate::sync::{AtomicU64, Ordering};
@@ -490,7 +491,7 @@ pub(crate) struct Part<'a, M> {
 #[derive(Debug, PartialEq)]
 pub(crate) enum Rebuilt<M> {
     /// Slot by slot: the new page of each slot, `None` where the slot does not change.
-    InPlace(Vec<Option<NewPage<M>>>),
+    InPlace(Few<Option<NewPage<M>>>),
     /// The window's slots are replaced by new ones: `(key, page)` in key order. The first key
     /// is the window's first key, so the slots around the window keep their ranges.
     Repacked(Vec<(u64, NewPage<M>)>),
@@ -542,7 +543,7 @@ pub(crate) fn rebuild<M: Mapping>(
     // First what each slot gets (nothing is built yet: a window that must be repacked builds
     // its pages only once).
     let (mut ri, mut ai) = (0, 0);
-    let mut edits = Vec::with_capacity(parts.len());
+    let mut edits: Few<Option<Edit<'_, M>>> = Few::with_capacity(parts.len());
     let (mut overflow, mut underflow) = (false, false);
     for (k, part) in parts.iter().enumerate() {
         let hi = parts.get(k + 1).map(|p| p.key).or(bound);
@@ -580,7 +581,7 @@ pub(crate) fn rebuild<M: Mapping>(
         change.remove.len(),
         "every removed item lies in the window"
     );
-    let in_place = |edits: Vec<Option<Edit<'_, M>>>| {
+    let in_place = |edits: Few<Option<Edit<'_, M>>>| {
         let slots = parts
             .iter()
             .zip(edits)
@@ -723,11 +724,14 @@ fn repack<M: Mapping>(
     let mut sizes: Vec<usize> = if tail {
         let mut s = vec![shape.fill; pages];
         s[pages - 1] = n - shape.fill * (pages - 1);
-        // Never leave a last page below the minimum when it can borrow from the one before.
+        // Never leave a last page below the minimum when it can borrow from the one before:
+        // it borrows just enough, so that the page before stays nearly full (appending
+        // overflows the last page again and again; evening the two out would leave every page
+        // behind half full).
         if pages > 1 && s[pages - 1] < shape.min {
             let both = s[pages - 2] + s[pages - 1];
-            s[pages - 2] = both - both / 2;
-            s[pages - 1] = both / 2;
+            s[pages - 1] = shape.min.min(both / 2);
+            s[pages - 2] = both - s[pages - 1];
         }
         s
     } else {
@@ -861,6 +865,26 @@ mod tests {
         let pages = repack(items, 0, shape, true, Marks::default());
         let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.items().len()).collect();
         assert_eq!(sizes, [7, 7, 7, 7, 2]);
+        // A page that overflows at the end (an append) keeps all but the minimum: the last
+        // page borrows what it needs to reach the minimum, no more.
+        let overflow = repack(
+            (0..9).map(|i| item(i * 10, 1)).collect(),
+            0,
+            Shape::new(8),
+            true,
+            Marks::default(),
+        );
+        let sizes: Vec<usize> = overflow.iter().map(|(_, p)| p.items().len()).collect();
+        assert_eq!(sizes, [7, 2]);
+        let overflow = repack(
+            (0..33).map(|i| item(i * 10, 1)).collect(),
+            0,
+            Shape::new(32),
+            true,
+            Marks::default(),
+        );
+        let sizes: Vec<usize> = overflow.iter().map(|(_, p)| p.items().len()).collect();
+        assert_eq!(sizes, [25, 8]);
         let even = repack(
             (0..30).map(|i| item(i * 10, 1)).collect(),
             0,
@@ -890,10 +914,9 @@ mod tests {
         assert_eq!(rebuild(&lone, Some(100), false, &change, shape), Err(Widen));
         assert_eq!(
             rebuild(&lone, None, true, &change, shape),
-            Ok(Rebuilt::InPlace(vec![Some(NewPage::from_vec(
-                vec![],
-                Marks::default()
-            ))]))
+            Ok(Rebuilt::InPlace(smallvec::smallvec![Some(
+                NewPage::from_vec(vec![], Marks::default())
+            )]))
         );
         let two = [
             Part {

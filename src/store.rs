@@ -43,6 +43,7 @@ use core::marker::PhantomData;
 
 use crossbeam_utils::CachePadded;
 
+use crate::Few;
 use crate::caches::{Books, own_count};
 use crate::extent::Mapping;
 use crate::page::{NewPage, Page, Part, Rebuilt, Shape};
@@ -352,7 +353,7 @@ pub(crate) struct Busy<'g, M>(pub(crate) DescRef<'g, M>, pub(crate) &'g Slot<M>)
 /// The new contents of a window, ready to publish.
 pub(crate) struct Publish<M> {
     /// `(slot, page read)`, for every slot of the window, in key order.
-    pub(crate) read: Vec<(*const Slot<M>, *const Page<M>)>,
+    pub(crate) read: Few<(*const Slot<M>, *const Page<M>)>,
     pub(crate) rebuilt: Rebuilt<M>,
     /// The end of the window's range.
     pub(crate) bound: Option<u64>,
@@ -606,11 +607,11 @@ impl<M: Mapping> Store<M> {
         bound: Option<u64>,
         dir: &Dir<M>,
         guard: &'g Guard,
-        out: &mut Vec<Leaf<'g, M>>,
-        seen: &mut Vec<Seen>,
+        out: &mut Few<Leaf<'g, M>>,
+        seen: &mut Few<Seen>,
     ) -> Result<(), Moved> {
         let raw = slot.word.load(ORD);
-        let push = |out: &mut Vec<Leaf<'g, M>>, page: PageRef<'g, M>| {
+        let push = |out: &mut Few<Leaf<'g, M>>, page: PageRef<'g, M>| {
             out.push(Leaf {
                 slot,
                 key: slot.key,
@@ -1532,7 +1533,7 @@ impl<M: Mapping> Store<M> {
     }
 
     /// Converts a writer's view of a window into parts for [`crate::page::rebuild`].
-    pub(crate) fn parts<'a>(leaves: &'a [Leaf<'a, M>]) -> Vec<Part<'a, M>> {
+    pub(crate) fn parts<'a>(leaves: &'a [Leaf<'a, M>]) -> Few<Part<'a, M>> {
         leaves
             .iter()
             .map(|l| Part {

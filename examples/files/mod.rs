@@ -352,8 +352,8 @@ impl Memory {
 fn sample<F: Files>(files: &F, start: (i64, u64)) -> Memory {
     Memory {
         accounted: files.accounted(),
-        heap: (crate::heap_bytes() - start.0).max(0) as u64,
-        resident: crate::resident_bytes().saturating_sub(start.1),
+        heap: (crate::heap::heap_bytes() - start.0).max(0) as u64,
+        resident: crate::heap::resident_bytes().saturating_sub(start.1),
     }
 }
 
@@ -369,8 +369,8 @@ pub struct Outcome {
 
 /// Runs the workload on `files` (empty at the start) for `seconds` with `threads` threads.
 pub fn run<F: Files>(files: &F, disk: &Disk, threads: usize, seconds: f64) -> Outcome {
-    crate::trim_heap();
-    let start = (crate::heap_bytes(), crate::resident_bytes());
+    crate::heap::trim_heap();
+    let start = (crate::heap::heap_bytes(), crate::heap::resident_bytes());
     let totals = std::sync::Mutex::new(Counts::default());
     let done = AtomicBool::new(false);
     let (peak, (_, elapsed)) = std::thread::scope(|s| {

@@ -167,7 +167,7 @@ impl<'c, M: Mapping> Iter<'c, M> {
             Word::Page(page) => self.take(page.get(), lo, hi, end),
             Word::Desc(_) => {
                 // A change in flight: read what the slot stands for now.
-                let (mut leaves, mut seen) = (Vec::new(), Vec::new());
+                let (mut leaves, mut seen) = (crate::Few::new(), crate::Few::new());
                 if let Err(moved) =
                     store.leaves(slot, dir.bound(p), dir, guard, &mut leaves, &mut seen)
                 {

@@ -10,6 +10,7 @@
 
 use core::cell::Cell;
 
+use crate::Few;
 use crate::extent::Mapping;
 use crate::page::{Part, Widen};
 use crate::plan::{self, Item, Probe, View};
@@ -19,8 +20,8 @@ use crate::sync::epoch::Guard;
 /// Consecutive pages covering `[leaves[0].key, leaves.last().bound)`, with what was seen in
 /// each slot word.
 pub(crate) struct Window<'g, M> {
-    pub(crate) leaves: Vec<Leaf<'g, M>>,
-    seen: Vec<Seen>,
+    pub(crate) leaves: Few<Leaf<'g, M>>,
+    seen: Few<Seen>,
     /// The directory slots read, `lo` to `hi` (unused for an empty map).
     lo: Pos,
     hi: Pos,
@@ -60,8 +61,8 @@ impl<'g, M: Mapping> Window<'g, M> {
     /// records.
     fn over(lo: Pos, hi: Pos, leaves: usize, seen: usize) -> Self {
         Window {
-            leaves: Vec::with_capacity(leaves),
-            seen: Vec::with_capacity(seen),
+            leaves: Few::with_capacity(leaves),
+            seen: Few::with_capacity(seen),
             lo,
             hi,
             edge_left: Cell::new(false),
@@ -140,8 +141,8 @@ impl<'g, M: Mapping> Window<'g, M> {
         let Some(dir) = dir else {
             return store.dir(guard).is_none();
         };
-        let mut leaves = Vec::with_capacity(self.leaves.len());
-        let mut seen = Vec::with_capacity(self.seen.len().max(self.leaves.len()));
+        let mut leaves = Few::with_capacity(self.leaves.len());
+        let mut seen = Few::with_capacity(self.seen.len().max(self.leaves.len()));
         for p in dir.walk(self.lo, self.hi) {
             if store
                 .leaves(
@@ -168,12 +169,12 @@ impl<'g, M: Mapping> Window<'g, M> {
     }
 
     /// The window as the page rebuild sees it.
-    pub(crate) fn parts(&self) -> Vec<Part<'_, M>> {
+    pub(crate) fn parts(&self) -> Few<Part<'_, M>> {
         Store::parts(&self.leaves)
     }
 
     /// Every slot read with the page read there (a writer's window).
-    pub(crate) fn read(&self) -> Vec<(*const Slot<M>, *const crate::page::Page<M>)> {
+    pub(crate) fn read(&self) -> Few<(*const Slot<M>, *const crate::page::Page<M>)> {
         self.leaves
             .iter()
             .map(|l| (l.slot, l.page.as_ptr()))
