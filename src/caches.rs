@@ -1,17 +1,23 @@
 //! [`ExtentCaches`]: a registry of extent caches, one per file, whose memory is booked in one
 //! place and kept under one budget.
 //!
-//! The registry is an index (a lock-free skip list keyed by file number) and its *books*: one
-//! shared allocation that every cache of the registry points at, holding the sums of its
-//! caches' counters (extents, live bytes), the ledger all of them book their retired bytes
-//! in, the budget, and a weak pointer back to the registry for the automatic mode. A cache of
-//! a registry is an ordinary [`ExtentCache`] whose store carries that one pointer (`Store`'s
-//! counters line has room for it); a cache of its own carries none and pays nothing.
+//! The registry is two indexes of its caches and its *books*. Lookups go through a hash index
+//! of its own (`Index`: buckets of immutable sorted arrays, read under an epoch guard with no
+//! lock and no write; creating and removing a file copy one bucket under a writers' lock);
+//! the shrinker and iteration walk a lock-free skip list of the same files in file order.
+//! The books are one shared allocation that every cache of the registry points at, holding
+//! the sums of its caches' counters (extents, live bytes), the ledger all of them book their
+//! retired bytes in, the budget, and a weak pointer back to the registry for the automatic
+//! mode. A cache of a registry is an ordinary [`ExtentCache`] whose store carries that one
+//! pointer (`Store`'s counters line has room for it); a cache of its own carries none and
+//! pays nothing.
 
 use core::fmt;
 use core::ops::Deref;
 use std::alloc::Layout;
 use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 
 use crossbeam_skiplist::SkipMap;
 use crossbeam_utils::CachePadded;
@@ -24,7 +30,8 @@ use crate::plan::Evict;
 use crate::store::Store;
 use crate::sync::AtomicIsize as CacheCounter;
 use crate::sync::epoch::{self, SharedLedger};
-use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Ordering, Weak};
+use crate::sync::shared::epoch as reclaim;
+use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Mutex, Ordering, Weak};
 
 /// How many extents one visit of a file evicts at most: each file gives up this much per
 /// visit, then the shrinker goes on to the next one, so that a large file does not absorb a
@@ -66,10 +73,11 @@ const AUTO_MARGIN_DIVISOR: usize = 16;
 ///
 /// # Guarantees
 ///
-/// * [`get_or_create`](Self::get_or_create), [`get`](Self::get) and [`remove`](Self::remove)
-///   are lock-free (a [`crossbeam_skiplist::SkipMap`] keyed by file number). Two threads that
-///   create the same file at once get the same cache: a file's entry is inserted only when
-///   absent and never replaced in place.
+/// * [`get`](Self::get), and [`get_or_create`](Self::get_or_create) of a file the registry
+///   has, are lock-free: a hash index read under an epoch guard, with no lock and no write to
+///   the index. Creating a file and [`remove`](Self::remove) take the registry's writers'
+///   lock, which no lookup waits for. Two threads that create the same file at once get the
+///   same cache: a file is added only when absent and never replaced in place.
 /// * [`memory`](Self::memory) is O(1): every cache of the registry adds each change of its
 ///   counters to the registry's books as it makes it, and all of them book their retired
 ///   bytes in one shared ledger. When no change is in flight the books are exact: extents and
@@ -84,7 +92,10 @@ const AUTO_MARGIN_DIVISOR: usize = 16;
 /// # Not promised
 ///
 /// * While changes are in flight the books lag the files' own counters by what those changes
-///   are adding (one change per thread at most); `len` is approximate, like the skip list's.
+///   are adding (one change per thread at most).
+/// * Creating and removing files is not lock-free: a thread stalled while it creates or
+///   removes one delays the others that create or remove (never a lookup, a write to a cache
+///   or a shrink).
 /// * The budget is a target kept by the writers that cross it, not a hard limit: extents that
 ///   may not be evicted, caches' empty directories, garbage that waits for its grace period
 ///   and the writes of other threads while one shrinks all go over it for a while.
@@ -105,7 +116,10 @@ pub struct ExtentCaches<M: Mapping = BlockMapping> {
 
 /// What the handle owns; the books point back at it weakly.
 struct Registry<M: Mapping> {
-    /// The caches, by file number.
+    /// The caches, by file number, for lookups.
+    index: Index<M>,
+    /// The same caches in file order, for the shrinker and iteration, with where the shrinker
+    /// stopped in each.
     files: SkipMap<u64, File<M>>,
     books: Arc<Books>,
     /// The file the next shrink starts at (the first one at or after it): where the last
@@ -478,6 +492,7 @@ impl<M: Mapping> ExtentCaches<M> {
 
     fn build(budget: Option<usize>) -> Self {
         let registry = Arc::new_cyclic(|weak: &Weak<Registry<M>>| Registry {
+            index: Index::new(),
             files: SkipMap::new(),
             books: Arc::new(Books {
                 counts: CachePadded::new(Counts {
@@ -507,9 +522,9 @@ impl<M: Mapping> ExtentCaches<M> {
         self.registry.books.budget
     }
 
-    /// The cache of `file`, created empty if the registry has none. Lock-free; two threads
-    /// that create the same file at once get the same cache (the index inserts an entry only
-    /// when the file has none, and never replaces one in place).
+    /// The cache of `file`, created empty if the registry has none. Lock-free when the file
+    /// is there (as [`get`](Self::get)); creating it takes the writers' lock, under which it
+    /// looks again, so two threads that create the same file at once get the same cache.
     ///
     /// ```
     /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
@@ -519,19 +534,14 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert_eq!(caches.len(), 1);
     /// ```
     pub fn get_or_create(&self, file: u64) -> CacheRef<M> {
-        let entry = self.registry.files.get_or_insert_with(file, || File {
-            // Dropped unused if another thread inserts the file first: an empty cache leaves
-            // the books as it came, with nothing.
-            cache: Arc::new(ExtentCache::in_books(self.registry.books.clone())),
-            resume: AtomicU64::new(0),
-        });
-        CacheRef {
-            file,
-            cache: entry.value().cache.clone(),
+        match self.registry.index.get(file) {
+            Some(cache) => CacheRef { file, cache },
+            None => self.registry.create(file),
         }
     }
 
-    /// The cache of `file`, if the registry has one. Lock-free.
+    /// The cache of `file`, if the registry has one. Lock-free: a hash, two loads and a scan
+    /// of a bucket (about one file) under an epoch guard, no lock and no write to the index.
     ///
     /// ```
     /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
@@ -540,11 +550,8 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert_eq!(caches.get(3).unwrap().file(), 3);
     /// ```
     pub fn get(&self, file: u64) -> Option<CacheRef<M>> {
-        let entry = self.registry.files.get(&file)?;
-        Some(CacheRef {
-            file,
-            cache: entry.value().cache.clone(),
-        })
+        let cache = self.registry.index.get(file)?;
+        Some(CacheRef { file, cache })
     }
 
     /// Takes the cache of `file` out of the registry and returns a handle on it, or `None`
@@ -568,14 +575,20 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert!(caches.get(3).is_none() && caches.remove(3).is_none());
     /// ```
     pub fn remove(&self, file: u64) -> Option<CacheRef<M>> {
-        let entry = self.registry.files.remove(&file)?;
-        let cache = entry.value().cache.clone();
-        // Only the thread whose removal marked the entry gets it: the cache leaves once.
+        let r = &self.registry;
+        let _writer = r.index.lock();
+        let guard = reclaim::pin();
+        let held = r.index.remove(file, &guard)?;
+        // Under the lock the ordered index has the file too.
+        let cache = r.files.remove(&file).map(|e| e.value().cache.clone());
+        Index::release(held, &guard);
+        let cache = cache.expect("the two indexes hold the same files");
+        // Only the writer that took the file out gets it: the cache leaves once.
         cache.store.leave_books();
         Some(CacheRef { file, cache })
     }
 
-    /// Number of files in the registry (approximate while files are created or removed).
+    /// Number of files in the registry (exact: it changes under the writers' lock).
     ///
     /// ```
     /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
@@ -584,7 +597,7 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert_eq!(caches.len(), 2);
     /// ```
     pub fn len(&self) -> usize {
-        self.registry.files.len()
+        self.registry.index.len()
     }
 
     /// Whether the registry has no file (approximate, like [`len`](Self::len)).
@@ -598,7 +611,7 @@ impl<M: Mapping> ExtentCaches<M> {
     }
 
     /// Handles on the caches of the registry, in file order. Weakly consistent, like the
-    /// skip list it walks: a file present for the whole iteration is yielded once.
+    /// skip list of files it walks: a file present for the whole iteration is yielded once.
     ///
     /// ```
     /// let caches = extent_cache::ExtentCaches::<extent_cache::BlockMapping>::new();
@@ -635,9 +648,10 @@ impl<M: Mapping> ExtentCaches<M> {
 
     /// Heap bytes the registry holds for its files beyond their caches' books, estimated:
     /// per file, the shared allocation of its cache (the cache's two cache lines and a
-    /// reference count's padding) and its node in the index (whose tower height is random:
-    /// two pointers on average). O(1), kept with the books: a cache counts from its creation
-    /// until it is removed (or, if another thread created the file first, dropped unused).
+    /// reference count's padding), its node in the ordered index (whose tower height is
+    /// random: two pointers on average) and its share of the hash index (its slot, and at
+    /// most two bucket pointers and a bucket's length word). O(1), kept with the books: a
+    /// cache counts from its creation until it is removed.
     /// [`memory`](Self::memory) does not include them; the budget does, so that it bounds
     /// all the registry holds: eviction cannot give them back (removing files does), and every
     /// file leaves that much less room for extents.
@@ -663,7 +677,11 @@ impl<M: Mapping> ExtentCaches<M> {
             .extend(Layout::new::<[u64; 2]>())
             .and_then(|(l, _)| l.extend(Layout::new::<[usize; 2]>()))
             .map_or(0, |(l, _)| l.pad_to_align().size());
-        shared + node
+        // The hash index: the file's slot; a table has at most two buckets per file (it
+        // doubles when files outnumber buckets), each a pointer, and a bucket in use its
+        // length word.
+        let hashed = size_of::<Slot<M>>() + 3 * size_of::<usize>();
+        shared + node + hashed
     }
 
     /// Evicts clean extents of the registry's files until the evictions have given back at
@@ -769,6 +787,27 @@ struct Visit {
 }
 
 impl<M: Mapping> Registry<M> {
+    /// [`ExtentCaches::get_or_create`] of a file the lookup did not find: under the writers'
+    /// lock, looks again, and adds a new cache to the ordered index, then to the hash index
+    /// (a reader that finds it there finds it in the ordered one too).
+    #[cold]
+    fn create(&self, file: u64) -> CacheRef<M> {
+        let _writer = self.index.lock();
+        if let Some(cache) = self.index.get(file) {
+            return CacheRef { file, cache };
+        }
+        let cache = Arc::new(ExtentCache::in_books(self.books.clone()));
+        self.files.insert(
+            file,
+            File {
+                cache: cache.clone(),
+                resume: AtomicU64::new(0),
+            },
+        );
+        self.index.insert(file, cache.clone(), &reclaim::pin());
+        CacheRef { file, cache }
+    }
+
     /// Runs rounds from the cursor until `target` live bytes were given back, a limit is hit,
     /// or a round that skipped no file and started every visit at its file's start evicted
     /// nothing (every file was then looked at whole: nothing is left to evict).
@@ -824,8 +863,9 @@ impl<M: Mapping> Registry<M> {
             }
             looked += 1;
             let f = entry.value();
-            // The registry holds one reference; a handle someone keeps is another.
-            if first_round && Arc::strong_count(&f.cache) > 1 {
+            // The registry holds two references (its two indexes); a handle someone keeps is
+            // another.
+            if first_round && Arc::strong_count(&f.cache) > 2 {
                 report.files_skipped += 1;
                 round.skipped += 1;
                 continue;
@@ -907,6 +947,272 @@ impl<M: Mapping> File<M> {
             }
         }
         v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hash index of files.
+
+/// Buckets of a new index.
+const FIRST_BUCKETS: usize = 16;
+
+/// Where [`ExtentCaches::get`] finds a file: a table of buckets, each an immutable array of
+/// (file, cache) sorted by file, read under an epoch guard without a lock or a write. Writers
+/// (creating and removing files) take `write`, copy the one bucket they change and publish
+/// the copy with one store; a table whose files outnumber its buckets is rebuilt at twice the
+/// size under the same lock and published with one store. What a publication replaces is
+/// freed once the epoch's grace period has passed, so a reader may finish with what it loaded.
+///
+/// The index owns one reference count of each cache it holds (`Arc::into_raw`), given back
+/// through the epoch when the file is removed: a reader that found the pointer under its guard
+/// takes its own count before the index's can go.
+struct Index<M: Mapping> {
+    table: reclaim::Atomic<Table<M>>,
+    /// Serializes the writers (never taken by a reader).
+    write: Mutex<()>,
+    /// Files in the index (changed under `write`).
+    len: AtomicUsize,
+}
+
+/// One version of the index's table.
+struct Table<M: Mapping> {
+    /// `64 - log2(buckets)`: a file's bucket is the top bits of its Fibonacci hash.
+    shift: u32,
+    /// Null for an empty bucket.
+    buckets: Box<[reclaim::Atomic<Bucket<M>>]>,
+}
+
+/// A bucket of the index: an array whose length is in its allocation, null when empty.
+type Bucket<M> = [MaybeUninit<Slot<M>>];
+
+/// A file and the cache the index holds a count of.
+struct Slot<M: Mapping> {
+    file: u64,
+    cache: NonNull<ExtentCache<M>>,
+}
+
+impl<M: Mapping> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<M: Mapping> Copy for Slot<M> {}
+
+// SAFETY: the index owns `Arc<ExtentCache<M>>` counts through its slots' pointers and hands
+// out clones of them; `Arc<ExtentCache<M>>` is `Send + Sync` (the caches are shared between
+// threads by design), and everything else in it is atomics and a mutex.
+unsafe impl<M: Mapping> Send for Index<M> {}
+// SAFETY: as for `Send`.
+unsafe impl<M: Mapping> Sync for Index<M> {}
+
+impl<M: Mapping> Table<M> {
+    fn with_buckets(n: usize) -> Self {
+        debug_assert!(n.is_power_of_two() && n >= 2);
+        Table {
+            shift: 64 - n.trailing_zeros(),
+            buckets: (0..n).map(|_| reclaim::Atomic::null()).collect(),
+        }
+    }
+
+    /// The bucket of `file`: Fibonacci hashing (the top bits of a multiplication by 2^64 over
+    /// the golden ratio), so that consecutive and strided file numbers spread alike.
+    #[inline]
+    fn bucket(&self, file: u64) -> usize {
+        (file.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+    }
+}
+
+/// The slots of a bucket: every element of a published bucket was written before it was
+/// published.
+#[inline]
+fn slots<M: Mapping>(bucket: &Bucket<M>) -> &[Slot<M>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and a bucket is published only once all its
+    // elements are written (`Index::publish`), and never written again.
+    unsafe { &*(bucket as *const Bucket<M> as *const [Slot<M>]) }
+}
+
+/// A new bucket holding `slots`, or null when there are none.
+fn bucket_of<M: Mapping>(slots: &[Slot<M>]) -> reclaim::Owned<Bucket<M>> {
+    let mut b = reclaim::Owned::<Bucket<M>>::init(slots.len());
+    for (d, s) in b.iter_mut().zip(slots) {
+        d.write(*s);
+    }
+    b
+}
+
+impl<M: Mapping> Index<M> {
+    fn new() -> Self {
+        Index {
+            table: reclaim::Atomic::new(Table::with_buckets(FIRST_BUCKETS)),
+            write: Mutex::new(()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The cache of `file`, with a count of its own. No lock, no write to the index.
+    #[inline]
+    fn get(&self, file: u64) -> Option<Arc<ExtentCache<M>>> {
+        let guard = reclaim::pin();
+        // Acquire, here and for the bucket: what the writer wrote before publishing.
+        // SAFETY: the table is never null, and is freed only through the epoch after a new
+        // one replaced it: `guard` keeps the one loaded.
+        let table = unsafe { self.table.load(Ordering::Acquire, &guard).deref() };
+        let bucket = table.buckets[table.bucket(file)].load(Ordering::Acquire, &guard);
+        // SAFETY: a bucket is freed through the epoch only, once replaced: `guard` keeps it.
+        let bucket = unsafe { bucket.as_ref() }?;
+        let slot = slots(bucket).iter().find(|s| s.file == file)?;
+        // SAFETY: the index's own count keeps the cache alive while the slot is reachable,
+        // and is given back only through the epoch after the slot was unlinked: `guard` is
+        // still pinned, so the count is still there when this one is added.
+        Some(unsafe {
+            Arc::increment_strong_count(slot.cache.as_ptr());
+            Arc::from_raw(slot.cache.as_ptr())
+        })
+    }
+
+    /// Takes the writers' lock (a writer that panicked left the index as it was before or
+    /// after its one publication: both are consistent).
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `file` with `cache`: the caller holds the lock and checked the file is absent.
+    fn insert(&self, file: u64, cache: Arc<ExtentCache<M>>, guard: &reclaim::Guard) {
+        let slot = Slot {
+            file,
+            // SAFETY (of `new_unchecked`): `Arc::into_raw` is never null.
+            cache: unsafe { NonNull::new_unchecked(Arc::into_raw(cache).cast_mut()) },
+        };
+        // Relaxed: only writers, under the lock, change the table pointer.
+        // SAFETY: never null; the lock keeps it from being replaced.
+        let table = unsafe { self.table.load(Ordering::Relaxed, guard).deref() };
+        let len = self.len.load(Ordering::Relaxed) + 1;
+        if len > table.buckets.len() {
+            self.grow(table, guard);
+        }
+        // SAFETY: as above (`grow` may have published a new one).
+        let table = unsafe { self.table.load(Ordering::Relaxed, guard).deref() };
+        let at = &table.buckets[table.bucket(file)];
+        let old = at.load(Ordering::Relaxed, guard);
+        // SAFETY: buckets are freed only through the epoch; `guard` keeps this one.
+        let mut new: Vec<Slot<M>> =
+            unsafe { old.as_ref() }.map_or(Vec::new(), |b| slots(b).to_vec());
+        let pos = new.partition_point(|s| s.file < file);
+        new.insert(pos, slot);
+        Self::publish(at, bucket_of(&new), old, guard);
+        self.len.store(len, Ordering::Relaxed);
+    }
+
+    /// Takes `file` out: the caller holds the lock. Returns the index's count of its cache,
+    /// which the caller gives back through the epoch ([`Index::release`]).
+    fn remove(&self, file: u64, guard: &reclaim::Guard) -> Option<NonNull<ExtentCache<M>>> {
+        // SAFETY: never null; the lock keeps it from being replaced.
+        let table = unsafe { self.table.load(Ordering::Relaxed, guard).deref() };
+        let at = &table.buckets[table.bucket(file)];
+        let old = at.load(Ordering::Relaxed, guard);
+        // SAFETY: buckets are freed only through the epoch; `guard` keeps this one.
+        let all = slots(unsafe { old.as_ref() }?);
+        let pos = all.iter().position(|s| s.file == file)?;
+        let cache = all[pos].cache;
+        let rest: Vec<Slot<M>> = all[..pos].iter().chain(&all[pos + 1..]).copied().collect();
+        Self::publish(at, bucket_of(&rest), old, guard);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some(cache)
+    }
+
+    /// Gives back the index's count of a removed cache once no reader can still be about to
+    /// take one of its own.
+    fn release(cache: NonNull<ExtentCache<M>>, guard: &reclaim::Guard) {
+        // SAFETY: the slot was unlinked before this call; the count was the index's own.
+        unsafe {
+            guard.defer_unchecked(move || drop(Arc::from_raw(cache.as_ptr())));
+        }
+    }
+
+    /// Replaces the bucket `at` held (`old`) by `new` (null when empty), and frees `old`
+    /// once no reader can hold it.
+    fn publish(
+        at: &reclaim::Atomic<Bucket<M>>,
+        new: reclaim::Owned<Bucket<M>>,
+        old: reclaim::Shared<'_, Bucket<M>>,
+        guard: &reclaim::Guard,
+    ) {
+        if new.is_empty() {
+            drop(new);
+            // Release: pairs with the readers' Acquire (nothing to publish for null).
+            at.store(reclaim::Shared::null(), Ordering::Release);
+        } else {
+            // Release: the slots written before are what a reader's Acquire load sees.
+            at.store(new, Ordering::Release);
+        }
+        if !old.is_null() {
+            // SAFETY: unlinked just now, and only through the epoch (slots are `Copy`: the
+            // counts they point at are not the bucket's to give back).
+            unsafe { guard.defer_destroy(old) };
+        }
+    }
+
+    /// Rebuilds the table at twice the size: the caller holds the lock.
+    #[cold]
+    fn grow(&self, table: &Table<M>, guard: &reclaim::Guard) {
+        let bigger = Table::<M>::with_buckets(table.buckets.len() * 2);
+        let mut parts: Vec<Vec<Slot<M>>> = vec![Vec::new(); bigger.buckets.len()];
+        for b in table.buckets.iter() {
+            // SAFETY: buckets are freed only through the epoch; `guard` keeps them.
+            if let Some(b) = unsafe { b.load(Ordering::Relaxed, guard).as_ref() } {
+                for s in slots(b) {
+                    parts[bigger.bucket(s.file)].push(*s);
+                }
+            }
+        }
+        for (at, mut part) in bigger.buckets.iter().zip(parts) {
+            if !part.is_empty() {
+                part.sort_unstable_by_key(|s| s.file);
+                at.store(bucket_of(&part), Ordering::Relaxed);
+            }
+        }
+        // Release: the new table and its buckets, written before, are what readers see.
+        let old = self
+            .table
+            .swap(reclaim::Owned::new(bigger), Ordering::Release, guard);
+        // SAFETY: unlinked just now; its buckets are unreachable from the new table too.
+        unsafe {
+            guard.defer_unchecked(move || {
+                let old = old.into_owned();
+                for b in old.buckets.iter() {
+                    let b = b.load(Ordering::Relaxed, reclaim::unprotected());
+                    if !b.is_null() {
+                        drop(b.into_owned());
+                    }
+                }
+            });
+        }
+    }
+
+    /// Files in the index.
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
+
+impl<M: Mapping> Drop for Index<M> {
+    fn drop(&mut self) {
+        // SAFETY: `&mut self`: no reader or writer is left; what was retired before went
+        // through the epoch and is not reachable from here.
+        unsafe {
+            let guard = reclaim::unprotected();
+            let table = self.table.load(Ordering::Relaxed, guard).into_owned();
+            for b in table.buckets.iter() {
+                let b = b.load(Ordering::Relaxed, guard);
+                if let Some(slots) = b.as_ref().map(slots) {
+                    for s in slots {
+                        drop(Arc::from_raw(s.cache.as_ptr()));
+                    }
+                    drop(b.into_owned());
+                }
+            }
+        }
     }
 }
 
