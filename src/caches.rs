@@ -1282,3 +1282,76 @@ impl<M: Mapping> Iterator for CacheRefs<'_, M> {
         })
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::extent::Extent;
+
+    const BLOCK: u64 = 4096;
+
+    /// Threads create, look up and remove files at once while the hash index grows from its
+    /// first 16 buckets: a lookup never finds another file's cache (each cache only ever
+    /// holds its own file's block), and once they are done the two indexes hold the same
+    /// files with the same caches.
+    #[test]
+    fn the_two_indexes_agree_under_concurrent_creation_lookup_and_removal() {
+        const FILES: u64 = 3000;
+        let caches = ExtentCaches::<BlockMapping>::new();
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let caches = &caches;
+                s.spawn(move || {
+                    let mut x = 0x9E37_79B9u64 * (t + 1);
+                    for _ in 0..if cfg!(miri) { 200 } else { 30_000 } {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let f = x % FILES;
+                        let check = |c: &CacheRef| {
+                            assert_eq!(c.file(), f);
+                            assert!(c.iter().all(|e| e.start() == f * BLOCK), "file {f}");
+                        };
+                        match (x >> 40) % 8 {
+                            0 => {
+                                if let Some(c) = caches.remove(f) {
+                                    check(&c);
+                                }
+                            }
+                            1..=3 => {
+                                let c = caches.get_or_create(f);
+                                let _ = c.insert(Extent::hole(f * BLOCK, BLOCK));
+                                check(&c);
+                            }
+                            _ => {
+                                if let Some(c) = caches.get(f) {
+                                    check(&c);
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let ordered: Vec<(u64, *const ExtentCache)> = caches
+            .registry
+            .files
+            .iter()
+            .map(|e| (*e.key(), Arc::as_ptr(&e.value().cache)))
+            .collect();
+        assert_eq!(ordered.len(), caches.len());
+        assert!(caches.len() > 16, "the table grew");
+        for f in 0..FILES {
+            let hashed = caches.get(f);
+            match ordered.binary_search_by_key(&f, |e| e.0) {
+                Ok(i) => assert!(std::ptr::eq(&*hashed.unwrap(), ordered[i].1)),
+                Err(_) => assert!(hashed.is_none(), "file {f} only in the hash index"),
+            }
+        }
+        // Every file left counts one cache of overhead; every removed one none.
+        assert_eq!(
+            caches.overhead_bytes(),
+            caches.len() * ExtentCaches::<BlockMapping>::file_bytes()
+        );
+    }
+}
