@@ -17,8 +17,14 @@ pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsi
 /// reference counts that keep them. `std`'s even under loom, like the graveyard's ledger: they
 /// are bookkeeping, and no loom model builds a registry.
 pub(crate) mod shared {
-    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering, fence};
     pub(crate) use std::sync::{Arc, Weak};
+
+    /// The registry's hash index of files is read under crossbeam-epoch's guards, under loom
+    /// too, like the crossbeam-skiplist its shrinker walks: no loom model builds a registry.
+    pub(crate) mod epoch {
+        pub(crate) use crossbeam_epoch::{Atomic, Guard, Owned, Shared, pin, unprotected};
+    }
 }
 
 /// Called at the top of every retry loop. Nothing in a normal build. Under loom it lets the
