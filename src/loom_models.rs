@@ -603,7 +603,8 @@ fn loom_fill_never_leaves_a_mapping_older_than_a_removal() {
     });
 }
 
-//   pages of two:  | A [0 .. 4K)  B [8K .. 12K) | C [16K .. 20K)  E [24K .. 28K) | G [32K .. 36K)  I [40K .. 44K) |
+//   pages of two:  | A [0 .. 4K)  B [8K .. 12K) | C [16K .. 20K)  E [24K .. 28K) |
+//                  | G [32K .. 36K)  I [40K .. 44K) |
 //   before:  F = replace_range([8K .. 20K)) is planned (the older ticket) and stopped before
 //            its first claim; D = replace_range([24K .. 36K)) is planned and stopped after
 //            claiming the middle page

@@ -109,6 +109,11 @@ impl<M: Mapping> ExtentCache<M> {
                 }
                 Outcome::Stale => {
                     lost += 1;
+                    // A deliberately broken protocol for the checks to catch (never built
+                    // normally): take a fresh ticket on every retry.
+                    if cfg!(extent_cache_broken = "renew_ticket") {
+                        ticket = None;
+                    }
                     retry_hint();
                 }
             }
