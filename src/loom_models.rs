@@ -602,3 +602,72 @@ fn loom_fill_never_leaves_a_mapping_older_than_a_removal() {
         assert_no_overlap(&cache);
     });
 }
+
+//   pages of two:  | A [0 .. 4K)  B [8K .. 12K) | C [16K .. 20K)  E [24K .. 28K) |
+//                  | G [32K .. 36K)  I [40K .. 44K) |
+//   before:  F = replace_range([8K .. 20K)) is planned (the older ticket) and stopped before
+//            its first claim; D = replace_range([24K .. 36K)) is planned and stopped after
+//            claiming the middle page
+//   T1:      lets F run (it meets D in the middle page and, older, aborts it), then D's owner
+//   T2:      insert(X [17K .. 18K)): fails (C, or F's extent, is there); its window is the middle
+//            page (and the first), where it meets D and helps it: it claims the last page for D
+//   after:   every slot holds a page. T2's claim of the last page may land after F aborted D
+//            and after D's owner released its slots (a late claim): T2 must undo it itself.
+#[test]
+fn loom_a_late_claim_is_undone_by_its_helper() {
+    model(|| {
+        let [a, b, c, e, g, i] = [0, 2, 4, 6, 8, 10].map(|at| ext(at * K, K, at + 1));
+        let cache = Arc::new(tiny());
+        for x in [a, b, c, e, g, i] {
+            cache.insert(x).unwrap();
+        }
+        let f = cache
+            .stall_replace_range(ext(2 * K, 3 * K, 20), 0)
+            .expect("F spans two pages");
+        let d = cache
+            .stall_replace_range(ext(6 * K, 3 * K, 21), 1)
+            .expect("D spans two pages");
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || {
+            c1.resume(f);
+            c1.resume(d);
+        });
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.insert(ext(4 * K + K / 4, K / 4, 22)).is_err());
+        t1.join().unwrap();
+        assert!(t2.join().unwrap(), "X went in over C");
+        assert_no_overlap(&cache);
+    });
+}
+
+//   pages of two:  | A [0 .. 4K)  B [8K .. 12K) | C [16K .. 20K)  E [24K .. 28K) |
+//   T1:      replace_range(N [8K .......... 20K))   one change over both pages: B and C go, N
+//            comes in the first page
+//   T2:      unpin(16K): at every instant C (unpinned: a change) or N (starts at 8K: an
+//            "unclean" error) is there, never a gap
+//   after:   T2 did not answer "not found". An answer that changes nothing is confirmed by a
+//            second read of its window: without it, a first read of the first page before T1's
+//            change and of the second page after it sees a gap at 16K.
+#[test]
+fn loom_an_answer_that_changes_nothing_holds_at_one_instant() {
+    use crate::Error;
+    model(|| {
+        let [a, b, c, e] = [0, 2, 4, 6].map(|at| ext(at * K, K, at + 1));
+        let cache = Arc::new(tiny());
+        for x in [a, b, c, e] {
+            cache.insert(x).unwrap();
+        }
+        let n = ext(2 * K, 3 * K, 20);
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.replace_range(n, false).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.unpin(4 * K, K, 7));
+        t1.join().unwrap();
+        let got = t2.join().unwrap();
+        assert!(
+            !matches!(got, Err(Error::NotFound)),
+            "an answer that changes nothing held at no instant: {got:?}"
+        );
+        assert_no_overlap(&cache);
+    });
+}

@@ -239,6 +239,10 @@ pub(crate) struct Desc<M> {
     /// For an attempt of an announced change: the operation's answer if this attempt commits.
     /// Such a descriptor is also referenced by its announcement (see [`Announcement`]).
     answer: Option<Answer>,
+    /// Set when the last reference goes (model checking only: loom's epoch frees nothing, so
+    /// a claim landing on a descriptor after that is caught here, not as a use after free).
+    #[cfg(loom)]
+    gone: std::sync::atomic::AtomicBool,
 }
 
 impl<M> Desc<M> {
@@ -249,6 +253,11 @@ impl<M> Desc<M> {
     /// The status, read with a read-modify-write: it returns the last value written, which a
     /// plain load need not (writers use it where they know a decision was made).
     fn latest_status(&self) -> Status {
+        // A deliberately broken read for the model checker to catch (never built normally): a
+        // plain load, which may still return `Pending` after the decision.
+        if cfg!(extent_cache_broken = "plain_status") {
+            return self.status();
+        }
         Status::from_word(self.status.fetch_add(0, ORD))
     }
 
@@ -264,6 +273,16 @@ impl<M> Desc<M> {
             .iter()
             .find(|e| core::ptr::eq(e.slot, slot))
             .expect("a descriptor found in a slot claims that slot")
+    }
+
+    /// Model checking only: a thread claims a slot for a change only while it holds a
+    /// reference to it (see [`Store::release`]).
+    #[cfg(loom)]
+    fn assert_referenced(&self) {
+        assert!(
+            !self.gone.load(std::sync::atomic::Ordering::SeqCst),
+            "a claim landed on a change whose last reference was already gone"
+        );
     }
 
     fn replaces_slots(&self) -> bool {
@@ -902,6 +921,8 @@ impl<M: Mapping> Store<M> {
             bound: p.bound,
             delta: Delta { bytes, ..p.delta },
             answer,
+            #[cfg(loom)]
+            gone: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -989,6 +1010,8 @@ impl<M: Mapping> Store<M> {
                     // may be freed after we let go): release it as any thread would. The
                     // latest status is needed here: a plain load could miss the decision.
                     Ok(_) if d.latest_status() != Status::Pending => {
+                        #[cfg(loom)]
+                        d.assert_referenced();
                         // A deliberately broken protocol for the model checker to catch (never
                         // built normally): leave the late claim in place.
                         if cfg!(extent_cache_broken = "keep_late_claims") {
@@ -997,7 +1020,11 @@ impl<M: Mapping> Store<M> {
                         self.release_slot(d, slot);
                         return false;
                     }
-                    Ok(_) => return true,
+                    Ok(_) => {
+                        #[cfg(loom)]
+                        d.assert_referenced();
+                        return true;
+                    }
                     Err(now) => {
                         cur = now;
                         continue;
@@ -1046,6 +1073,13 @@ impl<M: Mapping> Store<M> {
         slot: &Slot<M>,
         guard: &Guard,
     ) -> tag::Raw {
+        // A deliberately broken protocol for the model checker to catch (never built
+        // normally): help without taking a reference, so the owner's last `release` may come
+        // while we can still claim a slot for `other`.
+        if cfg!(extent_cache_broken = "no_helper_ref") {
+            self.help(other, guard);
+            return self.settle(other, slot, guard);
+        }
         if other.try_acquire() {
             self.help(other, guard);
             let now = self.settle(other, slot, guard);
@@ -1489,6 +1523,8 @@ impl<M: Mapping> Store<M> {
         if d.refs.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
+        #[cfg(loom)]
+        d.gone.store(true, std::sync::atomic::Ordering::SeqCst);
         let status = d.status();
         // Freed through the pointer `d` keeps (the allocation's own), which may free it.
         let ptr = d.as_ptr().cast_mut();
