@@ -411,6 +411,27 @@ fn try_merge<M: Mapping, V: View<M> + ?Sized>(
     Ok(cur.ext)
 }
 
+/// [`try_merge`] when the item's neighbours are known: `prev` is the last extent starting
+/// before it, `next` the first starting after it.
+fn merge_with<M: Mapping, V: View<M> + ?Sized>(
+    ov: &mut Overlay<'_, M, V>,
+    prev: Option<Item<M>>,
+    item: Item<M>,
+    next: Option<Item<M>>,
+) -> Extent<M> {
+    let mut cur = item;
+    if !may_merge(&cur) {
+        return cur.ext;
+    }
+    if let Some(merged) = prev.and_then(|prev| join(ov, &prev, &cur)) {
+        cur = merged;
+    }
+    if let Some(merged) = next.and_then(|next| join(ov, &cur, &next)) {
+        cur = merged;
+    }
+    cur.ext
+}
+
 /// Replaces `left` and `right` (adjacent in the overlay) by their merge, when docs/semantics.md §4
 /// allows it.
 fn join<M: Mapping, V: View<M> + ?Sized>(
@@ -509,9 +530,13 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
 ) -> Plan<M, Extent<M>> {
     check(&candidate)?;
     let mut ov = Overlay::new(v);
+    // The extents on either side of the offset: the one that starts at or before it and the
+    // first one after it. Every answer below is decided by these two (read once each).
+    let prev = ov.at_or_before(offset)?;
     // Step 3 (and step 5's first half): an extent already covers the offset: it is the answer.
-    if let Some(existing) = ov.containing(offset)? {
-        return done(ov, existing.ext);
+    if let Some(existing) = prev.as_ref().filter(|i| i.ext.contains(offset)) {
+        let answer = existing.ext.clone();
+        return done(ov, answer);
     }
     if !candidate.contains(offset) {
         return Err(Error::invalid(
@@ -519,12 +544,15 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
         )
         .into());
     }
+    let next = ov.after(offset)?;
     // Steps 1 and 4: fit the candidate into the gap around the offset. When nothing overlaps
     // the candidate, the gap holds all of it and this is the plain strict insert of step 1.
     // No extent covers the offset, so the one before it ends at or before it, and the gap
-    // holds the offset.
-    let gap = gap_around(&ov, offset)?;
-    let (gap_start, gap_end) = (gap.start, gap.end);
+    // holds the offset (`gap_around`, from the two neighbours already read).
+    let (gap_start, gap_end) = (
+        prev.as_ref().map_or(0, |p| p.ext.end()),
+        next.as_ref().map_or(u64::MAX, |n| n.ext.start()),
+    );
     let (s, e) = (
         candidate.start().max(gap_start),
         candidate.end().min(gap_end),
@@ -537,7 +565,16 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
         }
         .into());
     };
-    let answer = insert_into(&mut ov, fitted, false)?;
+    // The strict insert of the fitted extent (`insert_into`), knowing what it would look up:
+    // it lies in the gap, so nothing overlaps it, and its neighbours are `prev` and `next`
+    // (no extent starts between `prev` and the offset, none between the offset and `next`).
+    check(&fitted)?;
+    let item = Item {
+        ext: fitted,
+        modified: false,
+    };
+    ov.add(item.clone());
+    let answer = merge_with(&mut ov, prev, item, next);
     done(ov, answer)
 }
 
