@@ -571,7 +571,10 @@ impl<M: Mapping> ExtentCaches<M> {
     /// The cache leaves the registry's books at once: its extents and live bytes come off
     /// them (exactly, once the changes in flight on it have finished), and what it does from
     /// now on is its own (its own [`ExtentCache::memory`] has it all, retired bytes
-    /// included). Bytes it retired before leaving stay in the registry's retired bytes until
+    /// included), with one exception: for a moment after a removal that raced the file's
+    /// creation, the registry's ordered index may still list the cache, and a shrink in that
+    /// moment may evict its clean extents (counted in [`Shrunk`], not in the registry's
+    /// books). Bytes it retired before leaving stay in the registry's retired bytes until
     /// the epoch frees them. The cache itself lives on while a handle does (this one, and any
     /// taken before the removal); a later [`get_or_create`](Self::get_or_create) of `file`
     /// creates a new, empty cache.
@@ -1064,6 +1067,12 @@ struct Index<M: Mapping> {
 struct Table<M: Mapping> {
     /// `64 - log2(buckets)`: a file's bucket is the top bits of its Fibonacci hash.
     shift: u32,
+    /// The registry's random key, mixed into every file number before it is hashed: file
+    /// numbers chosen to collide (multiplicative hashing can be inverted) collide only for
+    /// the one who knows the key. Every table of one index has the same key (a bucket of a
+    /// table splits into two of the next: the bits the bigger table adds are the next bits
+    /// of the same product).
+    seed: u64,
     /// Null for an empty bucket; tagged [`FROZEN`] once the table is being grown, null tagged
     /// [`UNFILLED`] in a bigger table until it is filled.
     buckets: Box<[reclaim::Atomic<Bucket<M>>]>,
@@ -1098,10 +1107,11 @@ unsafe impl<M: Mapping> Sync for Index<M> {}
 
 impl<M: Mapping> Table<M> {
     /// A table of `n` buckets, each empty or, for a bigger table to fill, [`UNFILLED`].
-    fn with_buckets(n: usize, tag: usize) -> Self {
+    fn with_buckets(n: usize, tag: usize, seed: u64) -> Self {
         debug_assert!(n.is_power_of_two() && n >= 2);
         Table {
             shift: 64 - n.trailing_zeros(),
+            seed,
             buckets: (0..n)
                 .map(|_| reclaim::Atomic::from(reclaim::Shared::null().with_tag(tag)))
                 .collect(),
@@ -1109,12 +1119,20 @@ impl<M: Mapping> Table<M> {
         }
     }
 
-    /// The bucket of `file`: Fibonacci hashing (the top bits of a multiplication by 2^64 over
-    /// the golden ratio), so that consecutive and strided file numbers spread alike.
+    /// The bucket of `file`: Fibonacci hashing of the file number keyed by the registry's
+    /// seed (the top bits of a multiplication by 2^64 over the golden ratio), so that
+    /// consecutive and strided file numbers spread alike.
     #[inline]
     fn bucket(&self, file: u64) -> usize {
-        (file.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        ((file ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
     }
+}
+
+/// A random key for a new index: std's randomly keyed hasher (seeded from the operating
+/// system once per thread), hashing nothing.
+fn random_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u64)
 }
 
 /// The slots of a bucket: every element of a published bucket was written before it was
@@ -1161,7 +1179,7 @@ fn discard<M: Mapping>(bucket: reclaim::Shared<'_, Bucket<M>>) {
 impl<M: Mapping> Index<M> {
     fn new() -> Self {
         Index {
-            table: reclaim::Atomic::new(Table::with_buckets(FIRST_BUCKETS, 0)),
+            table: reclaim::Atomic::new(Table::with_buckets(FIRST_BUCKETS, 0, random_seed())),
             len: AtomicIsize::new(0),
         }
     }
@@ -1325,8 +1343,11 @@ impl<M: Mapping> Index<M> {
     fn grow(&self, table: &Table<M>, guard: &reclaim::Guard) {
         // Relaxed: only whether it is set; `help` loads it again with `Acquire`.
         if table.next.load(Ordering::Relaxed, guard).is_null() {
-            let bigger =
-                reclaim::Owned::new(Table::with_buckets(table.buckets.len() * 2, UNFILLED));
+            let bigger = reclaim::Owned::new(Table::with_buckets(
+                table.buckets.len() * 2,
+                UNFILLED,
+                table.seed,
+            ));
             // Release: the bigger table's empty, unfilled buckets, written before, are what
             // helpers see. One installer wins; a loser's table (returned in the error) drops.
             let _ = table.next.compare_exchange(
@@ -1556,6 +1577,34 @@ mod tests {
     /// first 16 buckets: a lookup never finds another file's cache (each cache only ever
     /// holds its own file's block), and once they are done the two indexes hold the same
     /// files with the same caches.
+    /// File numbers that all share one bucket under the unkeyed hash (multiples of the
+    /// inverse of its multiplier hash to 0, 1, 2, ...: the top bits are 0 at every table
+    /// size) spread over the buckets like any others under the registry's key: no bucket
+    /// holds more than a few. Without the key all of them would be in bucket 0.
+    #[test]
+    fn file_numbers_chosen_to_collide_spread_under_the_key() {
+        const INVERSE: u64 = 0xf1de_83e1_9937_733d;
+        assert_eq!(INVERSE.wrapping_mul(0x9E37_79B9_7F4A_7C15), 1);
+        let files: u64 = if cfg!(miri) { 64 } else { 4096 };
+        let caches = ExtentCaches::<BlockMapping>::new();
+        for j in 0..files {
+            caches.get_or_create(j.wrapping_mul(INVERSE));
+        }
+        let guard = reclaim::pin();
+        let index = &caches.registry.index;
+        // SAFETY: the table is never null; `guard` keeps it.
+        let table = unsafe { index.table.load(Ordering::Acquire, &guard).deref() };
+        let longest = table
+            .buckets
+            .iter()
+            // SAFETY: buckets are freed only through the epoch; `guard` keeps them.
+            .map(|b| unsafe { b.load(Ordering::Acquire, &guard).as_ref() }.map_or(0, |b| b.len()))
+            .max()
+            .unwrap_or(0);
+        assert_eq!(table.buckets.len() as u64, files.next_power_of_two());
+        assert!(longest <= 12, "a bucket of {longest} files");
+    }
+
     #[test]
     fn the_two_indexes_agree_under_concurrent_creation_lookup_and_removal() {
         const FILES: u64 = 3000;
