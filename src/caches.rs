@@ -1436,10 +1436,10 @@ impl<M: Mapping> Index<M> {
             .compare_exchange(old, next, Ordering::AcqRel, Ordering::Relaxed, guard)
             .is_ok()
         {
+            // Its buckets (frozen) are unreachable from the bigger table, which has its own
+            // copies; its `next` is the bigger table, which is not freed with it.
             // SAFETY: unlinked just now by this CAS, which only one helper wins; retired
-            // through the epoch, so helpers and readers pinned while it was current finish
-            // with it. Its buckets (frozen) are unreachable from the bigger table, which has
-            // its own copies; its `next` is the bigger table, which is not freed with it.
+            // through the epoch, so helpers and readers pinned while it was current finish.
             unsafe {
                 guard.defer_unchecked(move || {
                     let old = old.into_owned();
@@ -1573,6 +1573,35 @@ mod tests {
 
     const BLOCK: u64 = 4096;
 
+    /// The next number of a thread's xorshift sequence.
+    fn next(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// A handle the registry gave out for `f` is `f`'s cache: the file number, and only the
+    /// extents the tests put in `f`'s cache.
+    fn check_file(c: &CacheRef, f: u64) {
+        assert_eq!(c.file(), f);
+        assert!(c.iter().all(|e| e.start() == f * BLOCK), "file {f}");
+    }
+
+    /// Gets or creates `f`'s cache, puts an extent of `f`'s in it and checks the handle.
+    fn create_checked(caches: &ExtentCaches, f: u64) {
+        let c = caches.get_or_create(f);
+        let _ = c.insert(Extent::hole(f * BLOCK, BLOCK));
+        check_file(&c, f);
+    }
+
+    /// Looks `f` up and checks the handle, if there is one.
+    fn get_checked(caches: &ExtentCaches, f: u64) {
+        if let Some(c) = caches.get(f) {
+            check_file(&c, f);
+        }
+    }
+
     /// Threads create, look up and remove files at once while the hash index grows from its
     /// first 16 buckets: a lookup never finds another file's cache (each cache only ever
     /// holds its own file's block), and once they are done the two indexes hold the same
@@ -1615,30 +1644,16 @@ mod tests {
                 s.spawn(move || {
                     let mut x = 0x9E37_79B9u64 * (t + 1);
                     for _ in 0..if cfg!(miri) { 200 } else { 30_000 } {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let f = x % FILES;
-                        let check = |c: &CacheRef| {
-                            assert_eq!(c.file(), f);
-                            assert!(c.iter().all(|e| e.start() == f * BLOCK), "file {f}");
-                        };
+                        let f = next(&mut x) % FILES;
+                        let check = |c: &CacheRef| check_file(c, f);
                         match (x >> 40) % 8 {
                             0 => {
                                 if let Some(c) = caches.remove(f) {
                                     check(&c);
                                 }
                             }
-                            1..=3 => {
-                                let c = caches.get_or_create(f);
-                                let _ = c.insert(Extent::hole(f * BLOCK, BLOCK));
-                                check(&c);
-                            }
-                            _ => {
-                                if let Some(c) = caches.get(f) {
-                                    check(&c);
-                                }
-                            }
+                            1..=3 => create_checked(caches, f),
+                            _ => get_checked(caches, f),
                         }
                     }
                 });
@@ -1705,17 +1720,12 @@ mod tests {
                             let mut shared = Vec::new();
                             let mut x = 0x9E37_79B9u64 * (t + 1);
                             for i in 0..steps {
-                                x ^= x << 13;
-                                x ^= x >> 7;
-                                x ^= x << 17;
+                                next(&mut x);
                                 let own = OWN + t + 4 * (i / 2);
                                 let c = caches.get_or_create(own);
                                 let _ = c.insert(Extent::hole(own * BLOCK, BLOCK));
                                 let f = x % SAME;
-                                let check = |c: &CacheRef| {
-                                    assert_eq!(c.file(), f);
-                                    assert!(c.iter().all(|e| e.start() == f * BLOCK), "file {f}");
-                                };
+                                let check = |c: &CacheRef| check_file(c, f);
                                 match (x >> 40) % 4 {
                                     0 => {
                                         if let Some(c) = caches.remove(f) {
@@ -1725,16 +1735,8 @@ mod tests {
                                             }
                                         }
                                     }
-                                    1 => {
-                                        let c = caches.get_or_create(f);
-                                        let _ = c.insert(Extent::hole(f * BLOCK, BLOCK));
-                                        check(&c);
-                                    }
-                                    _ => {
-                                        if let Some(c) = caches.get(f) {
-                                            check(&c);
-                                        }
-                                    }
+                                    1 => create_checked(caches, f),
+                                    _ => get_checked(caches, f),
                                 }
                                 if i % 16 == 0 {
                                     let c = caches.get_or_create(SHARED + i);
