@@ -753,7 +753,7 @@ impl<M: Mapping> Store<M> {
                 bound,
                 delta,
             } => {
-                let (read, new): (Vec<_>, Vec<_>) = read
+                let (read, new): (Few<_>, Few<_>) = read
                     .into_iter()
                     .zip(new)
                     .filter(|(_, n)| n.is_some())
