@@ -1064,7 +1064,7 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        for _ in 0..2000 {
+        for _ in 0..if cfg!(miri) { 100 } else { 2000 } {
             // Starts are multiples of 4 in [0, 64): items on some, adds on others or on a
             // removed item's start.
             let items: Vec<_> = (0..16u64)
