@@ -858,42 +858,22 @@ mod tests {
         assert!(pages.iter().all(|(_, p)| p.items().len() <= shape.cap));
     }
 
+    /// The page sizes `repack` cuts `n` items into, pages of at most `cap`, at the end of the
+    /// map (`tail`) or not.
+    fn repacked_sizes(n: u64, cap: usize, tail: bool) -> Vec<usize> {
+        let items = (0..n).map(|i| item(i * 10, 1)).collect();
+        let pages = repack(items, 0, Shape::new(cap), tail, Marks::default());
+        pages.iter().map(|(_, p)| p.items().len()).collect()
+    }
+
     #[test]
     fn appending_at_the_end_leaves_full_pages_behind() {
-        let shape = Shape::new(8);
-        let items: Vec<_> = (0..30).map(|i| item(i * 10, 1)).collect();
-        let pages = repack(items, 0, shape, true, Marks::default());
-        let sizes: Vec<usize> = pages.iter().map(|(_, p)| p.items().len()).collect();
-        assert_eq!(sizes, [7, 7, 7, 7, 2]);
+        assert_eq!(repacked_sizes(30, 8, true), [7, 7, 7, 7, 2]);
         // A page that overflows at the end (an append) keeps all but the minimum: the last
         // page borrows what it needs to reach the minimum, no more.
-        let overflow = repack(
-            (0..9).map(|i| item(i * 10, 1)).collect(),
-            0,
-            Shape::new(8),
-            true,
-            Marks::default(),
-        );
-        let sizes: Vec<usize> = overflow.iter().map(|(_, p)| p.items().len()).collect();
-        assert_eq!(sizes, [7, 2]);
-        let overflow = repack(
-            (0..33).map(|i| item(i * 10, 1)).collect(),
-            0,
-            Shape::new(32),
-            true,
-            Marks::default(),
-        );
-        let sizes: Vec<usize> = overflow.iter().map(|(_, p)| p.items().len()).collect();
-        assert_eq!(sizes, [25, 8]);
-        let even = repack(
-            (0..30).map(|i| item(i * 10, 1)).collect(),
-            0,
-            shape,
-            false,
-            Marks::default(),
-        );
-        let sizes: Vec<usize> = even.iter().map(|(_, p)| p.items().len()).collect();
-        assert_eq!(sizes, [6, 6, 6, 6, 6]);
+        assert_eq!(repacked_sizes(9, 8, true), [7, 2]);
+        assert_eq!(repacked_sizes(33, 32, true), [25, 8]);
+        assert_eq!(repacked_sizes(30, 8, false), [6, 6, 6, 6, 6]);
     }
 
     #[test]

@@ -394,21 +394,14 @@ fn try_merge<M: Mapping, V: View<M> + ?Sized>(
     ov: &mut Overlay<'_, M, V>,
     item: Item<M>,
 ) -> Probe<Extent<M>> {
-    let mut cur = item;
-    if !may_merge(&cur) {
-        return Ok(cur.ext);
+    if !may_merge(&item) {
+        return Ok(item.ext);
     }
-    if let Some(prev) = ov.before(cur.ext.start())? {
-        if let Some(merged) = join(ov, &prev, &cur) {
-            cur = merged;
-        }
-    }
-    if let Some(next) = ov.after(cur.ext.start())? {
-        if let Some(merged) = join(ov, &cur, &next) {
-            cur = merged;
-        }
-    }
-    Ok(cur.ext)
+    // The item's neighbours before any merge: merging with the one before leaves the same
+    // extent next (nothing starts between the two merged extents).
+    let prev = ov.before(item.ext.start())?;
+    let next = ov.after(item.ext.start())?;
+    Ok(merge_with(ov, prev, item, next))
 }
 
 /// [`try_merge`] when the item's neighbours are known: `prev` is the last extent starting
