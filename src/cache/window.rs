@@ -59,6 +59,7 @@ impl<'g, M: Mapping> Window<'g, M> {
 
     /// A window about to read the slots `lo` to `hi`, with room for `leaves` leaves and `seen`
     /// records.
+    #[inline(always)]
     fn over(lo: Pos, hi: Pos, leaves: usize, seen: usize) -> Self {
         Window {
             leaves: Few::with_capacity(leaves),
@@ -72,8 +73,16 @@ impl<'g, M: Mapping> Window<'g, M> {
 
     /// The slots of `dir` covering `[a, b]` widened by `m`: the first, the last, and how many.
     fn range(dir: &Dir<M>, a: u64, b: u64, m: Margin) -> (Pos, Pos, usize) {
-        let lo = dir.left(dir.find(a), m.left);
-        let hi = dir.right(dir.find(b), m.right);
+        debug_assert!(a <= b, "a window runs forward");
+        let at_a = dir.find(a);
+        // Most operations fit in one slot: then `b` needs no search of its own.
+        let at_b = if dir.bound(at_a).is_none_or(|end| b < end) {
+            at_a
+        } else {
+            dir.find(b)
+        };
+        let lo = dir.left(at_a, m.left);
+        let hi = dir.right(at_b, m.right);
         (lo, hi, dir.span(lo, hi))
     }
 
