@@ -216,7 +216,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn insert(&self, ext: Extent<M>) -> Result<(), Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        self.execute(a, b, move |w| plan::insert(w, ext.clone(), false))
+        self.execute(a, b, move |w| plan::insert(w, ext, false))
             .map(drop)
     }
 
@@ -230,7 +230,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn insert_modified(&self, ext: Extent<M>) -> Result<(), Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        self.execute(a, b, move |w| plan::insert(w, ext.clone(), true))
+        self.execute(a, b, move |w| plan::insert(w, ext, true))
             .map(drop)
     }
 
@@ -259,9 +259,7 @@ impl<M: Mapping> ExtentCache<M> {
             candidate.start().min(offset),
             candidate.end().max(offset.saturating_add(1)),
         );
-        self.execute(a, b, move |w| {
-            plan::get_or_insert(w, candidate.clone(), offset)
-        })
+        self.execute(a, b, move |w| plan::get_or_insert(w, candidate, offset))
     }
 
     /// A fill ticket for `offset` (docs/semantics.md §5.1): take it before reading the mapping
@@ -318,7 +316,7 @@ impl<M: Mapping> ExtentCache<M> {
             candidate.start().min(offset),
             candidate.end().max(offset.saturating_add(1)),
         );
-        self.execute(a, b, move |w| plan::fill(w, at, candidate.clone(), offset))
+        self.execute(a, b, move |w| plan::fill(w, at, candidate, offset))
     }
 
     /// The extent containing `offset`. Never waits.
@@ -347,7 +345,7 @@ impl<M: Mapping> ExtentCache<M> {
                             return None;
                         }
                         page.touch();
-                        return Some(ext.clone());
+                        return Some(*ext);
                     }
                 }
             }
@@ -530,7 +528,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn remove(&self, ext: &Extent<M>) -> Option<Dropped> {
         let (a, b) = around(ext.start(), ext.start());
-        let ext = ext.clone();
+        let ext = *ext;
         self.execute(a, b, move |w| plan::remove(w, &ext))
             .unwrap_or(None)
     }
@@ -550,8 +548,8 @@ impl<M: Mapping> ExtentCache<M> {
             cur.start().min(new.start()).saturating_sub(1),
             cur.end().max(new.end()),
         );
-        let cur = cur.clone();
-        self.execute(a, b, move |w| plan::replace(w, &cur, new.clone(), modified))
+        let cur = *cur;
+        self.execute(a, b, move |w| plan::replace(w, &cur, new, modified))
             .map(drop)
     }
 
@@ -631,7 +629,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn replace_range(&self, new: Extent<M>, modified: bool) -> Result<(), Error<M>> {
         let (a, b) = around(new.start().saturating_sub(1), new.end());
-        self.execute(a, b, move |w| plan::replace_range(w, new.clone(), modified))
+        self.execute(a, b, move |w| plan::replace_range(w, new, modified))
             .map(drop)
     }
 
@@ -697,7 +695,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// ```
     pub fn clear_logging(&self, ext: &Extent<M>) -> Result<Extent<M>, Error<M>> {
         let (a, b) = around(ext.start().saturating_sub(1), ext.end());
-        let ext = ext.clone();
+        let ext = *ext;
         self.execute(a, b, move |w| plan::clear_logging(w, &ext))
     }
 

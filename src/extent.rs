@@ -215,6 +215,12 @@ impl fmt::Debug for Flags {
 /// and whether (and how) it joins a mapping that directly follows it. [`BlockMapping`], the
 /// btrfs description, is the default; a database can map ranges to its own page or segment ids.
 ///
+/// A mapping is plain data (`Copy`): where the bytes are, not something that owns them. The
+/// cache stores extents in pages of a few dozen and rebuilds a page on every change, copying
+/// the extents that stay as one block; with `Copy` that copy runs no user code, cannot panic
+/// half-way and leaves nothing to drop in the old page. A payload that owns memory (a buffer,
+/// an `Arc`) belongs in a table of the application's, with its key in the mapping.
+///
 /// # Cutting
 ///
 /// Maps cut extents in two places: `drop_range` (and `replace_range`) keep the parts of an
@@ -270,7 +276,7 @@ impl fmt::Debug for Flags {
 /// let got = map.get_or_insert(e, 6000).unwrap();
 /// assert_eq!((got.start(), got.end()), (0, 8192));
 /// ```
-pub trait Mapping: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
+pub trait Mapping: Copy + fmt::Debug + PartialEq + Send + Sync + 'static {
     /// Checks that this mapping is well formed for the extent `[start, start + len)`.
     /// `len > 0` is already checked. Returns a short reason when it is not.
     ///
@@ -306,7 +312,7 @@ pub trait Mapping: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
     /// ```
     fn front(&self, len: u64) -> Option<Self> {
         let _ = len;
-        Some(self.clone())
+        Some(*self)
     }
 
     /// Whether this mapping may take part in a merge at all (btrfs: not when compressed).
@@ -993,12 +999,12 @@ impl<M: Mapping> Extent<M> {
             return None;
         }
         if s == self.start && e == self.end() {
-            return Some(self.clone());
+            return Some(*self);
         }
         let mapping = if s > self.start {
             self.mapping.skip(s - self.start)?
         } else {
-            self.mapping.clone()
+            self.mapping
         };
         let mapping = if e < self.end() {
             mapping.front(e - s)?

@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Flags, Location, Mapping};
 
 /// An extent as a map holds it: the value and its membership of the modified set.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Item<M> {
     pub(crate) ext: Extent<M>,
     pub(crate) modified: bool,
@@ -215,7 +215,7 @@ impl<'v, M: Mapping, V: View<M> + ?Sized> Overlay<'v, M, V> {
         if let Some(pos) = self.added.iter().position(|a| a.ext.start() == start) {
             self.added.remove(pos);
         } else {
-            self.removed.push(item.clone());
+            self.removed.push(*item);
         }
     }
 
@@ -248,11 +248,7 @@ impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
         }
         let added = self.added.iter().rev().find(|a| a.ext.start() <= off);
         Ok(match (base, added) {
-            (Some(b), Some(a)) => Some(if a.ext.start() > b.ext.start() {
-                a.clone()
-            } else {
-                b
-            }),
+            (Some(b), Some(a)) => Some(if a.ext.start() > b.ext.start() { *a } else { b }),
             (b, a) => b.or_else(|| a.cloned()),
         })
     }
@@ -267,11 +263,7 @@ impl<M: Mapping, V: View<M> + ?Sized> View<M> for Overlay<'_, M, V> {
         }
         let added = self.added.iter().find(|a| a.ext.start() > off);
         Ok(match (base, added) {
-            (Some(b), Some(a)) => Some(if a.ext.start() < b.ext.start() {
-                a.clone()
-            } else {
-                b
-            }),
+            (Some(b), Some(a)) => Some(if a.ext.start() < b.ext.start() { *a } else { b }),
             (b, a) => b.or_else(|| a.cloned()),
         })
     }
@@ -441,7 +433,7 @@ fn join<M: Mapping, V: View<M> + ?Sized>(
     };
     ov.remove(left);
     ov.remove(right);
-    ov.add(merged.clone());
+    ov.add(merged);
     Some(merged)
 }
 
@@ -457,7 +449,7 @@ fn insert_into<M: Mapping, V: View<M> + ?Sized>(
         return Err(Error::exists(ext, x.ext).into());
     }
     let item = Item { ext, modified };
-    ov.add(item.clone());
+    ov.add(item);
     if modified {
         return Ok(item.ext);
     }
@@ -528,7 +520,7 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
     let prev = ov.at_or_before(offset)?;
     // Step 3 (and step 5's first half): an extent already covers the offset: it is the answer.
     if let Some(existing) = prev.as_ref().filter(|i| i.ext.contains(offset)) {
-        let answer = existing.ext.clone();
+        let answer = existing.ext;
         return done(ov, answer);
     }
     if !candidate.contains(offset) {
@@ -566,7 +558,7 @@ pub(crate) fn get_or_insert<M: Mapping, V: View<M> + ?Sized>(
         ext: fitted,
         modified: false,
     };
-    ov.add(item.clone());
+    ov.add(item);
     let answer = merge_with(&mut ov, prev, item, next);
     done(ov, answer)
 }
@@ -942,7 +934,7 @@ pub(crate) fn unpin<M: Mapping, V: View<M> + ?Sized>(
             .with_flags_changed(Flags::empty(), Flags::PINNED),
         modified: item.modified,
     };
-    ov.add(new.clone());
+    ov.add(new);
     let answer = if new.modified {
         new.ext
     } else {
@@ -963,7 +955,7 @@ pub(crate) fn take_for_logging<M: Mapping, V: View<M> + ?Sized>(
             ov.remove(&item);
             let logged = item.ext.with_flags_changed(Flags::LOGGING, Flags::empty());
             ov.add(Item {
-                ext: logged.clone(),
+                ext: logged,
                 modified: false,
             });
             done(ov, Some(logged))
@@ -987,7 +979,7 @@ pub(crate) fn clear_logging<M: Mapping, V: View<M> + ?Sized>(
         ext: item.ext.with_flags_changed(Flags::empty(), Flags::LOGGING),
         modified: item.modified,
     };
-    ov.add(new.clone());
+    ov.add(new);
     let answer = if new.modified {
         new.ext
     } else {

@@ -107,7 +107,7 @@ impl Fills {
 
 impl<M: Mapping> View<M> for ExtentMap<M> {
     fn at_or_before(&self, off: u64) -> Probe<Option<Item<M>>> {
-        Ok(self.items.range(..=off).next_back().map(|(_, i)| i.clone()))
+        Ok(self.items.range(..=off).next_back().map(|(_, i)| *i))
     }
 
     fn after(&self, off: u64) -> Probe<Option<Item<M>>> {
@@ -115,7 +115,7 @@ impl<M: Mapping> View<M> for ExtentMap<M> {
             .items
             .range((Bound::Excluded(off), Bound::Unbounded))
             .next()
-            .map(|(_, i)| i.clone()))
+            .map(|(_, i)| *i))
     }
 
     fn removed_since(&self, ticket: u64, start: u64, end: u64) -> Probe<bool> {
@@ -611,7 +611,7 @@ impl<M: Mapping> ExtentMap<M> {
         self.items
             .values()
             .filter(|i| i.modified)
-            .map(|i| i.ext.clone())
+            .map(|i| i.ext)
             .collect()
     }
 
@@ -693,7 +693,7 @@ impl<M: Mapping> ExtentMap<M> {
     /// assert_eq!(map.first().unwrap().start(), 8192);
     /// ```
     pub fn first(&self) -> Option<Extent<M>> {
-        self.items.values().next().map(|i| i.ext.clone())
+        self.items.values().next().map(|i| i.ext)
     }
 
     /// The last extent (the highest start).
@@ -706,7 +706,7 @@ impl<M: Mapping> ExtentMap<M> {
     /// assert_eq!(map.last().unwrap().start(), 8192);
     /// ```
     pub fn last(&self) -> Option<Extent<M>> {
-        self.items.values().next_back().map(|i| i.ext.clone())
+        self.items.values().next_back().map(|i| i.ext)
     }
 
     /// Removes every extent (and empties the modified set): `drop_range(0, u64::MAX, false)`,
@@ -733,10 +733,7 @@ impl<M: Mapping> ExtentMap<M> {
     /// assert_eq!(map.entries(), vec![(Extent::hole(0, 1), true)]);
     /// ```
     pub fn entries(&self) -> Vec<(Extent<M>, bool)> {
-        self.items
-            .values()
-            .map(|i| (i.ext.clone(), i.modified))
-            .collect()
+        self.items.values().map(|i| (i.ext, i.modified)).collect()
     }
 }
 
@@ -1111,13 +1108,13 @@ impl<M: Mapping> Iterator for Iter<'_, M> {
     type Item = Extent<M>;
 
     fn next(&mut self) -> Option<Extent<M>> {
-        self.items.next().map(|(_, i)| i.ext.clone())
+        self.items.next().map(|(_, i)| i.ext)
     }
 }
 
 impl<M: Mapping> DoubleEndedIterator for Iter<'_, M> {
     fn next_back(&mut self) -> Option<Extent<M>> {
-        self.items.next_back().map(|(_, i)| i.ext.clone())
+        self.items.next_back().map(|(_, i)| i.ext)
     }
 }
 

@@ -1737,7 +1737,7 @@ fn len_clear_is_empty() {
 }
 
 /// A mapping far larger than the error may be.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Wide([u64; 16]);
 
 impl extent_cache::Mapping for Wide {
@@ -1745,7 +1745,7 @@ impl extent_cache::Mapping for Wide {
         Ok(())
     }
     fn skip(&self, _by: u64) -> Option<Self> {
-        Some(self.clone())
+        Some(*self)
     }
     fn merge(&self, _len: u64, _next: &Self, _next_len: u64) -> Option<Self> {
         None

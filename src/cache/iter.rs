@@ -208,7 +208,7 @@ impl<'c, M: Mapping> Iter<'c, M> {
                     }
                     if wanted(self, item) {
                         self.floor = item.ext.end();
-                        self.front.push_back(item.clone());
+                        self.front.push_back(*item);
                     }
                 }
             }
@@ -219,7 +219,7 @@ impl<'c, M: Mapping> Iter<'c, M> {
                     }
                     if wanted(self, item) {
                         self.ceiling = item.ext.start();
-                        self.back.push_front(item.clone());
+                        self.back.push_front(*item);
                     }
                 }
             }

@@ -239,7 +239,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
                 items.len()
             };
             if n > 0 {
-                return Ok(Some(items[n - 1].clone()));
+                return Ok(Some(items[n - 1]));
             }
         }
         if self.leaves[0].key == 0 {
@@ -257,7 +257,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
             let items = leaf.page.items();
             let n = if q == p { leaf.page.upto(off) } else { 0 };
             if n < items.len() {
-                return Ok(Some(items[n].clone()));
+                return Ok(Some(items[n]));
             }
         }
         if self.bound().is_none() {
@@ -321,7 +321,7 @@ impl<M: Mapping> View<M> for OnePage<'_, M> {
         match l.page.upto(off) {
             0 if l.key == 0 => Ok(None),
             0 => Err(plan::Edge),
-            n => Ok(Some(l.page.items()[n - 1].clone())),
+            n => Ok(Some(l.page.items()[n - 1])),
         }
     }
 
@@ -332,7 +332,7 @@ impl<M: Mapping> View<M> for OnePage<'_, M> {
         }
         let n = l.page.upto(off);
         match l.page.items().get(n) {
-            Some(i) => Ok(Some(i.clone())),
+            Some(i) => Ok(Some(*i)),
             None if l.bound.is_none() => Ok(None),
             None => Err(plan::Edge),
         }
