@@ -569,21 +569,24 @@ pub(crate) fn rebuild<M: Mapping>(
         change.remove.len(),
         "every removed item lies in the window"
     );
-    let in_place = |edits: Few<Option<Edit<'_, M>>>| {
+    let in_place = |edits: &[Option<Edit<'_, M>>]| {
         let slots = parts
             .iter()
             .zip(edits)
-            .map(|(part, edit)| edit.map(|e| NewPage::edited(part.items, e.remove, e.add, e.marks)))
+            .map(|(part, edit)| {
+                edit.as_ref()
+                    .map(|e| NewPage::edited(part.items, e.remove, e.add, e.marks))
+            })
             .collect();
         Ok(Rebuilt::InPlace(slots))
     };
     if !overflow && !underflow {
-        return in_place(edits);
+        return in_place(&edits);
     }
     if !overflow && parts.len() == 1 {
         // A small page with no neighbour in the window: keep it if it is the only page,
         // else ask for the neighbours to merge with.
-        return if whole { in_place(edits) } else { Err(Widen) };
+        return if whole { in_place(&edits) } else { Err(Widen) };
     }
     let n = parts
         .iter()

@@ -157,7 +157,9 @@ enum Prepared<M, R> {
 }
 
 /// Plans `f` on `w` (read from `dir`) and rebuilds the window's pages. Widens `m` when the
-/// plan or the rebuild needs more of the map.
+/// plan or the rebuild needs more of the map. Inlined, so that the change is built where the
+/// caller keeps it rather than copied there.
+#[inline(always)]
 fn prepare<M: Mapping, R>(
     store: &Store<M>,
     w: &Window<'_, M>,
