@@ -590,7 +590,7 @@ impl<M: Mapping> ExtentCaches<M> {
     /// ```
     pub fn remove(&self, file: u64) -> Option<CacheRef<M>> {
         let r = &self.registry;
-        let guard = reclaim::pin();
+        let guard = r.index.pin();
         // The hash index says which files the registry has: the file is gone once this CAS
         // is in (see `Registry::create` for the skip list).
         let cache = r.index.remove(file, &guard)?;
@@ -820,7 +820,7 @@ impl<M: Mapping> Registry<M> {
     /// creation got to the skip list leaves when that creation checks (below).
     #[cold]
     fn create(&self, file: u64) -> CacheRef<M> {
-        let guard = reclaim::pin();
+        let guard = self.index.pin();
         let (cache, added) = self.index.get_or_insert(
             file,
             || Arc::new(ExtentCache::in_books(self.books.clone())),
@@ -1006,8 +1006,8 @@ impl<M: Mapping> File<M> {
 // ---------------------------------------------------------------------------------------------
 // The hash index of files.
 
-/// Buckets of a new index.
-const FIRST_BUCKETS: usize = 16;
+/// Buckets of a new index: 2 under loom, so that a model's third file doubles the table.
+const FIRST_BUCKETS: usize = if cfg!(loom) { 2 } else { 16 };
 
 /// The tag of a frozen bucket of a table being grown: set once by CAS, never cleared, and no
 /// writer changes a bucket that has it (its contents are final and still right for readers).
@@ -1059,8 +1059,11 @@ struct Index<M: Mapping> {
     /// Files in the index: each insertion adds one after its CAS, each removal takes one off
     /// after its CAS (`Relaxed`: a count, exact when no writer is in flight; it may dip below
     /// zero while a removal's decrement overtakes its file's insertion's increment, so it is
-    /// signed).
-    len: AtomicIsize,
+    /// signed). Loom's under loom, like the pointers.
+    len: crate::sync::AtomicIsize,
+    /// Where the index's guards come from (nothing in a normal build: crossbeam-epoch's
+    /// global collector; under loom, what the index retired, kept until its drop).
+    domain: reclaim::Domain,
 }
 
 /// One version of the index's table.
@@ -1124,13 +1127,23 @@ impl<M: Mapping> Table<M> {
     /// consecutive and strided file numbers spread alike.
     #[inline]
     fn bucket(&self, file: u64) -> usize {
-        ((file ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        bucket_by(file, self.seed, self.shift)
     }
 }
 
+/// The bucket of `file` in a table of `2^(64 - shift)` buckets keyed by `seed`.
+#[inline]
+fn bucket_by(file: u64, seed: u64, shift: u32) -> usize {
+    ((file ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+}
+
 /// A random key for a new index: std's randomly keyed hasher (seeded from the operating
-/// system once per thread), hashing nothing.
+/// system once per thread), hashing nothing. 0 under loom: a model runs the same code in every
+/// execution, and chooses its files by their buckets (`for_models::bucket`).
 fn random_seed() -> u64 {
+    if cfg!(loom) {
+        return 0;
+    }
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0u64)
 }
@@ -1180,14 +1193,21 @@ impl<M: Mapping> Index<M> {
     fn new() -> Self {
         Index {
             table: reclaim::Atomic::new(Table::with_buckets(FIRST_BUCKETS, 0, random_seed())),
-            len: AtomicIsize::new(0),
+            len: crate::sync::AtomicIsize::new(0),
+            domain: reclaim::Domain::new(),
         }
+    }
+
+    /// Pins the current thread for a read or a change of the index.
+    #[inline]
+    fn pin(&self) -> reclaim::Guard {
+        self.domain.pin()
     }
 
     /// The cache of `file`, with a count of its own. No lock, no write to the index.
     #[inline]
     fn get(&self, file: u64) -> Option<Arc<ExtentCache<M>>> {
-        let guard = reclaim::pin();
+        let guard = self.pin();
         // Acquire, here and for the bucket: what the writer wrote before publishing.
         // SAFETY: the table is never null, and is freed only through the epoch after a new
         // one replaced it: `guard` keeps the one loaded.
@@ -1619,8 +1639,8 @@ mod tests {
         for j in 0..files {
             caches.get_or_create(j.wrapping_mul(INVERSE));
         }
-        let guard = reclaim::pin();
         let index = &caches.registry.index;
+        let guard = index.pin();
         // SAFETY: the table is never null; `guard` keeps it.
         let table = unsafe { index.table.load(Ordering::Acquire, &guard).deref() };
         let longest = table
