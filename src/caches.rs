@@ -1519,6 +1519,90 @@ impl<M: Mapping> Drop for Index<M> {
     }
 }
 
+/// What the loom models (`src/loom_models.rs`) drive: the hash index alone, holding plain
+/// caches (no registry, no books), and the checks they make of it once their threads are done.
+#[cfg(all(test, loom))]
+pub(crate) mod for_models {
+    use super::*;
+
+    /// An index of files whose caches are plain [`ExtentCache`]s.
+    pub(crate) struct Files(Index<BlockMapping>);
+
+    impl Files {
+        /// An empty index of [`FIRST_BUCKETS`] buckets.
+        pub(crate) fn new() -> Self {
+            Files(Index::new())
+        }
+
+        /// `get_or_insert` of `file` with a new, empty cache: the file's cache, and whether
+        /// this call added it.
+        pub(crate) fn create(&self, file: u64) -> (Arc<ExtentCache>, bool) {
+            let guard = self.0.pin();
+            self.0
+                .get_or_insert(file, || Arc::new(ExtentCache::new()), &guard)
+        }
+
+        /// `remove`: the removed cache, for the one call whose CAS took it out.
+        pub(crate) fn remove(&self, file: u64) -> Option<Arc<ExtentCache>> {
+            let guard = self.0.pin();
+            self.0.remove(file, &guard)
+        }
+
+        /// `get`.
+        pub(crate) fn get(&self, file: u64) -> Option<Arc<ExtentCache>> {
+            self.0.get(file)
+        }
+
+        /// `holds`.
+        pub(crate) fn holds(&self, file: u64, cache: &Arc<ExtentCache>) -> bool {
+            let guard = self.0.pin();
+            self.0.holds(file, cache, &guard)
+        }
+
+        /// The `len` counter as it is (signed).
+        pub(crate) fn len(&self) -> isize {
+            self.0.len.load(Ordering::Relaxed)
+        }
+
+        /// The files of the current table, bucket by bucket, once no thread is in flight,
+        /// checking that every growth was seen through: the table is not being grown, no
+        /// bucket of it is frozen or unfilled, and each holds its own files in file order.
+        pub(crate) fn settled(&self) -> Vec<Vec<u64>> {
+            let guard = self.0.pin();
+            let table = self.0.current(&guard);
+            assert!(
+                table.next.load(Ordering::Acquire, &guard).is_null(),
+                "a growth of the current table was left half done"
+            );
+            let mut buckets = Vec::new();
+            for (i, at) in table.buckets.iter().enumerate() {
+                let b = at.load(Ordering::Acquire, &guard);
+                assert_eq!(
+                    b.tag(),
+                    0,
+                    "bucket {i} of the current table is still tagged"
+                );
+                let files: Vec<u64> = slots_at(b).iter().map(|s| s.file).collect();
+                assert!(
+                    files.iter().all(|&f| table.bucket(f) == i),
+                    "bucket {i} holds another bucket's file: {files:?}"
+                );
+                assert!(
+                    files.windows(2).all(|w| w[0] < w[1]),
+                    "bucket {i} is not in file order: {files:?}"
+                );
+                buckets.push(files);
+            }
+            buckets
+        }
+    }
+
+    /// The bucket of `file` in a table of `buckets` buckets (the key is 0 under loom).
+    pub(crate) fn bucket(file: u64, buckets: usize) -> usize {
+        bucket_by(file, random_seed(), 64 - buckets.trailing_zeros())
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handles.
 
