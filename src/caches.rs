@@ -1431,6 +1431,12 @@ impl<M: Mapping> Index<M> {
                     .copied()
                     .collect();
                 let new = bucket_of(&part, guard);
+                if cfg!(extent_cache_broken = "plain_fill") {
+                    // Broken on purpose: a helper that computed the contents before another
+                    // helper filled the bucket and a writer changed it overwrites the change.
+                    t.store(new, Ordering::Release);
+                    continue;
+                }
                 // AcqRel on success: Release publishes the slots; on failure (another helper
                 // filled it with the same contents, which writers may have changed since)
                 // Acquire, for the table pointer's `Release` below.
@@ -1451,9 +1457,17 @@ impl<M: Mapping> Index<M> {
         // another: make it current. Release: a reader or writer that loads it with `Acquire`
         // sees it filled. Fails when another helper did it (or the table has moved on since).
         let old = reclaim::Shared::from(table as *const Table<M>);
+        // Broken on purpose (`relaxed_swap`): without `Release` here, a thread that loads the
+        // bigger table may read it unfilled, even its atomics before their creation (x86 never
+        // shows it; loom does).
+        let swap = if cfg!(extent_cache_broken = "relaxed_swap") {
+            Ordering::Relaxed
+        } else {
+            Ordering::AcqRel
+        };
         if self
             .table
-            .compare_exchange(old, next, Ordering::AcqRel, Ordering::Relaxed, guard)
+            .compare_exchange(old, next, swap, Ordering::Relaxed, guard)
             .is_ok()
         {
             // Its buckets (frozen) are unreachable from the bigger table, which has its own

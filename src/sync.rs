@@ -61,9 +61,11 @@ pub(crate) mod shared {
 /// and what each `Ordering` lets a load return. There is no epoch: a [`Guard`] is a handle on
 /// its [`Domain`], and what is retired through it waits in the domain until the domain is
 /// dropped (with the structure that owns it), so no model can free an object another thread
-/// still reads. What loom does not see: the objects' own memory (a bucket's slots, a table's
-/// fields) is not loom's, so loom checks which pointer and tag each ordering lets a load
-/// return, not that the contents written before a publication are seen after it.
+/// still reads. Loom checks which pointer and tag each ordering lets a load return, and that
+/// an object holding loom atomics (a table's buckets) is published before another thread uses
+/// them: loom reports an access to an atomic whose creation does not happen before it. What it
+/// does not see is plain memory: that a bucket's slots written before its publication are
+/// read after it.
 #[cfg(loom)]
 pub(crate) mod tagged {
     use core::marker::PhantomData;
