@@ -590,7 +590,7 @@ impl<M: Mapping> ExtentCaches<M> {
     /// ```
     pub fn remove(&self, file: u64) -> Option<CacheRef<M>> {
         let r = &self.registry;
-        let guard = reclaim::pin();
+        let guard = r.index.pin();
         // The hash index says which files the registry has: the file is gone once this CAS
         // is in (see `Registry::create` for the skip list).
         let cache = r.index.remove(file, &guard)?;
@@ -820,7 +820,7 @@ impl<M: Mapping> Registry<M> {
     /// creation got to the skip list leaves when that creation checks (below).
     #[cold]
     fn create(&self, file: u64) -> CacheRef<M> {
-        let guard = reclaim::pin();
+        let guard = self.index.pin();
         let (cache, added) = self.index.get_or_insert(
             file,
             || Arc::new(ExtentCache::in_books(self.books.clone())),
@@ -1006,8 +1006,8 @@ impl<M: Mapping> File<M> {
 // ---------------------------------------------------------------------------------------------
 // The hash index of files.
 
-/// Buckets of a new index.
-const FIRST_BUCKETS: usize = 16;
+/// Buckets of a new index: 2 under loom, so that a model's third file doubles the table.
+const FIRST_BUCKETS: usize = if cfg!(loom) { 2 } else { 16 };
 
 /// The tag of a frozen bucket of a table being grown: set once by CAS, never cleared, and no
 /// writer changes a bucket that has it (its contents are final and still right for readers).
@@ -1059,8 +1059,11 @@ struct Index<M: Mapping> {
     /// Files in the index: each insertion adds one after its CAS, each removal takes one off
     /// after its CAS (`Relaxed`: a count, exact when no writer is in flight; it may dip below
     /// zero while a removal's decrement overtakes its file's insertion's increment, so it is
-    /// signed).
-    len: AtomicIsize,
+    /// signed). Loom's under loom, like the pointers.
+    len: crate::sync::AtomicIsize,
+    /// Where the index's guards come from (nothing in a normal build: crossbeam-epoch's
+    /// global collector; under loom, what the index retired, kept until its drop).
+    domain: reclaim::Domain,
 }
 
 /// One version of the index's table.
@@ -1124,13 +1127,23 @@ impl<M: Mapping> Table<M> {
     /// consecutive and strided file numbers spread alike.
     #[inline]
     fn bucket(&self, file: u64) -> usize {
-        ((file ^ self.seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        bucket_by(file, self.seed, self.shift)
     }
 }
 
+/// The bucket of `file` in a table of `2^(64 - shift)` buckets keyed by `seed`.
+#[inline]
+fn bucket_by(file: u64, seed: u64, shift: u32) -> usize {
+    ((file ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+}
+
 /// A random key for a new index: std's randomly keyed hasher (seeded from the operating
-/// system once per thread), hashing nothing.
+/// system once per thread), hashing nothing. 0 under loom: a model runs the same code in every
+/// execution, and chooses its files by their buckets (`for_models::bucket`).
 fn random_seed() -> u64 {
+    if cfg!(loom) {
+        return 0;
+    }
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0u64)
 }
@@ -1180,14 +1193,21 @@ impl<M: Mapping> Index<M> {
     fn new() -> Self {
         Index {
             table: reclaim::Atomic::new(Table::with_buckets(FIRST_BUCKETS, 0, random_seed())),
-            len: AtomicIsize::new(0),
+            len: crate::sync::AtomicIsize::new(0),
+            domain: reclaim::Domain::new(),
         }
+    }
+
+    /// Pins the current thread for a read or a change of the index.
+    #[inline]
+    fn pin(&self) -> reclaim::Guard {
+        self.domain.pin()
     }
 
     /// The cache of `file`, with a count of its own. No lock, no write to the index.
     #[inline]
     fn get(&self, file: u64) -> Option<Arc<ExtentCache<M>>> {
-        let guard = reclaim::pin();
+        let guard = self.pin();
         // Acquire, here and for the bucket: what the writer wrote before publishing.
         // SAFETY: the table is never null, and is freed only through the epoch after a new
         // one replaced it: `guard` keeps the one loaded.
@@ -1411,6 +1431,12 @@ impl<M: Mapping> Index<M> {
                     .copied()
                     .collect();
                 let new = bucket_of(&part, guard);
+                if cfg!(extent_cache_broken = "plain_fill") {
+                    // Broken on purpose: a helper that computed the contents before another
+                    // helper filled the bucket and a writer changed it overwrites the change.
+                    t.store(new, Ordering::Release);
+                    continue;
+                }
                 // AcqRel on success: Release publishes the slots; on failure (another helper
                 // filled it with the same contents, which writers may have changed since)
                 // Acquire, for the table pointer's `Release` below.
@@ -1431,9 +1457,17 @@ impl<M: Mapping> Index<M> {
         // another: make it current. Release: a reader or writer that loads it with `Acquire`
         // sees it filled. Fails when another helper did it (or the table has moved on since).
         let old = reclaim::Shared::from(table as *const Table<M>);
+        // Broken on purpose (`relaxed_swap`): without `Release` here, a thread that loads the
+        // bigger table may read it unfilled, even its atomics before their creation (x86 never
+        // shows it; loom does).
+        let swap = if cfg!(extent_cache_broken = "relaxed_swap") {
+            Ordering::Relaxed
+        } else {
+            Ordering::AcqRel
+        };
         if self
             .table
-            .compare_exchange(old, next, Ordering::AcqRel, Ordering::Relaxed, guard)
+            .compare_exchange(old, next, swap, Ordering::Relaxed, guard)
             .is_ok()
         {
             // Its buckets (frozen) are unreachable from the bigger table, which has its own
@@ -1496,6 +1530,90 @@ impl<M: Mapping> Drop for Index<M> {
                 }
             }
         }
+    }
+}
+
+/// What the loom models (`src/loom_models.rs`) drive: the hash index alone, holding plain
+/// caches (no registry, no books), and the checks they make of it once their threads are done.
+#[cfg(all(test, loom))]
+pub(crate) mod for_models {
+    use super::*;
+
+    /// An index of files whose caches are plain [`ExtentCache`]s.
+    pub(crate) struct Files(Index<BlockMapping>);
+
+    impl Files {
+        /// An empty index of [`FIRST_BUCKETS`] buckets.
+        pub(crate) fn new() -> Self {
+            Files(Index::new())
+        }
+
+        /// `get_or_insert` of `file` with a new, empty cache: the file's cache, and whether
+        /// this call added it.
+        pub(crate) fn create(&self, file: u64) -> (Arc<ExtentCache>, bool) {
+            let guard = self.0.pin();
+            self.0
+                .get_or_insert(file, || Arc::new(ExtentCache::new()), &guard)
+        }
+
+        /// `remove`: the removed cache, for the one call whose CAS took it out.
+        pub(crate) fn remove(&self, file: u64) -> Option<Arc<ExtentCache>> {
+            let guard = self.0.pin();
+            self.0.remove(file, &guard)
+        }
+
+        /// `get`.
+        pub(crate) fn get(&self, file: u64) -> Option<Arc<ExtentCache>> {
+            self.0.get(file)
+        }
+
+        /// `holds`.
+        pub(crate) fn holds(&self, file: u64, cache: &Arc<ExtentCache>) -> bool {
+            let guard = self.0.pin();
+            self.0.holds(file, cache, &guard)
+        }
+
+        /// The `len` counter as it is (signed).
+        pub(crate) fn len(&self) -> isize {
+            self.0.len.load(Ordering::Relaxed)
+        }
+
+        /// The files of the current table, bucket by bucket, once no thread is in flight,
+        /// checking that every growth was seen through: the table is not being grown, no
+        /// bucket of it is frozen or unfilled, and each holds its own files in file order.
+        pub(crate) fn settled(&self) -> Vec<Vec<u64>> {
+            let guard = self.0.pin();
+            let table = self.0.current(&guard);
+            assert!(
+                table.next.load(Ordering::Acquire, &guard).is_null(),
+                "a growth of the current table was left half done"
+            );
+            let mut buckets = Vec::new();
+            for (i, at) in table.buckets.iter().enumerate() {
+                let b = at.load(Ordering::Acquire, &guard);
+                assert_eq!(
+                    b.tag(),
+                    0,
+                    "bucket {i} of the current table is still tagged"
+                );
+                let files: Vec<u64> = slots_at(b).iter().map(|s| s.file).collect();
+                assert!(
+                    files.iter().all(|&f| table.bucket(f) == i),
+                    "bucket {i} holds another bucket's file: {files:?}"
+                );
+                assert!(
+                    files.windows(2).all(|w| w[0] < w[1]),
+                    "bucket {i} is not in file order: {files:?}"
+                );
+                buckets.push(files);
+            }
+            buckets
+        }
+    }
+
+    /// The bucket of `file` in a table of `buckets` buckets (the key is 0 under loom).
+    pub(crate) fn bucket(file: u64, buckets: usize) -> usize {
+        bucket_by(file, random_seed(), 64 - buckets.trailing_zeros())
     }
 }
 
@@ -1619,8 +1737,8 @@ mod tests {
         for j in 0..files {
             caches.get_or_create(j.wrapping_mul(INVERSE));
         }
-        let guard = reclaim::pin();
         let index = &caches.registry.index;
+        let guard = index.pin();
         // SAFETY: the table is never null; `guard` keeps it.
         let table = unsafe { index.table.load(Ordering::Acquire, &guard).deref() };
         let longest = table

@@ -1,4 +1,5 @@
-//! Model-checked interleavings of the commit protocol (`RUSTFLAGS="--cfg loom"`).
+//! Model-checked interleavings of the commit protocol and of the registry's hash index
+//! (`RUSTFLAGS="--cfg loom"`).
 //!
 //! Each model runs two or three threads on a small cache and asserts the spec's guarantees —
 //! not just "no panic": answers cover their offsets, misses never appear for offsets that stay
@@ -9,6 +10,9 @@
 //! Everything is the real code — directory, slot words, descriptors, claims, helping, the
 //! directory swap — except the epoch, whose stand-in frees nothing before the cache is dropped.
 //! Most models use pages of two extents, so that a change spans pages, splits or merges them.
+//! The models of the hash index (at the end) run the registry's `Index` itself — buckets,
+//! freezing, filling, the table swap — on `sync::tagged`'s pointers, whose stand-in epoch frees
+//! nothing before the index is dropped.
 
 use loom::thread;
 
@@ -669,5 +673,240 @@ fn loom_an_answer_that_changes_nothing_holds_at_one_instant() {
             "an answer that changes nothing held at no instant: {got:?}"
         );
         assert_no_overlap(&cache);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry's hash index (`Index` in src/caches.rs). Under loom a new index has two buckets
+// and the key 0, so a third file doubles the table, and a model chooses its files by bucket.
+// Every model checks at the end that every growth was seen through (`Files::settled`: no
+// bucket of the current table frozen or unfilled, each holding its own files in order), that
+// `len` counts the files, and, once the index is dropped, that each cache is held by the
+// model's handle alone: the index gave back exactly the counts it took.
+
+use crate::caches::for_models::{Files, bucket};
+
+/// The first file number from 1, not one of `taken`, whose buckets in tables of 2 and of 4
+/// buckets are `in_two` and `in_four` (`None`: any).
+fn file_in(in_two: usize, in_four: Option<usize>, taken: &[u64]) -> u64 {
+    (1..)
+        .find(|&f| {
+            bucket(f, 2) == in_two
+                && in_four.is_none_or(|b| bucket(f, 4) == b)
+                && !taken.contains(&f)
+        })
+        .unwrap()
+}
+
+/// A model's index. A model that fails leaks it instead of dropping it: a lost change can leave
+/// in the index a count of a cache that a removal gave back too, and dropping the index would
+/// free the cache twice and crash before the failure is reported.
+struct Kept(Option<Arc<Files>>);
+
+impl core::ops::Deref for Kept {
+    type Target = Arc<Files>;
+
+    fn deref(&self) -> &Arc<Files> {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
+/// One file of each bucket of the first table, both created: the table is full, and the next
+/// creation doubles it.
+fn full_index() -> (Kept, [(u64, std::sync::Arc<ExtentCache>); 2]) {
+    let files = Kept(Some(Arc::new(Files::new())));
+    let both = [0, 1].map(|b| {
+        let f = file_in(b, None, &[]);
+        let (cache, added) = files.create(f);
+        assert!(added);
+        (f, cache)
+    });
+    (files, both)
+}
+
+/// The files of a settled index, in file order.
+fn all_files(files: &Files) -> Vec<u64> {
+    let mut all: Vec<u64> = files.settled().concat();
+    all.sort_unstable();
+    all
+}
+
+/// Drops the index (and what it retired), then checks that every cache in `handles` is held by
+/// its handle alone.
+fn drop_and_check_counts(mut files: Kept, handles: &[&std::sync::Arc<ExtentCache>]) {
+    let files = files.0.take().unwrap();
+    drop(Arc::try_unwrap(files).ok().expect("the threads are done"));
+    for h in handles {
+        assert_eq!(
+            std::sync::Arc::strong_count(h),
+            1,
+            "a count of a cache was kept or given back twice"
+        );
+    }
+}
+
+//   before:  P (bucket 0) and Q (bucket 1): the table of two buckets is full
+//   T1:      create(A)     A third file: doubles the table (or helps the other's doubling)
+//   T2:      create(B)     a fourth: meets the growth (a frozen bucket, or a CAS that fails on
+//                          the freeze), helps it, retries on the table of four
+//   after:   all four found with their caches, `len` 4, the table of four settled
+#[test]
+fn loom_index_two_creations_while_the_table_doubles() {
+    model(|| {
+        let (files, [(p, pc), (q, qc)]) = full_index();
+        // A and B in one bucket of the table of two, in two buckets of the table of four.
+        let a = file_in(0, Some(0), &[p, q]);
+        let b = file_in(0, Some(1), &[p, q]);
+        let f1 = files.clone();
+        let t1 = thread::spawn(move || f1.create(a));
+        let f2 = files.clone();
+        let t2 = thread::spawn(move || f2.create(b));
+        let (ac, a_added) = t1.join().unwrap();
+        let (bc, b_added) = t2.join().unwrap();
+        assert!(a_added && b_added, "two new files, each added once");
+        let mut expected = vec![p, q, a, b];
+        expected.sort_unstable();
+        assert_eq!(
+            all_files(&files),
+            expected,
+            "a file created during the doubling was lost"
+        );
+        assert_eq!(files.settled().len(), 4, "the table doubled once");
+        for (f, c) in [(p, &pc), (q, &qc), (a, &ac), (b, &bc)] {
+            let got = files.get(f).expect("a file created is found");
+            assert!(
+                std::sync::Arc::ptr_eq(&got, c),
+                "file {f} found with another cache"
+            );
+        }
+        assert_eq!(files.len(), 4);
+        drop_and_check_counts(files, &[&pc, &qc, &ac, &bc]);
+    });
+}
+
+//   before:  P and Q: the table of two buckets is full
+//   T1, T2:  create(F)     one adds F and doubles the table; the other finds F (in the old
+//                          table, frozen or not, or in the new one), or helps, then finds it
+//   after:   exactly one added F, both hold the same cache, F found with it, `len` 3
+#[test]
+fn loom_index_two_creations_of_one_file() {
+    model(|| {
+        let (files, [(p, pc), (q, qc)]) = full_index();
+        let f = file_in(0, None, &[p, q]);
+        let f1 = files.clone();
+        let t1 = thread::spawn(move || f1.create(f));
+        let f2 = files.clone();
+        let t2 = thread::spawn(move || f2.create(f));
+        let (c1, added1) = t1.join().unwrap();
+        let (c2, added2) = t2.join().unwrap();
+        assert!(
+            added1 != added2,
+            "one creation adds the file ({added1}, {added2})"
+        );
+        assert!(
+            std::sync::Arc::ptr_eq(&c1, &c2),
+            "two creations of one file got two caches"
+        );
+        assert_eq!(all_files(&files).len(), 3);
+        let got = files.get(f).expect("the file is found");
+        assert!(std::sync::Arc::ptr_eq(&got, &c1));
+        assert!(files.holds(f, &c1));
+        assert_eq!(files.len(), 3);
+        drop(got);
+        drop(c2);
+        drop_and_check_counts(files, &[&pc, &qc, &c1]);
+    });
+}
+
+//   before:  X (bucket 0) and R (bucket 1): the table of two buckets is full
+//   T1:      create(A)         a third file: doubles the table (unless R's removal counted
+//                              first)
+//   T2:      remove(R), then says R is gone
+//   T3:      get(X): always X's cache, from whichever table and bucket it reads; then get(R):
+//            R's cache or nothing, and nothing once T2 said R is gone
+//   after:   X and A found, R not, `len` 2
+#[test]
+fn loom_index_reader_during_a_doubling_and_a_removal() {
+    use crate::sync::{AtomicUsize, Ordering};
+    model(|| {
+        let (files, [(x, xc), (r, rc)]) = full_index();
+        let a = file_in(0, None, &[x, r]);
+        let gone = Arc::new(AtomicUsize::new(0));
+        let f1 = files.clone();
+        let t1 = thread::spawn(move || f1.create(a));
+        let (f2, g2) = (files.clone(), gone.clone());
+        let t2 = thread::spawn(move || {
+            let removed = f2.remove(r);
+            g2.store(1, Ordering::Release);
+            removed
+        });
+        let (f3, g3) = (files.clone(), gone.clone());
+        let (x3, r3) = (xc.clone(), rc.clone());
+        let t3 = thread::spawn(move || {
+            let got = f3.get(x).expect("a file there all along was not found");
+            assert!(
+                std::sync::Arc::ptr_eq(&got, &x3),
+                "X found with another cache"
+            );
+            let said_gone = g3.load(Ordering::Acquire) == 1;
+            if let Some(got) = f3.get(r) {
+                assert!(!said_gone, "a file found after its removal returned");
+                assert!(
+                    std::sync::Arc::ptr_eq(&got, &r3),
+                    "R found with another cache"
+                );
+            }
+        });
+        let (ac, added) = t1.join().unwrap();
+        let removed = t2.join().unwrap().expect("R was there until T2 removed it");
+        t3.join().unwrap();
+        assert!(added && std::sync::Arc::ptr_eq(&removed, &rc));
+        drop(removed);
+        let mut expected = vec![x, a];
+        expected.sort_unstable();
+        assert_eq!(all_files(&files), expected, "a change was lost");
+        assert!(files.get(r).is_none(), "a removed file is found");
+        assert_eq!(files.len(), 2);
+        drop_and_check_counts(files, &[&xc, &rc, &ac]);
+    });
+}
+
+//   before:  P (bucket 1) and R (bucket 0): the table of two buckets is full
+//   T1:      create(A)     A in R's bucket, in the table of two and of four: doubles the table
+//                          (unless R's removal counted first)
+//   T2:      remove(R)     the same bucket: its CAS races A's, the freeze and the fill
+//   after:   A found, R not, `len` 2: neither change lost
+#[test]
+fn loom_index_removal_races_a_creation_in_its_bucket() {
+    model(|| {
+        let (files, [(r, rc), (p, pc)]) = full_index();
+        let a = file_in(0, Some(bucket(r, 4)), &[r, p]);
+        let f1 = files.clone();
+        let t1 = thread::spawn(move || f1.create(a));
+        let f2 = files.clone();
+        let t2 = thread::spawn(move || f2.remove(r));
+        let (ac, added) = t1.join().unwrap();
+        let removed = t2.join().unwrap().expect("R was there until T2 removed it");
+        assert!(added && std::sync::Arc::ptr_eq(&removed, &rc));
+        drop(removed);
+        let mut expected = vec![p, a];
+        expected.sort_unstable();
+        assert_eq!(
+            all_files(&files),
+            expected,
+            "a change to a bucket was lost in the doubling"
+        );
+        assert!(files.get(r).is_none(), "a removed file is found");
+        assert!(files.remove(r).is_none(), "a removed file is removed again");
+        assert_eq!(files.len(), 2);
+        drop_and_check_counts(files, &[&pc, &rc, &ac]);
     });
 }

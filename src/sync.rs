@@ -15,15 +15,404 @@ pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsi
 
 /// What a registry of caches (`ExtentCaches`) shares with its caches: its books and the
 /// reference counts that keep them. `std`'s even under loom, like the graveyard's ledger: they
-/// are bookkeeping, and no loom model builds a registry.
+/// are bookkeeping, not protocol. The loom models of the registry drive its hash index alone,
+/// whose pointers (`epoch` below) and counter are loom's under loom.
 pub(crate) mod shared {
     pub(crate) use std::sync::atomic::{AtomicIsize, AtomicU64, AtomicUsize, Ordering, fence};
     pub(crate) use std::sync::{Arc, Weak};
 
-    /// The registry's hash index of files is read under crossbeam-epoch's guards, under loom
-    /// too, like the crossbeam-skiplist its shrinker walks: no loom model builds a registry.
+    /// The tagged atomic pointers and the epoch of the registry's hash index. A normal build
+    /// uses crossbeam-epoch itself: these are its own types, and [`Domain`] is nothing (its
+    /// `pin` is crossbeam-epoch's `pin`). Under loom they are `sync::tagged`'s: the
+    /// same calls on loom's atomics, so that the index's protocol runs under the model checker.
     pub(crate) mod epoch {
-        pub(crate) use crossbeam_epoch::{Atomic, Guard, Owned, Shared, pin, unprotected};
+        #[cfg(loom)]
+        pub(crate) use super::super::tagged::{Atomic, Domain, Guard, Owned, Shared, unprotected};
+        #[cfg(not(loom))]
+        pub(crate) use crossbeam_epoch::{Atomic, Guard, Owned, Shared, unprotected};
+
+        /// Where a structure's guards come from: crossbeam-epoch's global collector, so
+        /// nothing to hold.
+        #[cfg(not(loom))]
+        pub(crate) struct Domain;
+
+        #[cfg(not(loom))]
+        impl Domain {
+            /// The global collector's: nothing.
+            pub(crate) fn new() -> Self {
+                Domain
+            }
+
+            /// Pins the current thread: crossbeam-epoch's `pin`.
+            #[inline(always)]
+            pub(crate) fn pin(&self) -> Guard {
+                crossbeam_epoch::pin()
+            }
+        }
+    }
+}
+
+/// The subset of crossbeam-epoch's API the registry's hash index uses, on loom's atomics.
+///
+/// A tagged pointer is one `usize`, as in crossbeam-epoch: the address of an object allocated
+/// by crossbeam-epoch's own [`Pointable`] (a `Box` for a sized type, a length word and its
+/// elements for `[MaybeUninit<T>]`), with a tag in the low bits its alignment leaves free. The
+/// atomics are loom's `AtomicUsize`, so loom explores every interleaving of the loads and CASes
+/// and what each `Ordering` lets a load return. There is no epoch: a [`Guard`] is a handle on
+/// its [`Domain`], and what is retired through it waits in the domain until the domain is
+/// dropped (with the structure that owns it), so no model can free an object another thread
+/// still reads. Loom checks which pointer and tag each ordering lets a load return, and that
+/// an object holding loom atomics (a table's buckets) is published before another thread uses
+/// them: loom reports an access to an atomic whose creation does not happen before it. What it
+/// does not see is plain memory: that a bucket's slots written before its publication are
+/// read after it.
+#[cfg(loom)]
+pub(crate) mod tagged {
+    use core::marker::PhantomData;
+    use core::sync::atomic::Ordering;
+    use crossbeam_epoch::Pointable;
+    use std::sync::{Arc, Mutex};
+
+    /// A retired object's free, run when its domain is dropped.
+    type Free = Box<dyn FnOnce()>;
+
+    /// The low bits of a pointer to `T` that its alignment leaves for a tag.
+    fn low_bits<T: ?Sized + Pointable>() -> usize {
+        (1 << T::ALIGN.trailing_zeros()) - 1
+    }
+
+    /// Where a structure's guards keep what they retire: everything is freed when the domain is
+    /// dropped (what a very long grace period looks like). The list is `std`'s: bookkeeping,
+    /// never touched by two loom threads at one step.
+    pub(crate) struct Domain {
+        retired: Arc<Mutex<Vec<Free>>>,
+    }
+
+    impl Domain {
+        /// A domain with nothing retired.
+        pub(crate) fn new() -> Self {
+            Domain {
+                retired: Arc::default(),
+            }
+        }
+
+        /// A guard whose retirements wait in this domain.
+        pub(crate) fn pin(&self) -> Guard {
+            Guard {
+                retired: Some(self.retired.clone()),
+            }
+        }
+    }
+
+    impl Drop for Domain {
+        fn drop(&mut self) {
+            loop {
+                let frees = std::mem::take(&mut *self.retired.lock().unwrap());
+                if frees.is_empty() {
+                    break;
+                }
+                for free in frees {
+                    free();
+                }
+            }
+        }
+    }
+
+    /// A pinned thread's token: a handle on its domain, or none for [`unprotected`].
+    pub(crate) struct Guard {
+        retired: Option<Arc<Mutex<Vec<Free>>>>,
+    }
+
+    impl Guard {
+        /// Keeps `f` until the domain is dropped, then runs it; runs it at once on the
+        /// unprotected guard (as crossbeam-epoch does).
+        ///
+        /// # Safety
+        ///
+        /// As crossbeam-epoch's: what `f` frees is unreachable for any thread that pins from
+        /// now on, and `f` may run on another thread.
+        pub(crate) unsafe fn defer_unchecked<F: FnOnce() -> R, R>(&self, f: F) {
+            let Some(retired) = &self.retired else {
+                drop(f());
+                return;
+            };
+            let free: Box<dyn FnOnce() + '_> = Box::new(move || drop(f()));
+            // SAFETY: per the caller, `f` may outlive what it borrows (it runs when nothing
+            // can reach it), as crossbeam-epoch's `defer_unchecked` lets it.
+            let free: Free = unsafe { core::mem::transmute::<Box<dyn FnOnce() + '_>, Free>(free) };
+            retired.lock().unwrap().push(free);
+        }
+
+        /// Frees `ptr`'s object when the domain is dropped.
+        ///
+        /// # Safety
+        ///
+        /// As [`defer_unchecked`](Self::defer_unchecked), and `ptr` is freed once.
+        pub(crate) unsafe fn defer_destroy<T: ?Sized + Pointable>(&self, ptr: Shared<'_, T>) {
+            // SAFETY: per the caller.
+            unsafe { self.defer_unchecked(move || ptr.into_owned()) }
+        }
+    }
+
+    /// A guard that keeps nothing: what is deferred through it runs at once.
+    ///
+    /// # Safety
+    ///
+    /// As crossbeam-epoch's: only where no other thread can reach what is loaded through it.
+    pub(crate) unsafe fn unprotected() -> &'static Guard {
+        struct Unprotected(Guard);
+        // SAFETY: its guard holds no domain: nothing in it is shared.
+        unsafe impl Sync for Unprotected {}
+        static UNPROTECTED: Unprotected = Unprotected(Guard { retired: None });
+        &UNPROTECTED.0
+    }
+
+    /// A tagged atomic pointer to a `T`, on loom's `AtomicUsize`.
+    pub(crate) struct Atomic<T: ?Sized + Pointable> {
+        data: loom::sync::atomic::AtomicUsize,
+        _marker: PhantomData<*mut T>,
+    }
+
+    /// A pointer loaded under a guard, with its tag.
+    pub(crate) struct Shared<'g, T: ?Sized + Pointable> {
+        data: usize,
+        _marker: PhantomData<(&'g (), *const T)>,
+    }
+
+    impl<T: ?Sized + Pointable> Clone for Shared<'_, T> {
+        fn clone(&self) -> Self {
+            *self
+        }
+    }
+
+    impl<T: ?Sized + Pointable> Copy for Shared<'_, T> {}
+
+    /// An object allocated and owned, not published yet.
+    pub(crate) struct Owned<T: ?Sized + Pointable> {
+        data: usize,
+        _marker: PhantomData<Box<T>>,
+    }
+
+    /// What [`Atomic::compare_exchange`] stores: a [`Shared`] or an [`Owned`].
+    pub(crate) trait Pointer<T: ?Sized + Pointable> {
+        fn into_usize(self) -> usize;
+        /// # Safety
+        ///
+        /// `data` came from `into_usize` of the same type, and is taken back once.
+        unsafe fn from_usize(data: usize) -> Self;
+    }
+
+    impl<T: ?Sized + Pointable> Pointer<T> for Shared<'_, T> {
+        fn into_usize(self) -> usize {
+            self.data
+        }
+
+        unsafe fn from_usize(data: usize) -> Self {
+            Shared {
+                data,
+                _marker: PhantomData,
+            }
+        }
+    }
+
+    impl<T: ?Sized + Pointable> Pointer<T> for Owned<T> {
+        fn into_usize(self) -> usize {
+            let data = self.data;
+            core::mem::forget(self);
+            data
+        }
+
+        unsafe fn from_usize(data: usize) -> Self {
+            Owned {
+                data,
+                _marker: PhantomData,
+            }
+        }
+    }
+
+    /// A failed [`Atomic::compare_exchange`]: the value found, and the one not stored.
+    pub(crate) struct CompareExchangeError<'g, T: ?Sized + Pointable, P> {
+        pub(crate) current: Shared<'g, T>,
+        #[allow(dead_code)]
+        pub(crate) new: P,
+    }
+
+    impl<T: ?Sized + Pointable> Atomic<T> {
+        /// A null pointer.
+        pub(crate) fn null() -> Self {
+            Self::from(Shared::null())
+        }
+
+        /// Loads the pointer.
+        pub(crate) fn load<'g>(&self, ord: Ordering, _: &'g Guard) -> Shared<'g, T> {
+            // SAFETY: every value stored came from a `Pointer`.
+            unsafe { Shared::from_usize(self.data.load(ord)) }
+        }
+
+        /// Stores `new`.
+        #[allow(dead_code)]
+        pub(crate) fn store<P: Pointer<T>>(&self, new: P, ord: Ordering) {
+            self.data.store(new.into_usize(), ord);
+        }
+
+        /// Stores `new` if the pointer (and tag) is `current`; else hands `new` back with the
+        /// value found.
+        pub(crate) fn compare_exchange<'g, P: Pointer<T>>(
+            &self,
+            current: Shared<'_, T>,
+            new: P,
+            success: Ordering,
+            failure: Ordering,
+            _: &'g Guard,
+        ) -> Result<Shared<'g, T>, CompareExchangeError<'g, T, P>> {
+            let new = new.into_usize();
+            match self
+                .data
+                .compare_exchange(current.data, new, success, failure)
+            {
+                // SAFETY: `new` came from `into_usize` and is now the atomic's.
+                Ok(_) => Ok(unsafe { Shared::from_usize(new) }),
+                // SAFETY: the found value came from a `Pointer`; `new` is given back once.
+                Err(found) => Err(CompareExchangeError {
+                    current: unsafe { Shared::from_usize(found) },
+                    new: unsafe { P::from_usize(new) },
+                }),
+            }
+        }
+    }
+
+    impl<T> Atomic<T> {
+        /// A pointer to a new object holding `value`.
+        pub(crate) fn new(value: T) -> Self {
+            Atomic {
+                data: loom::sync::atomic::AtomicUsize::new(Owned::new(value).into_usize()),
+                _marker: PhantomData,
+            }
+        }
+    }
+
+    impl<'g, T: ?Sized + Pointable> From<Shared<'g, T>> for Atomic<T> {
+        fn from(ptr: Shared<'g, T>) -> Self {
+            Atomic {
+                data: loom::sync::atomic::AtomicUsize::new(ptr.data),
+                _marker: PhantomData,
+            }
+        }
+    }
+
+    impl<'g, T: ?Sized + Pointable> Shared<'g, T> {
+        /// The null pointer, untagged.
+        pub(crate) fn null() -> Self {
+            Shared {
+                data: 0,
+                _marker: PhantomData,
+            }
+        }
+
+        /// Whether the pointer (whatever its tag) is null.
+        pub(crate) fn is_null(&self) -> bool {
+            self.data & !low_bits::<T>() == 0
+        }
+
+        /// The tag.
+        pub(crate) fn tag(&self) -> usize {
+            self.data & low_bits::<T>()
+        }
+
+        /// The same pointer with `tag` (cut to the bits the alignment leaves).
+        pub(crate) fn with_tag(&self, tag: usize) -> Self {
+            Shared {
+                data: (self.data & !low_bits::<T>()) | (tag & low_bits::<T>()),
+                _marker: PhantomData,
+            }
+        }
+
+        /// The object, ignoring the tag.
+        ///
+        /// # Safety
+        ///
+        /// Not null, and alive for `'g`.
+        pub(crate) unsafe fn deref(&self) -> &'g T {
+            // SAFETY: per the caller; the untagged value is `Pointable::init`'s.
+            unsafe { T::deref(self.data & !low_bits::<T>()) }
+        }
+
+        /// The object, ignoring the tag; `None` for null.
+        ///
+        /// # Safety
+        ///
+        /// Alive for `'g` when not null.
+        pub(crate) unsafe fn as_ref(&self) -> Option<&'g T> {
+            // SAFETY: per the caller.
+            (!self.is_null()).then(|| unsafe { self.deref() })
+        }
+
+        /// Takes ownership of the object.
+        ///
+        /// # Safety
+        ///
+        /// Not null, and nothing else uses or frees it.
+        pub(crate) unsafe fn into_owned(self) -> Owned<T> {
+            debug_assert!(!self.is_null(), "into_owned of null");
+            // SAFETY: per the caller.
+            unsafe { Owned::from_usize(self.data) }
+        }
+    }
+
+    impl<T> From<*const T> for Shared<'_, T> {
+        fn from(raw: *const T) -> Self {
+            Shared {
+                data: raw as usize,
+                _marker: PhantomData,
+            }
+        }
+    }
+
+    impl<T: ?Sized + Pointable> Owned<T> {
+        /// An object made by `Pointable::init(init)`: for `[MaybeUninit<T>]`, `init` elements.
+        pub(crate) fn init(init: T::Init) -> Self {
+            Owned {
+                // SAFETY: any initializer is valid.
+                data: unsafe { T::init(init) },
+                _marker: PhantomData,
+            }
+        }
+
+        /// Hands the object over to be published.
+        pub(crate) fn into_shared<'g>(self, _: &'g Guard) -> Shared<'g, T> {
+            // SAFETY: from an `Owned`, taken once.
+            unsafe { Shared::from_usize(self.into_usize()) }
+        }
+    }
+
+    impl<T> Owned<T> {
+        /// A new object holding `value`.
+        pub(crate) fn new(value: T) -> Self {
+            Self::init(value)
+        }
+    }
+
+    impl<T: ?Sized + Pointable> core::ops::Deref for Owned<T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            // SAFETY: owned, so alive and not shared.
+            unsafe { T::deref(self.data & !low_bits::<T>()) }
+        }
+    }
+
+    impl<T: ?Sized + Pointable> core::ops::DerefMut for Owned<T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: owned, so alive and not shared.
+            unsafe { T::deref_mut(self.data & !low_bits::<T>()) }
+        }
+    }
+
+    impl<T: ?Sized + Pointable> Drop for Owned<T> {
+        fn drop(&mut self) {
+            // SAFETY: owned: freed here once.
+            unsafe { T::drop(self.data & !low_bits::<T>()) }
+        }
     }
 }
 
