@@ -732,6 +732,16 @@ fn full_index() -> (Kept, [(u64, std::sync::Arc<ExtentCache>); 2]) {
     (files, both)
 }
 
+/// Creates `a` on one new thread and `b` on another, and returns what each creation answered
+/// (the cache, and whether it added the file).
+fn create_on_two_threads(files: &Kept, a: u64, b: u64) -> [(std::sync::Arc<ExtentCache>, bool); 2] {
+    let f1 = (*files).clone();
+    let t1 = thread::spawn(move || f1.create(a));
+    let f2 = (*files).clone();
+    let t2 = thread::spawn(move || f2.create(b));
+    [t1.join().unwrap(), t2.join().unwrap()]
+}
+
 /// The files of a settled index, in file order.
 fn all_files(files: &Files) -> Vec<u64> {
     let mut all: Vec<u64> = files.settled().concat();
@@ -765,12 +775,7 @@ fn loom_index_two_creations_while_the_table_doubles() {
         // A and B in one bucket of the table of two, in two buckets of the table of four.
         let a = file_in(0, Some(0), &[p, q]);
         let b = file_in(0, Some(1), &[p, q]);
-        let f1 = files.clone();
-        let t1 = thread::spawn(move || f1.create(a));
-        let f2 = files.clone();
-        let t2 = thread::spawn(move || f2.create(b));
-        let (ac, a_added) = t1.join().unwrap();
-        let (bc, b_added) = t2.join().unwrap();
+        let [(ac, a_added), (bc, b_added)] = create_on_two_threads(&files, a, b);
         assert!(a_added && b_added, "two new files, each added once");
         let mut expected = vec![p, q, a, b];
         expected.sort_unstable();
@@ -801,12 +806,7 @@ fn loom_index_two_creations_of_one_file() {
     model(|| {
         let (files, [(p, pc), (q, qc)]) = full_index();
         let f = file_in(0, None, &[p, q]);
-        let f1 = files.clone();
-        let t1 = thread::spawn(move || f1.create(f));
-        let f2 = files.clone();
-        let t2 = thread::spawn(move || f2.create(f));
-        let (c1, added1) = t1.join().unwrap();
-        let (c2, added2) = t2.join().unwrap();
+        let [(c1, added1), (c2, added2)] = create_on_two_threads(&files, f, f);
         assert!(
             added1 != added2,
             "one creation adds the file ({added1}, {added2})"
