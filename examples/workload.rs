@@ -626,10 +626,11 @@ fn main() {
 
     if !args.json {
         println!(
-            "{} extents ({} MiB file), {} s per run, {cores} cores available",
+            "{} extents ({} MiB file), {} s per run, {cores} cores available, {} allocator",
             file.len(),
             file.end() >> 20,
-            args.seconds
+            args.seconds,
+            heap::UNDERNEATH
         );
         print!("{}", table(&results));
     }

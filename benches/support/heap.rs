@@ -1,5 +1,6 @@
 //! The heap and resident memory of a measuring program: a global allocator that counts the
-//! bytes it holds (the system's allocator underneath), and the process's resident memory.
+//! bytes it holds (the system's allocator underneath, or jemalloc), and the process's resident
+//! memory.
 //!
 //! Included by path from `examples/workload.rs` and `examples/churn.rs`, which install
 //! [`Counting`] as their global allocator; benchmarks do not (they time, and counting would
@@ -8,8 +9,23 @@
 // Each includer uses a different subset of what is here.
 #![allow(dead_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+/// The allocator underneath: the system's, or jemalloc in a build with
+/// `RUSTFLAGS="--cfg extent_cache_jemalloc"` (`docs/performance.md`, "Two writers and the
+/// allocator's locks").
+#[cfg(not(extent_cache_jemalloc))]
+use std::alloc::System as Underneath;
+#[cfg(extent_cache_jemalloc)]
+use tikv_jemallocator::Jemalloc as Underneath;
+
+/// The name of the allocator underneath, for reports.
+pub const UNDERNEATH: &str = if cfg!(extent_cache_jemalloc) {
+    "jemalloc"
+} else {
+    "the system's"
+};
 
 /// Resident memory of the process in bytes, from `/proc/self/statm` (0 where there is none).
 pub fn resident_bytes() -> u64 {
@@ -19,8 +35,8 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// A global allocator: the system's, counting the bytes it holds once [`count_heap`] turned
-/// counting on (before that, one relaxed load per allocation).
+/// A global allocator: [`UNDERNEATH`]'s, counting the bytes it holds once [`count_heap`]
+/// turned counting on (before that, one relaxed load per allocation).
 pub struct Counting;
 
 /// Net bytes allocated since counting began, striped by thread so that two threads rarely
@@ -51,31 +67,31 @@ impl Counting {
     }
 }
 
-// SAFETY: every call goes to `System` with the caller's arguments; the counting allocates
+// SAFETY: every call goes to the allocator underneath with the caller's arguments; the counting allocates
 // nothing and never unwinds.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.count(layout.size() as i64);
         // SAFETY: per `GlobalAlloc::alloc`'s contract, passed on.
-        unsafe { System.alloc(layout) }
+        unsafe { Underneath.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         self.count(layout.size() as i64);
         // SAFETY: per `GlobalAlloc::alloc_zeroed`'s contract, passed on.
-        unsafe { System.alloc_zeroed(layout) }
+        unsafe { Underneath.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         self.count(-(layout.size() as i64));
         // SAFETY: per `GlobalAlloc::dealloc`'s contract, passed on.
-        unsafe { System.dealloc(ptr, layout) }
+        unsafe { Underneath.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         self.count(new_size as i64 - layout.size() as i64);
         // SAFETY: per `GlobalAlloc::realloc`'s contract, passed on.
-        unsafe { System.realloc(ptr, layout, new_size) }
+        unsafe { Underneath.realloc(ptr, layout, new_size) }
     }
 }
 
