@@ -333,7 +333,8 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_items)
     }
 
-    /// Frees a page built by [`NewPage::build`], dropping its items.
+    /// Frees a page built by [`NewPage::build`]. Its items are `Copy` (every page is built
+    /// for a `Mapping`): there is nothing in them to drop.
     ///
     /// # Safety
     ///
@@ -342,9 +343,7 @@ impl<M> Page<M> {
     pub(crate) unsafe fn free(page: *const Page<M>) {
         // SAFETY: per the caller, the page is alive and ours alone.
         let len = unsafe { (*page).len } as usize;
-        // SAFETY: the items were written by `NewPage::build` and are dropped only here.
-        unsafe { ptr::drop_in_place(ptr::slice_from_raw_parts_mut((*page).items.cast_mut(), len)) };
-        // SAFETY: the header too (its atomic; under loom a modelled object).
+        // SAFETY: the header holds atomics (under loom, modelled objects): dropped once, here.
         unsafe { ptr::drop_in_place(page.cast_mut()) };
         let (layout, ..) = Self::layout(len);
         // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`).
