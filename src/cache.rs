@@ -340,12 +340,12 @@ impl<M: Mapping> ExtentCache<M> {
                     0 if one.leaf.key == 0 => return None,
                     0 => {}
                     n => {
-                        let ext = &page.items()[n - 1].ext;
+                        let ext = page.items().at(n - 1).ext;
                         if !ext.contains(offset) {
                             return None;
                         }
                         page.touch();
-                        return Some(*ext);
+                        return Some(ext);
                     }
                 }
             }
@@ -923,7 +923,7 @@ fn copy_of<M: Mapping>(w: &Window<'_, M>) -> ExtentMap<M> {
     let items = w
         .leaves
         .iter()
-        .flat_map(|l| l.page.items().iter().cloned())
+        .flat_map(|l| l.page.items().iter())
         .collect();
     ExtentMap::from_items(items)
 }

@@ -1068,6 +1068,24 @@ impl<M: Mapping> Extent<M> {
         })
     }
 
+    /// The extent of these parts, unchecked: for parts taken from an extent that was checked
+    /// when it was made (a page stores an extent's start apart from the rest of it).
+    pub(crate) fn from_parts(
+        start: u64,
+        len: u64,
+        flags: Flags,
+        generation: u64,
+        mapping: M,
+    ) -> Self {
+        Extent {
+            start,
+            len,
+            flags,
+            generation,
+            mapping,
+        }
+    }
+
     pub(crate) fn with_flags_changed(mut self, set: Flags, clear: Flags) -> Extent<M> {
         self.flags = self.flags.without(clear).with(set);
         self

@@ -10,7 +10,7 @@ use std::ptr::{self, NonNull};
 use std::slice;
 
 use crate::Few;
-use crate::extent::Mapping;
+use crate::extent::{Extent, Flags, Mapping};
 use crate::plan::{Change, Item};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -19,16 +19,17 @@ use crate::sync::{AtomicU64, Ordering};
 ///
 /// One allocation holds the page: this header, then the start of each item (a dense array: a
 /// lookup counts through three or four cache lines of it instead of touching one line per
-/// probe among the items), then the items. The header's two pointers point into that same
-/// allocation, right after the header, so following them costs no extra cache miss.
+/// probe among the items), then the rest of each item (a [`Body`]: the start is not stored
+/// twice). The header's two pointers point into that same allocation, right after the header,
+/// so following them costs no extra cache miss.
 pub(crate) struct Page<M> {
     /// `len` item starts, in this page's own allocation.
     starts: *const u64,
-    /// `len` items, in this page's own allocation, after the starts.
-    items: *const Item<M>,
+    /// `len` item bodies, in this page's own allocation, after the starts.
+    bodies: *const Body<M>,
     /// How many items (a page holds few: `u32` keeps the header in one cache line).
     len: u32,
-    /// `items.iter().filter(|i| i.modified).count()`: clean pages are skipped by the modified
+    /// `bodies.iter().filter(|b| b.modified).count()`: clean pages are skipped by the modified
     /// set's walks.
     modified: u32,
     /// The latest change that removed or replaced mappings in this page's range: its range
@@ -43,6 +44,115 @@ pub(crate) struct Page<M> {
     /// second-chance mark, `docs/design.md` §4.9). A hint, not part of the protocol: `std`'s
     /// atomic even under loom, `Relaxed` everywhere.
     referenced: std::sync::atomic::AtomicBool,
+}
+
+/// An item as a page stores it: all of it but its start, which the page's array of starts
+/// holds. For a [`BlockMapping`](crate::BlockMapping) a body takes 72 bytes where the item
+/// takes 88, and so the page's copies and its memory shrink by a sixth (an extent costs 80
+/// bytes in a page instead of 96).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Body<M> {
+    len: u64,
+    generation: u64,
+    mapping: M,
+    flags: Flags,
+    modified: bool,
+}
+
+impl<M: Mapping> Body<M> {
+    fn of(item: &Item<M>) -> Self {
+        Body {
+            len: item.ext.len(),
+            generation: item.ext.generation(),
+            mapping: *item.ext.mapping(),
+            flags: item.ext.flags(),
+            modified: item.modified,
+        }
+    }
+
+    fn item(&self, start: u64) -> Item<M> {
+        Item {
+            ext: Extent::from_parts(start, self.len, self.flags, self.generation, self.mapping),
+            modified: self.modified,
+        }
+    }
+}
+
+/// A run of a page's items, in start order: their starts and their bodies, side by side. An
+/// item is put together when it is read ([`at`](Self::at)); the runs that a rebuild keeps are
+/// copied as they are, two block copies per run.
+#[derive(Clone, Copy)]
+pub(crate) struct Items<'a, M> {
+    starts: &'a [u64],
+    bodies: &'a [Body<M>],
+}
+
+impl<'a, M> Items<'a, M> {
+    /// How many items.
+    pub(crate) fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The starts, in order.
+    pub(crate) fn starts(&self) -> &'a [u64] {
+        self.starts
+    }
+
+    /// The items from the `from`th to before the `to`th (`from <= to <= len`).
+    pub(crate) fn slice(&self, from: usize, to: usize) -> Items<'a, M> {
+        Items {
+            starts: &self.starts[from..to],
+            bodies: &self.bodies[from..to],
+        }
+    }
+}
+
+impl<'a, M: Mapping> Items<'a, M> {
+    /// The `k`th item (`k < len`, else a bug of the caller's, and a panic).
+    #[inline]
+    pub(crate) fn at(&self, k: usize) -> Item<M> {
+        let start = self.starts[k];
+        // SAFETY: `k < starts.len()` (checked by the index above), and `bodies` is as long as
+        // `starts`: both are cut from one page's arrays of `len` entries, by the same bounds.
+        let body = unsafe { self.bodies.get_unchecked(k) };
+        body.item(start)
+    }
+
+    /// The `k`th item, if there is one.
+    #[inline]
+    pub(crate) fn get(&self, k: usize) -> Option<Item<M>> {
+        (k < self.len()).then(|| self.at(k))
+    }
+
+    /// The items, in start order.
+    pub(crate) fn iter(
+        self,
+    ) -> impl DoubleEndedIterator<Item = Item<M>> + ExactSizeIterator + Clone + 'a {
+        self.starts
+            .iter()
+            .zip(self.bodies)
+            .map(|(&start, body)| body.item(start))
+    }
+
+    /// The items, copied out.
+    #[cfg(test)]
+    pub(crate) fn to_vec(self) -> Vec<Item<M>> {
+        self.iter().collect()
+    }
+}
+
+impl<M: core::fmt::Debug> core::fmt::Debug for Items<'_, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list()
+            .entries(self.starts.iter().zip(self.bodies))
+            .finish()
+    }
+}
+
+impl<M: PartialEq> PartialEq for Items<'_, M> {
+    fn eq(&self, other: &Self) -> bool {
+        self.starts == other.starts && self.bodies == other.bodies
+    }
 }
 
 /// A page's `last_at` before it is settled: later than any ticket.
@@ -128,7 +238,7 @@ impl<M: Mapping> NewPage<M> {
     /// put in (all three sorted by start; every removed item is one of `items`, found by its
     /// start), each item copied once, straight into the page (see [`merge_into`]).
     pub(crate) fn edited(
-        items: &[Item<M>],
+        items: Items<'_, M>,
         remove: &[Item<M>],
         add: &[Item<M>],
         marks: Marks,
@@ -155,7 +265,7 @@ impl<M> NewPage<M> {
     }
 
     /// The items, in start order.
-    pub(crate) fn items(&self) -> &[Item<M>] {
+    pub(crate) fn items(&self) -> Items<'_, M> {
         self.page().items()
     }
 
@@ -184,7 +294,7 @@ impl<M> Drop for NewPage<M> {
 impl<M: Mapping> Clone for NewPage<M> {
     fn clone(&self) -> Self {
         let items = self.items();
-        Self::build(items.len(), items.iter().copied(), self.marks())
+        Self::build(items.len(), items.iter(), self.marks())
     }
 }
 
@@ -220,39 +330,39 @@ impl Drop for Partial {
 }
 
 /// A page being filled in: its allocation (freed if the page is given up) and how many items
-/// are written so far. [`finish`](Self::finish) writes the starts and the header once every
-/// item is in.
+/// are written so far (each as its start and its body). [`finish`](Self::finish) writes the
+/// header once every item is in.
 struct Builder<M> {
     partial: Partial,
-    items: *mut Item<M>,
-    written: usize,
     starts: *mut u64,
+    bodies: *mut Body<M>,
+    written: usize,
     len: usize,
 }
 
 impl<M: Mapping> Builder<M> {
     /// An allocation for a page of exactly `len` items.
     fn new(len: usize) -> Self {
-        let (layout, at_starts, at_items) = Page::<M>::layout(len);
+        let (layout, at_starts, at_bodies) = Page::<M>::layout(len);
         // SAFETY: the layout is never zero-sized (it holds the header).
         let Some(base) = NonNull::new(unsafe { alloc::alloc(layout) }) else {
             alloc::handle_alloc_error(layout)
         };
         let base = base.as_ptr();
         // The offsets come from `Layout::extend` (`Page::layout`): in bounds and aligned for
-        // their types; `at_starts` may be the end of the allocation when `len == 0`.
+        // their types; both may be the end of the allocation when `len == 0`.
         // SAFETY: `base` is a fresh allocation of `layout`; one past the end is allowed.
-        let (starts, items) = unsafe {
+        let (starts, bodies) = unsafe {
             (
                 base.add(at_starts).cast::<u64>(),
-                base.add(at_items).cast::<Item<M>>(),
+                base.add(at_bodies).cast::<Body<M>>(),
             )
         };
         Builder {
             partial: Partial { base, layout },
-            items,
-            written: 0,
             starts,
+            bodies,
+            written: 0,
             len,
         }
     }
@@ -262,46 +372,48 @@ impl<M: Mapping> Builder<M> {
         // An item past the length would be an extent lost without a word (and a write out of
         // bounds): the caller's bug.
         assert!(self.written < self.len, "a page's items exceed its length");
-        // SAFETY: `written < len`: a slot of this allocation that nothing else can see,
-        // written once.
-        unsafe { self.items.add(self.written).write(item) };
+        // SAFETY: `written < len`: a slot of each array of this allocation that nothing else
+        // can see, written once.
+        unsafe {
+            self.starts.add(self.written).write(item.ext.start());
+            self.bodies.add(self.written).write(Body::of(&item));
+        }
         self.written += 1;
     }
 
-    /// Writes copies of `items`, in order, as the next items: one block copy.
-    fn extend_copied(&mut self, items: &[Item<M>]) {
+    /// Writes copies of `items`, in order, as the next items: one block copy of their starts
+    /// and one of their bodies.
+    fn extend_copied(&mut self, items: Items<'_, M>) {
+        let n = items.len();
         assert!(
-            items.len() <= self.len - self.written,
+            n <= self.len - self.written,
             "a page's items exceed its length"
         );
-        // SAFETY: `written + items.len() <= len`: slots of this allocation that nothing else
-        // can see, each written once; `items` lie in another allocation (a page or a change),
-        // so the two do not overlap. Items are `Copy`: a bitwise copy is the item.
+        // SAFETY: `written + n <= len`: slots of this allocation's two arrays that nothing
+        // else can see, each written once; `items` lie in another allocation (a published
+        // page), so they do not overlap. Starts and bodies are `Copy` (`Mapping: Copy`): a
+        // bitwise copy is the value.
         unsafe {
-            ptr::copy_nonoverlapping(items.as_ptr(), self.items.add(self.written), items.len());
+            ptr::copy_nonoverlapping(items.starts.as_ptr(), self.starts.add(self.written), n);
+            ptr::copy_nonoverlapping(items.bodies.as_ptr(), self.bodies.add(self.written), n);
         }
-        self.written += items.len();
+        self.written += n;
     }
 
-    /// The finished page: every one of its `len` items written, then the dense array of
-    /// starts, the modified count and the header.
+    /// The finished page: every one of its `len` items written, then the modified count and
+    /// the header.
     fn finish(self, marks: Marks) -> NewPage<M> {
         assert_eq!(
             self.written, self.len,
             "a page's items fell short of its length"
         );
         let len32 = u32::try_from(self.len).expect("a page holds few items");
-        // SAFETY: the first `len` items are written (checked above) and only read here.
-        let items = unsafe { slice::from_raw_parts(self.items, self.len) };
-        let mut modified = 0u32;
-        for (k, item) in items.iter().enumerate() {
-            modified += u32::from(item.modified);
-            // SAFETY: `k < len`: a slot of the starts array, written once.
-            unsafe { self.starts.add(k).write(item.ext.start()) };
-        }
+        // SAFETY: the first `len` bodies are written (checked above) and only read here.
+        let bodies = unsafe { slice::from_raw_parts(self.bodies, self.len) };
+        let modified = bodies.iter().map(|b| u32::from(b.modified)).sum();
         let header = Page {
             starts: self.starts,
-            items: self.items,
+            bodies: self.bodies,
             len: len32,
             modified,
             last: marks.last,
@@ -312,7 +424,7 @@ impl<M: Mapping> Builder<M> {
         let base = self.partial.base;
         core::mem::forget(self);
         // SAFETY: the header's place in the allocation, written once: `base` is aligned to
-        // `layout.align()`, at least `Page`'s alignment; `starts` and `items` now hold `len`
+        // `layout.align()`, at least `Page`'s alignment; `starts` and `bodies` now hold `len`
         // initialized values each.
         unsafe { base.cast::<Page<M>>().write(header) };
         NewPage {
@@ -323,14 +435,14 @@ impl<M: Mapping> Builder<M> {
 }
 
 impl<M> Page<M> {
-    /// The layout of a page of `len` items, and the offsets of its starts and of its items.
+    /// The layout of a page of `len` items, and the offsets of its starts and of its bodies.
     fn layout(len: usize) -> (Layout, usize, usize) {
         let header = Layout::new::<Page<M>>();
         let starts = Layout::array::<u64>(len).expect("a page holds few items");
-        let items = Layout::array::<Item<M>>(len).expect("a page holds few items");
+        let bodies = Layout::array::<Body<M>>(len).expect("a page holds few items");
         let (layout, at_starts) = header.extend(starts).expect("a page holds few items");
-        let (layout, at_items) = layout.extend(items).expect("a page holds few items");
-        (layout.pad_to_align(), at_starts, at_items)
+        let (layout, at_bodies) = layout.extend(bodies).expect("a page holds few items");
+        (layout.pad_to_align(), at_starts, at_bodies)
     }
 
     /// Frees a page built by [`NewPage::build`]. Its items are `Copy` (every page is built
@@ -356,10 +468,17 @@ impl<M> Page<M> {
     }
 
     /// The items, in start order.
-    pub(crate) fn items(&self) -> &[Item<M>] {
-        // SAFETY: `items` points at `len` initialized items in this page's allocation, which
-        // lives as long as `self` and is never written after `NewPage::build`.
-        unsafe { slice::from_raw_parts(self.items, self.len as usize) }
+    #[inline]
+    pub(crate) fn items(&self) -> Items<'_, M> {
+        // SAFETY: `starts` and `bodies` point at `len` initialized values each in this page's
+        // allocation, which lives as long as `self` and is never written after
+        // `NewPage::build`.
+        unsafe {
+            Items {
+                starts: slice::from_raw_parts(self.starts, self.len as usize),
+                bodies: slice::from_raw_parts(self.bodies, self.len as usize),
+            }
+        }
     }
 
     fn starts(&self) -> &[u64] {
@@ -470,7 +589,7 @@ pub(crate) const DEFAULT_CAP: usize = 32;
 #[derive(Clone, Copy)]
 pub(crate) struct Part<'a, M> {
     pub(crate) key: u64,
-    pub(crate) items: &'a [Item<M>],
+    pub(crate) items: Items<'a, M>,
     pub(crate) marks: Marks,
 }
 
@@ -599,7 +718,7 @@ pub(crate) fn rebuild<M: Mapping>(
     for (part, edit) in parts.iter().zip(&edits) {
         match edit {
             Some(e) => merge_into(part.items, e.remove, e.add, &mut all),
-            None => all.extend_from_slice(part.items),
+            None => all.extend(part.items.iter()),
         }
     }
     // The repacked pages share the window's marks, the change's own removal the latest.
@@ -627,7 +746,7 @@ struct Edit<'c, M> {
 impl<M> Edit<'_, M> {
     /// How many items the page holds after the edit (every removed item is one of `items`;
     /// `NewPage::build` checks that the edit yields exactly this many).
-    fn len(&self, items: &[Item<M>]) -> usize {
+    fn len(&self, items: Items<'_, M>) -> usize {
         debug_assert!(
             self.remove.len() <= items.len(),
             "a removed item is not in its page"
@@ -638,12 +757,12 @@ impl<M> Edit<'_, M> {
 
 /// Where [`merge_into`] puts what it merges: runs of items that stay, and single items.
 trait Sink<M> {
-    fn run(&mut self, items: &[Item<M>]);
+    fn run(&mut self, items: Items<'_, M>);
     fn one(&mut self, item: &Item<M>);
 }
 
 impl<M: Mapping> Sink<M> for Builder<M> {
-    fn run(&mut self, items: &[Item<M>]) {
+    fn run(&mut self, items: Items<'_, M>) {
         self.extend_copied(items);
     }
     fn one(&mut self, item: &Item<M>) {
@@ -652,8 +771,8 @@ impl<M: Mapping> Sink<M> for Builder<M> {
 }
 
 impl<M: Mapping> Sink<M> for Vec<Item<M>> {
-    fn run(&mut self, items: &[Item<M>]) {
-        self.extend_from_slice(items);
+    fn run(&mut self, items: Items<'_, M>) {
+        self.extend(items.iter());
     }
     fn one(&mut self, item: &Item<M>) {
         self.push(*item);
@@ -662,32 +781,33 @@ impl<M: Mapping> Sink<M> for Vec<Item<M>> {
 
 /// Puts `items` without `remove` and with `add` (all three sorted by start; every removed item
 /// is one of `items`, found by its start) into `out`, in start order, each item copied once.
-/// The items that stay go run by run, a slice between two edits at a time, each one block copy
-/// (items are `Copy`): most of a page is copied that way, and an edit touches one to three
-/// items.
+/// The items that stay go run by run, a slice between two edits at a time, each two block
+/// copies (starts and bodies are `Copy`): most of a page is copied that way, and an edit
+/// touches one to three items.
 fn merge_into<M: Mapping>(
-    items: &[Item<M>],
+    items: Items<'_, M>,
     remove: &[Item<M>],
     add: &[Item<M>],
     out: &mut impl Sink<M>,
 ) {
+    let starts = items.starts();
     let (mut i, mut r, mut a) = (0, 0, 0);
     loop {
         // Where the next removed item is, and where the next added one goes: before the
         // first item that does not start before it (a removed item with the same start goes
         // out either way).
-        let at = |start: u64| i + items[i..].partition_point(|x| x.ext.start() < start);
-        let next_remove = remove.get(r).map_or(items.len(), |z| at(z.ext.start()));
-        let next_add = add.get(a).map_or(items.len(), |y| at(y.ext.start()));
+        let at = |start: u64| i + starts[i..].partition_point(|&s| s < start);
+        let next_remove = remove.get(r).map_or(starts.len(), |z| at(z.ext.start()));
+        let next_add = add.get(a).map_or(starts.len(), |y| at(y.ext.start()));
         let stop = next_remove.min(next_add);
-        out.run(&items[i..stop]);
+        out.run(items.slice(i, stop));
         i = stop;
         if a < add.len() && next_add == stop {
             out.one(&add[a]);
             a += 1;
         } else if r < remove.len() && next_remove == stop {
             assert!(
-                items.get(i).map(|x| x.ext.start()) == Some(remove[r].ext.start()),
+                starts.get(i) == Some(&remove[r].ext.start()),
                 "a removed item is not in its page"
             );
             i += 1;
@@ -739,7 +859,7 @@ fn repack<M: Mapping>(
         let key = if i == 0 {
             first_key
         } else {
-            page.items()[0].ext.start()
+            page.items().starts()[0]
         };
         out.push((key, page));
     }
@@ -758,8 +878,13 @@ mod tests {
         }
     }
 
-    fn starts(items: &[Item<crate::BlockMapping>]) -> Vec<u64> {
-        items.iter().map(|i| i.ext.start()).collect()
+    fn starts(items: Items<'_, crate::BlockMapping>) -> Vec<u64> {
+        items.starts().to_vec()
+    }
+
+    /// A page of `items`, for a window's part.
+    fn page(items: &[Item<crate::BlockMapping>]) -> NewPage<crate::BlockMapping> {
+        NewPage::from_vec(items.to_vec(), Marks::default())
     }
 
     //   page at 0:   [0,1) [10,11) [20,21)
@@ -767,17 +892,17 @@ mod tests {
     //   result:      [0,1) [5,6) [20,21) [30,31)
     #[test]
     fn a_change_inside_one_page_rebuilds_that_page_only() {
-        let a = [item(0, 1), item(10, 1), item(20, 1)];
-        let b = [item(100, 1)];
+        let a = page(&[item(0, 1), item(10, 1), item(20, 1)]);
+        let b = page(&[item(100, 1)]);
         let parts = [
             Part {
                 key: 0,
-                items: &a,
+                items: a.items(),
                 marks: Marks::default(),
             },
             Part {
                 key: 100,
-                items: &b,
+                items: b.items(),
                 marks: Marks::default(),
             },
         ];
@@ -796,10 +921,10 @@ mod tests {
 
     #[test]
     fn an_added_item_outside_the_window_asks_for_a_wider_one() {
-        let a = [item(10, 1)];
+        let a = page(&[item(10, 1)]);
         let parts = [Part {
             key: 10,
-            items: &a,
+            items: a.items(),
             marks: Marks::default(),
         }];
         let before = Change {
@@ -824,10 +949,10 @@ mod tests {
 
     #[test]
     fn an_overflowing_page_is_split_and_the_first_key_is_kept() {
-        let a: Vec<_> = (0..4).map(|i| item(10 + i * 10, 1)).collect();
+        let a = page(&(0..4).map(|i| item(10 + i * 10, 1)).collect::<Vec<_>>());
         let parts = [Part {
             key: 0,
-            items: &a,
+            items: a.items(),
             marks: Marks::default(),
         }];
         let change = Change {
@@ -842,7 +967,7 @@ mod tests {
         };
         assert_eq!(pages.len(), 2);
         assert_eq!(pages[0].0, 0);
-        assert_eq!(pages[1].0, pages[1].1.items()[0].ext.start());
+        assert_eq!(pages[1].0, pages[1].1.items().at(0).ext.start());
         let all: Vec<u64> = pages.iter().flat_map(|(_, p)| starts(p.items())).collect();
         assert_eq!(all, [10, 20, 30, 40, 45]);
         assert!(pages.iter().all(|(_, p)| p.items().len() <= shape.cap));
@@ -868,8 +993,8 @@ mod tests {
 
     #[test]
     fn an_emptied_page_merges_with_its_neighbour_or_asks_for_one() {
-        let a = [item(0, 1)];
-        let b = [item(100, 1), item(110, 1)];
+        let a = page(&[item(0, 1)]);
+        let b = page(&[item(100, 1), item(110, 1)]);
         let change = Change {
             remove: vec![item(0, 1)],
             add: vec![],
@@ -878,7 +1003,7 @@ mod tests {
         let shape = Shape::new(8);
         let lone = [Part {
             key: 0,
-            items: &a,
+            items: a.items(),
             marks: Marks::default(),
         }];
         assert_eq!(rebuild(&lone, Some(100), false, &change, shape), Err(Widen));
@@ -891,12 +1016,12 @@ mod tests {
         let two = [
             Part {
                 key: 0,
-                items: &a,
+                items: a.items(),
                 marks: Marks::default(),
             },
             Part {
                 key: 100,
-                items: &b,
+                items: b.items(),
                 marks: Marks::default(),
             },
         ];
@@ -913,7 +1038,7 @@ mod tests {
         let mut items: Vec<_> = (0..5).map(|i| item(i * 10, 1)).collect();
         items[3].modified = true;
         let page = NewPage::build(5, items.iter().cloned(), Marks::default());
-        assert_eq!(page.items(), &items[..]);
+        assert_eq!(page.items().to_vec(), items);
         assert_eq!(page.clone(), page);
         let raw = page.into_raw();
         // SAFETY: handed over by `into_raw`, freed once.
@@ -943,7 +1068,7 @@ mod tests {
             "a page whose items exceed its length is refused"
         );
         let fine = build(3, 3).expect("a page of exactly its length");
-        assert_eq!(fine.items(), &source[..]);
+        assert_eq!(fine.items().to_vec(), source);
     }
 
     #[test]
@@ -1000,15 +1125,22 @@ mod tests {
                 .cloned()
                 .collect();
             want.sort_by_key(|i| i.ext.start());
-            let page = NewPage::edited(&items, &remove, &add, Marks::default());
-            assert_eq!(page.items(), &want[..]);
+            let old = page(&items);
+            let page = NewPage::edited(old.items(), &remove, &add, Marks::default());
+            assert_eq!(page.items().to_vec(), want);
             assert_eq!(
                 page.page().modified(),
                 want.iter().filter(|i| i.modified).count()
             );
-            assert_eq!(page.page().starts(), &starts(&want)[..]);
+            assert!(
+                page.page()
+                    .starts()
+                    .iter()
+                    .copied()
+                    .eq(want.iter().map(|i| i.ext.start()))
+            );
             let mut all = Vec::new();
-            merge_into(&items, &remove, &add, &mut all);
+            merge_into(old.items(), &remove, &add, &mut all);
             assert_eq!(all, want);
         }
     }

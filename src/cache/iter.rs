@@ -206,9 +206,9 @@ impl<'c, M: Mapping> Iter<'c, M> {
                     if item.ext.start() >= hi {
                         break;
                     }
-                    if wanted(self, item) {
+                    if wanted(self, &item) {
                         self.floor = item.ext.end();
-                        self.front.push_back(*item);
+                        self.front.push_back(item);
                     }
                 }
             }
@@ -217,9 +217,9 @@ impl<'c, M: Mapping> Iter<'c, M> {
                     if item.ext.start() < lo {
                         break;
                     }
-                    if wanted(self, item) {
+                    if wanted(self, &item) {
                         self.ceiling = item.ext.start();
-                        self.back.push_front(*item);
+                        self.back.push_front(item);
                     }
                 }
             }

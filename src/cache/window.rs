@@ -241,7 +241,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
                 items.len()
             };
             if n > 0 {
-                return Ok(Some(items[n - 1]));
+                return Ok(Some(items.at(n - 1)));
             }
         }
         if self.leaves[0].key == 0 {
@@ -259,7 +259,7 @@ impl<M: Mapping> View<M> for Window<'_, M> {
             let items = leaf.page.items();
             let n = if q == p { leaf.page.upto(off) } else { 0 };
             if n < items.len() {
-                return Ok(Some(items[n]));
+                return Ok(Some(items.at(n)));
             }
         }
         if self.bound().is_none() {
@@ -323,7 +323,7 @@ impl<M: Mapping> View<M> for OnePage<'_, M> {
         match l.page.upto(off) {
             0 if l.key == 0 => Ok(None),
             0 => Err(plan::Edge),
-            n => Ok(Some(l.page.items()[n - 1])),
+            n => Ok(Some(l.page.items().at(n - 1))),
         }
     }
 
@@ -334,7 +334,7 @@ impl<M: Mapping> View<M> for OnePage<'_, M> {
         }
         let n = l.page.upto(off);
         match l.page.items().get(n) {
-            Some(i) => Ok(Some(*i)),
+            Some(i) => Ok(Some(i)),
             None if l.bound.is_none() => Ok(None),
             None => Err(plan::Edge),
         }
