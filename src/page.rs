@@ -1033,6 +1033,19 @@ mod tests {
         assert_eq!(starts(pages[0].1.items()), [100, 110]);
     }
 
+    // What docs/design.md, docs/performance.md and README count on: a page stores an extent
+    // of the default mapping in 80 bytes (its start and its body), where the whole item
+    // takes 88.
+    #[test]
+    fn a_body_is_the_item_without_its_start() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<Item<crate::BlockMapping>>(), 88);
+        assert_eq!(size_of::<Body<crate::BlockMapping>>(), 72);
+        let mut it = item(4096, 8192);
+        it.modified = true;
+        assert_eq!(Body::of(&it).item(4096), it);
+    }
+
     #[test]
     fn a_page_built_in_place_holds_its_items_and_counts_the_modified() {
         let mut items: Vec<_> = (0..5).map(|i| item(i * 10, 1)).collect();
