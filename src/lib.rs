@@ -19,6 +19,7 @@ pub use cache::{ExtentCache, Gaps, Iter, MemoryUsage};
 pub use caches::{CacheRef, CacheRefs, ExtentCaches, Shrunk};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};
+pub use page::spare::{SPARE_BYTES, release_spare_pages, spare_page_bytes};
 pub use plan::{Dropped, Evict, Evicted, FillTicket};
 
 /// A few values kept inline: what one change handles (the slots of its window, the pages it

@@ -14,6 +14,8 @@ use crate::extent::{Extent, Flags, Mapping};
 use crate::plan::{Change, Item};
 use crate::sync::{AtomicU64, Ordering};
 
+pub(crate) mod spare;
+
 /// An immutable, sorted run of items (start order, no overlap), with how many of them are in
 /// the modified set.
 ///
@@ -341,17 +343,22 @@ struct Builder<M> {
 }
 
 impl<M: Mapping> Builder<M> {
-    /// An allocation for a page of exactly `len` items.
+    /// An allocation for a page of exactly `len` items: a spare of the thread's, or a new one.
     fn new(len: usize) -> Self {
         let (layout, at_starts, at_bodies) = Page::<M>::layout(len);
-        // SAFETY: the layout is never zero-sized (it holds the header).
-        let Some(base) = NonNull::new(unsafe { alloc::alloc(layout) }) else {
-            alloc::handle_alloc_error(layout)
+        let base = match spare::take(layout) {
+            Some(base) => base,
+            // SAFETY: the layout is never zero-sized (it holds the header).
+            None => match NonNull::new(unsafe { alloc::alloc(layout) }) {
+                Some(base) => base,
+                None => alloc::handle_alloc_error(layout),
+            },
         };
         let base = base.as_ptr();
         // The offsets come from `Layout::extend` (`Page::layout`): in bounds and aligned for
         // their types; both may be the end of the allocation when `len == 0`.
-        // SAFETY: `base` is a fresh allocation of `layout`; one past the end is allowed.
+        // SAFETY: `base` is an allocation of `layout` that nothing else refers to (fresh, or a
+        // spare: a freed page's); one past the end is allowed.
         let (starts, bodies) = unsafe {
             (
                 base.add(at_starts).cast::<u64>(),
@@ -445,8 +452,9 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_bodies)
     }
 
-    /// Frees a page built by [`NewPage::build`]. Its items are `Copy` (every page is built
-    /// for a `Mapping`): there is nothing in them to drop.
+    /// Frees a page built by [`NewPage::build`]: its allocation becomes a spare of the calling
+    /// thread's ([`spare`]), or goes back to the allocator. Its items are `Copy` (every page
+    /// is built for a `Mapping`): there is nothing in them to drop.
     ///
     /// # Safety
     ///
@@ -458,8 +466,13 @@ impl<M> Page<M> {
         // SAFETY: the header holds atomics (under loom, modelled objects): dropped once, here.
         unsafe { ptr::drop_in_place(page.cast_mut()) };
         let (layout, ..) = Self::layout(len);
-        // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`).
-        unsafe { alloc::dealloc(page.cast_mut().cast::<u8>(), layout) };
+        // SAFETY: a page is never at null.
+        let block = unsafe { NonNull::new_unchecked(page.cast_mut().cast::<u8>()) };
+        if let Err(block) = spare::put(block, layout) {
+            // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`),
+            // from the allocator or from a spare that came from it, and not kept as a spare.
+            unsafe { alloc::dealloc(block.as_ptr(), layout) };
+        }
     }
 
     /// The bytes this page's allocation takes.

@@ -3,11 +3,15 @@
 //!
 //! The allocator counts every byte this test binary holds, so the binary holds one test: the
 //! harness runs tests on parallel threads, and another test's allocations would count too.
+//! Besides the cache, the heap holds the freed pages the test's thread keeps as spares
+//! (`spare_page_bytes`, at most `SPARE_BYTES`): the checks add them.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use extent_cache::{Evict, ExtentCache, MemoryUsage};
+use extent_cache::{
+    Evict, ExtentCache, MemoryUsage, SPARE_BYTES, release_spare_pages, spare_page_bytes,
+};
 
 #[path = "support/common.rs"]
 mod common;
@@ -56,17 +60,20 @@ fn collect() {
     }
 }
 
-/// Checks that the heap grew by what `m` books since `base`, within 10% (plus a little for
-/// the epoch's own bags of garbage records).
+/// Checks that the heap grew by what `m` books since `base`, and the thread's spare pages,
+/// within 10% (plus a little for the epoch's own bags of garbage records).
 fn check(what: &str, base: isize, m: MemoryUsage) {
     let heap = NET.load(Ordering::Relaxed) - base;
+    let spare = spare_page_bytes();
+    assert!(spare <= SPARE_BYTES);
     let booked = m.total_bytes() as isize;
     let slack = booked / 10 + 16 * 1024;
     assert!(
-        (heap - booked).abs() <= slack,
-        "{what}: the heap grew by {heap} bytes, the cache books {booked} ({m:?})"
+        (heap - spare as isize - booked).abs() <= slack,
+        "{what}: the heap grew by {heap} bytes, the cache books {booked}, the thread keeps \
+         {spare} in spare pages ({m:?})"
     );
-    eprintln!("{what}: heap {heap}, booked {booked} ({m:?})");
+    eprintln!("{what}: heap {heap}, booked {booked}, spare {spare} ({m:?})");
 }
 
 #[test]
@@ -113,6 +120,14 @@ fn memory_matches_a_counting_allocator() {
     check("churned, garbage waiting", base, m);
     collect();
     check("churned", base, cache.memory());
+    assert!(spare_page_bytes() > 0, "the churn's freed pages are kept");
+    // Released, the spares go back to the allocator.
+    let before = NET.load(Ordering::Relaxed);
+    let spare = spare_page_bytes() as isize;
+    release_spare_pages();
+    assert_eq!(spare_page_bytes(), 0);
+    assert_eq!(NET.load(Ordering::Relaxed), before - spare);
+    check("churned, spares released", base, cache.memory());
 
     // Emptied: nothing live; what waits is retired.
     cache.clear();
@@ -125,9 +140,10 @@ fn memory_matches_a_counting_allocator() {
     collect();
     check("cleared", base, cache.memory());
 
-    // Dropped: everything goes back, once the epoch is done.
+    // Dropped: everything goes back, once the epoch is done (and the spares are released).
     drop(cache);
     collect();
+    release_spare_pages();
     let left = NET.load(Ordering::Relaxed) - base;
     assert!(
         left.abs() <= 16 * 1024,

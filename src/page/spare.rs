@@ -1,0 +1,291 @@
+//! Spare pages: allocations of freed pages that a thread keeps for the pages it builds next.
+//!
+//! Every write builds a page and retires one, and the epoch frees a retired page on whichever
+//! thread collects garbage, in bursts of a few hundred. With glibc's allocator a block freed
+//! by another thread than the one that allocated it is freed under the lock of the arena it
+//! came from, so two writers take turns at the allocator's locks (`docs/performance.md`,
+//! "Two writers and the allocator's locks"). A thread therefore keeps the pages it frees, up
+//! to [`SPARE_BYTES`], and builds its next pages in them: most pages then go from one write to
+//! the next without the allocator.
+//!
+//! A spare is matched by its exact layout (a page's layout follows from its length and its
+//! mapping type), so a page built in a spare is exactly the size it would have been
+//! allocated at, and [`memory()`](crate::ExtentCache::memory) stays exact. Spares belong to
+//! the thread, not to a cache: [`spare_page_bytes`] says how much the calling thread keeps and
+//! [`release_spare_pages`] hands it back to the allocator; a thread's spares go back when it
+//! exits. Under loom every page goes to the allocator (loom's threads share one thread's
+//! locals).
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+/// The most bytes of spare pages one thread keeps: about a hundred pages of 20–30 extents.
+/// A burst of the epoch's frees is kept whole up to this; the rest goes to the allocator.
+pub const SPARE_BYTES: usize = 256 * 1024;
+
+/// Heap bytes of the freed pages the calling thread keeps for its next writes (at most
+/// [`SPARE_BYTES`]). They belong to no cache: [`ExtentCache::memory`](crate::ExtentCache::memory)
+/// does not count them.
+///
+/// ```
+/// use extent_cache::{ExtentCache, Extent, release_spare_pages, spare_page_bytes};
+/// let cache = ExtentCache::new();
+/// cache.insert(Extent::hole(0, 4096)).unwrap();
+/// cache.insert(Extent::hole(8192, 4096)).unwrap(); // builds a new page, retires the old
+/// assert!(spare_page_bytes() <= extent_cache::SPARE_BYTES);
+/// release_spare_pages();
+/// assert_eq!(spare_page_bytes(), 0);
+/// ```
+pub fn spare_page_bytes() -> usize {
+    imp::bytes()
+}
+
+/// Hands the calling thread's spare pages back to the allocator (a thread about to go idle
+/// for long may call it; a thread's spares go back anyway when it exits).
+pub fn release_spare_pages() {
+    imp::release();
+}
+
+/// Takes a spare of exactly `layout`, if the calling thread keeps one.
+#[inline]
+pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
+    imp::take(layout)
+}
+
+/// Keeps `block` (an allocation of `layout`, from the global allocator, that nothing refers to
+/// any more) as a spare of the calling thread: `Err(block)` when it keeps no more, and then
+/// the caller frees it.
+#[inline]
+pub(super) fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
+    imp::put(block, layout)
+}
+
+#[cfg(not(loom))]
+mod imp {
+    use std::alloc::{self, Layout};
+    use std::cell::RefCell;
+    use std::ptr::NonNull;
+
+    use super::SPARE_BYTES;
+
+    /// Spares are kept on shelves by size, so that a take looks at one or two spares only.
+    const SHELVES: usize = 64;
+
+    /// How many spares of a shelf a take looks at for its layout before it gives up (sizes
+    /// that share a shelf are rare: page sizes step by whole items).
+    const LOOK: usize = 4;
+
+    /// What a spare holds at its start, in its own memory (a spare is at least a page
+    /// header, larger than this, and aligned for it): the shelf's next spare and its own
+    /// layout. The shelves allocate nothing.
+    struct Link {
+        next: Option<NonNull<Link>>,
+        layout: Layout,
+    }
+
+    /// A thread's spares: a list per shelf, and their bytes in all.
+    struct Spares {
+        shelves: [Option<NonNull<Link>>; SHELVES],
+        bytes: usize,
+    }
+
+    /// The shelf of a layout: page sizes differ by whole items (at least 8 bytes), so
+    /// neighbouring lengths land on different shelves.
+    fn shelf(layout: Layout) -> usize {
+        (layout.size() / 8) % SHELVES
+    }
+
+    impl Spares {
+        fn release(&mut self) {
+            for head in &mut self.shelves {
+                while let Some(link) = *head {
+                    // SAFETY: a spare on a shelf is a block `put` wrote a `Link` into, that
+                    // nobody else refers to; it leaves the shelf here, once, and is freed
+                    // with the layout it was allocated with (recorded by `put`).
+                    unsafe {
+                        let Link { next, layout } = link.as_ptr().read();
+                        *head = next;
+                        alloc::dealloc(link.as_ptr().cast::<u8>(), layout);
+                    }
+                }
+            }
+            self.bytes = 0;
+        }
+    }
+
+    impl Drop for Spares {
+        fn drop(&mut self) {
+            self.release();
+        }
+    }
+
+    thread_local! {
+        static SPARES: RefCell<Spares> = const {
+            RefCell::new(Spares {
+                shelves: [None; SHELVES],
+                bytes: 0,
+            })
+        };
+    }
+
+    /// Runs `f` on the calling thread's spares; `None` while the thread's locals are being
+    /// torn down (or, never in practice, from within `f`): then pages go straight to and
+    /// from the allocator.
+    #[inline]
+    fn with<R>(f: impl FnOnce(&mut Spares) -> R) -> Option<R> {
+        SPARES
+            .try_with(|s| s.try_borrow_mut().ok().map(|mut s| f(&mut s)))
+            .ok()
+            .flatten()
+    }
+
+    pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
+        with(|s| {
+            let mut at: *mut Option<NonNull<Link>> = &mut s.shelves[shelf(layout)];
+            for _ in 0..LOOK {
+                // SAFETY: `at` is the shelf's head or the `next` of a spare on it: spares are
+                // the thread's alone (see `release`), and nothing else runs on them now.
+                let link = unsafe { (*at)? };
+                // SAFETY: as above.
+                let this = unsafe { &mut *link.as_ptr() };
+                if this.layout == layout {
+                    // SAFETY: as above; the spare leaves its shelf, and its memory is the
+                    // caller's from now on.
+                    unsafe { *at = this.next };
+                    s.bytes -= layout.size();
+                    return Some(link.cast::<u8>());
+                }
+                at = &mut this.next;
+            }
+            None
+        })
+        .flatten()
+    }
+
+    pub(super) fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
+        debug_assert!(
+            layout.size() >= size_of::<Link>() && layout.align() >= align_of::<Link>(),
+            "a spare holds its link"
+        );
+        with(|s| {
+            if s.bytes + layout.size() > SPARE_BYTES {
+                return Err(block);
+            }
+            let head = &mut s.shelves[shelf(layout)];
+            let link = block.cast::<Link>();
+            // SAFETY: `block` is an allocation of `layout` that nobody refers to any more
+            // (the caller's word), large and aligned enough for a `Link` (a page is), so its
+            // start may be written; it stays the thread's until `take` or `release`.
+            unsafe {
+                link.as_ptr().write(Link {
+                    next: *head,
+                    layout,
+                })
+            };
+            *head = Some(link);
+            s.bytes += layout.size();
+            Ok(())
+        })
+        .unwrap_or(Err(block))
+    }
+
+    pub(super) fn bytes() -> usize {
+        with(|s| s.bytes).unwrap_or(0)
+    }
+
+    pub(super) fn release() {
+        with(Spares::release);
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    use std::alloc::Layout;
+    use std::ptr::NonNull;
+
+    pub(super) fn take(_: Layout) -> Option<NonNull<u8>> {
+        None
+    }
+
+    pub(super) fn put(block: NonNull<u8>, _: Layout) -> Result<(), NonNull<u8>> {
+        Err(block)
+    }
+
+    pub(super) fn bytes() -> usize {
+        0
+    }
+
+    pub(super) fn release() {}
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::alloc;
+
+    fn block(layout: Layout) -> NonNull<u8> {
+        // SAFETY: test layouts are not zero-sized.
+        NonNull::new(unsafe { alloc::alloc(layout) }).expect("memory")
+    }
+
+    // Each test runs on a thread of its own, so it sees its own spares only.
+    #[test]
+    fn a_spare_is_taken_only_for_its_own_layout() {
+        let a = Layout::from_size_align(64 + 80 * 20, 8).unwrap();
+        let b = Layout::from_size_align(64 + 80 * 21, 8).unwrap();
+        let c = Layout::from_size_align(64 + 80 * 20, 16).unwrap();
+        let x = block(a);
+        assert_eq!(put(x, a), Ok(()));
+        assert_eq!(spare_page_bytes(), a.size());
+        assert_eq!(take(b), None, "another size");
+        assert_eq!(take(c), None, "another alignment");
+        assert_eq!(take(a), Some(x));
+        assert_eq!(take(a), None, "taken once");
+        assert_eq!(spare_page_bytes(), 0);
+        // SAFETY: allocated above with `a`, taken back, freed once.
+        unsafe { alloc::dealloc(x.as_ptr(), a) };
+    }
+
+    #[test]
+    fn a_thread_keeps_at_most_its_bound_and_releases_it() {
+        let l = Layout::from_size_align(64 + 80 * 25, 8).unwrap();
+        let mut refused = 0;
+        for _ in 0..2 * SPARE_BYTES / l.size() {
+            if let Err(x) = put(block(l), l) {
+                refused += 1;
+                // SAFETY: allocated with `l` just now, refused, freed once.
+                unsafe { alloc::dealloc(x.as_ptr(), l) };
+            }
+        }
+        assert_eq!(spare_page_bytes(), SPARE_BYTES / l.size() * l.size());
+        assert!(refused > 0);
+        release_spare_pages();
+        assert_eq!(spare_page_bytes(), 0);
+        assert_eq!(take(l), None);
+    }
+
+    // Pages freed on one thread are built again on that thread: what a cache's writes free
+    // comes back, and the cache's books stay exact (`tests/memory.rs` holds them against the
+    // heap).
+    #[test]
+    fn a_freed_page_is_built_again_in_its_spare() {
+        use crate::page::{Marks, NewPage};
+        use crate::plan::Item;
+        let item = |s: u64| Item {
+            ext: crate::Extent::hole(s, 1),
+            modified: false,
+        };
+        let page = NewPage::build(3, (0..3).map(item), Marks::default());
+        let at = page.into_raw();
+        let bytes = spare_page_bytes();
+        // SAFETY: handed over by `into_raw`, freed once.
+        unsafe { crate::page::Page::free(at) };
+        assert!(spare_page_bytes() > bytes);
+        let again = NewPage::build(3, (10..13).map(item), Marks::default());
+        assert_eq!(again.into_raw(), at, "built in the spare just freed");
+        assert_eq!(spare_page_bytes(), bytes);
+        // SAFETY: as above.
+        unsafe { crate::page::Page::free(at) };
+        release_spare_pages();
+    }
+}
