@@ -6,7 +6,8 @@
 //! came from, so two writers take turns at the allocator's locks (`docs/performance.md`,
 //! "Two writers and the allocator's locks"). A thread therefore keeps the pages it frees, up
 //! to [`SPARE_BYTES`], and builds its next pages in them: most pages then go from one write to
-//! the next without the allocator.
+//! the next without the allocator. Only a thread that builds pages keeps any: a reader runs the
+//! epoch's frees too, and spares it would never use would only hold memory.
 //!
 //! A spare is matched by its exact layout (a page's layout follows from its length and its
 //! mapping type), so a page built in a spare is exactly the size it would have been
@@ -83,10 +84,12 @@ mod imp {
         layout: Layout,
     }
 
-    /// A thread's spares: a list per shelf, and their bytes in all.
+    /// A thread's spares: a list per shelf, their bytes in all, and whether the thread has
+    /// built a page (only then does it keep spares).
     struct Spares {
         shelves: [Option<NonNull<Link>>; SHELVES],
         bytes: usize,
+        builds: bool,
     }
 
     /// The shelf of a layout: page sizes differ by whole items (at least 8 bytes), so
@@ -124,6 +127,7 @@ mod imp {
             RefCell::new(Spares {
                 shelves: [None; SHELVES],
                 bytes: 0,
+                builds: false,
             })
         };
     }
@@ -141,6 +145,7 @@ mod imp {
 
     pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
         with(|s| {
+            s.builds = true;
             let mut at: *mut Option<NonNull<Link>> = &mut s.shelves[shelf(layout)];
             for _ in 0..LOOK {
                 // SAFETY: `at` is the shelf's head or the `next` of a spare on it: spares are
@@ -168,7 +173,7 @@ mod imp {
             "a spare holds its link"
         );
         with(|s| {
-            if s.bytes + layout.size() > SPARE_BYTES {
+            if !s.builds || s.bytes + layout.size() > SPARE_BYTES {
                 return Err(block);
             }
             let head = &mut s.shelves[shelf(layout)];
@@ -230,10 +235,24 @@ mod tests {
 
     // Each test runs on a thread of its own, so it sees its own spares only.
     #[test]
+    fn a_thread_that_builds_no_page_keeps_no_spares() {
+        let l = Layout::from_size_align(64 + 80 * 20, 8).unwrap();
+        let x = block(l);
+        assert_eq!(put(x, l), Err(x), "a reader's frees go to the allocator");
+        assert_eq!(spare_page_bytes(), 0);
+        assert_eq!(take(l), None); // the thread builds a page: from now on it keeps spares
+        assert_eq!(put(x, l), Ok(()));
+        assert_eq!(take(l), Some(x));
+        // SAFETY: allocated above with `l`, taken back, freed once.
+        unsafe { alloc::dealloc(x.as_ptr(), l) };
+    }
+
+    #[test]
     fn a_spare_is_taken_only_for_its_own_layout() {
         let a = Layout::from_size_align(64 + 80 * 20, 8).unwrap();
         let b = Layout::from_size_align(64 + 80 * 21, 8).unwrap();
         let c = Layout::from_size_align(64 + 80 * 20, 16).unwrap();
+        assert_eq!(take(a), None);
         let x = block(a);
         assert_eq!(put(x, a), Ok(()));
         assert_eq!(spare_page_bytes(), a.size());
@@ -249,6 +268,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_at_most_its_bound_and_releases_it() {
         let l = Layout::from_size_align(64 + 80 * 25, 8).unwrap();
+        assert_eq!(take(l), None);
         let mut refused = 0;
         for _ in 0..2 * SPARE_BYTES / l.size() {
             if let Err(x) = put(block(l), l) {
