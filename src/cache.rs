@@ -775,7 +775,9 @@ impl<M: Mapping> ExtentCache<M> {
     /// what the cache asked the allocator for (the allocator's own overhead is not in them),
     /// not counting the `ExtentCache` itself (256 bytes, wherever it lives). A cache of an
     /// [`ExtentCaches`](crate::ExtentCaches) books its retired bytes in the registry's
-    /// [`memory`](crate::ExtentCaches::memory), and reports none here.
+    /// [`memory`](crate::ExtentCaches::memory), and reports none here. Freed pages that a
+    /// thread keeps to build its next pages in belong to no cache: see
+    /// [`spare_page_bytes`](crate::spare_page_bytes).
     ///
     /// ```
     /// use extent_cache::{ExtentCache, Extent};

@@ -113,6 +113,7 @@ impl<'a, M: Mapping> Items<'a, M> {
     /// The `k`th item (`k < len`, else a bug of the caller's, and a panic).
     #[inline]
     pub(crate) fn at(&self, k: usize) -> Item<M> {
+        debug_assert_eq!(self.starts.len(), self.bodies.len());
         let start = self.starts[k];
         // SAFETY: `k < starts.len()` (checked by the index above), and `bodies` is as long as
         // `starts`: both are cut from one page's arrays of `len` entries, by the same bounds.
@@ -452,23 +453,34 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_bodies)
     }
 
-    /// Frees a page built by [`NewPage::build`]: its allocation becomes a spare of the calling
+    /// Frees a page built by [`NewPage`] (any of its constructors): its allocation becomes a spare of the calling
     /// thread's ([`spare`]), or goes back to the allocator. Its items are `Copy` (every page
     /// is built for a `Mapping`): there is nothing in them to drop.
     ///
     /// # Safety
     ///
-    /// `page` came from [`NewPage::build`], is freed only this once, and nobody can reach it
-    /// any more.
+    /// `page` came from a [`NewPage`], is freed only this once, and nobody can reach it any
+    /// more.
     pub(crate) unsafe fn free(page: *const Page<M>) {
         // SAFETY: per the caller, the page is alive and ours alone.
         let len = unsafe { (*page).len } as usize;
         // SAFETY: the header holds atomics (under loom, modelled objects): dropped once, here.
         unsafe { ptr::drop_in_place(page.cast_mut()) };
         let (layout, ..) = Self::layout(len);
+        const {
+            assert!(
+                size_of::<Page<M>>() >= spare::MIN_BLOCK.size()
+                    && align_of::<Page<M>>() >= spare::MIN_BLOCK.align(),
+                "a page's allocation can hold a spare's link"
+            )
+        };
         // SAFETY: a page is never at null.
         let block = unsafe { NonNull::new_unchecked(page.cast_mut().cast::<u8>()) };
-        if let Err(block) = spare::put(block, layout) {
+        // SAFETY: the page's allocation, of `layout`, from the global allocator (`Builder`
+        // allocates it or takes a spare that came from it); nobody can reach it any more (the
+        // caller's word, and its header was just dropped); at least a header in size and
+        // alignment, which holds a spare's link (checked above, at compile time).
+        if let Err(block) = unsafe { spare::put(block, layout) } {
             // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`),
             // from the allocator or from a spare that came from it, and not kept as a spare.
             unsafe { alloc::dealloc(block.as_ptr(), layout) };
@@ -492,11 +504,6 @@ impl<M> Page<M> {
                 bodies: slice::from_raw_parts(self.bodies, self.len as usize),
             }
         }
-    }
-
-    fn starts(&self) -> &[u64] {
-        // SAFETY: as in `items`.
-        unsafe { slice::from_raw_parts(self.starts, self.len as usize) }
     }
 
     /// How many items are in the modified set.
@@ -558,7 +565,7 @@ impl<M> Page<M> {
 
     /// The number of items whose start is `<= off` (the index of the first item after `off`).
     pub(crate) fn upto(&self, off: u64) -> usize {
-        crate::store::count_upto(self.starts(), off)
+        crate::store::count_upto(self.items().starts(), off)
     }
 }
 
@@ -1159,7 +1166,7 @@ mod tests {
                 want.iter().filter(|i| i.modified).count()
             );
             assert!(
-                page.page()
+                page.items()
                     .starts()
                     .iter()
                     .copied()

@@ -199,13 +199,14 @@ impl<'c, M: Mapping> Iter<'c, M> {
             let (s, e) = (item.ext.start(), item.ext.end());
             e > it.lower && s >= it.floor && e <= it.ceiling && (!it.modified_only || item.modified)
         };
+        // The items that start in `[lo, hi)`, found by their starts alone.
         let items = page.items();
+        let starts = items.starts();
+        let to = starts.partition_point(|&s| s < hi);
+        let items = items.slice(starts[..to].partition_point(|&s| s < lo), to);
         match end {
             End::Front => {
-                for item in items.iter().skip_while(|i| i.ext.start() < lo) {
-                    if item.ext.start() >= hi {
-                        break;
-                    }
+                for item in items.iter() {
                     if wanted(self, &item) {
                         self.floor = item.ext.end();
                         self.front.push_back(item);
@@ -213,10 +214,7 @@ impl<'c, M: Mapping> Iter<'c, M> {
                 }
             }
             End::Back => {
-                for item in items.iter().rev().skip_while(|i| i.ext.start() >= hi) {
-                    if item.ext.start() < lo {
-                        break;
-                    }
+                for item in items.iter().rev() {
                     if wanted(self, &item) {
                         self.ceiling = item.ext.start();
                         self.back.push_front(item);

@@ -14,7 +14,8 @@
 //! allocated at, and [`memory()`](crate::ExtentCache::memory) stays exact. Spares belong to
 //! the thread, not to a cache: [`spare_page_bytes`] says how much the calling thread keeps and
 //! [`release_spare_pages`] hands it back to the allocator; a thread's spares go back when it
-//! exits. Under loom every page goes to the allocator (loom's threads share one thread's
+//! exits (the main thread's only if Rust runs its thread-local destructors: at the end of the
+//! process its memory goes back anyway). Under loom every page goes to the allocator (loom's threads share one thread's
 //! locals), and so it does in the AddressSanitizer build (`--cfg extent_cache_no_spares`), so
 //! that a page used after its free is one the sanitizer sees.
 
@@ -54,12 +55,21 @@ pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
     imp::take(layout)
 }
 
-/// Keeps `block` (an allocation of `layout`, from the global allocator, that nothing refers to
-/// any more) as a spare of the calling thread: `Err(block)` when it keeps no more, and then
-/// the caller frees it.
+/// The least size and alignment of a block [`put`] keeps: a spare holds its link in its own
+/// memory.
+pub(super) const MIN_BLOCK: Layout = imp::MIN_BLOCK;
+
+/// Keeps `block` as a spare of the calling thread: `Err(block)` when it keeps no more, and
+/// then the caller frees it.
+///
+/// # Safety
+///
+/// `block` is a live allocation of `layout` by the global allocator that nobody refers to any
+/// more (it becomes the thread's), at least [`MIN_BLOCK`] in size and alignment.
 #[inline]
-pub(super) fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
-    imp::put(block, layout)
+pub(super) unsafe fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
+    // SAFETY: the caller's word, passed on.
+    unsafe { imp::put(block, layout) }
 }
 
 #[cfg(not(any(loom, extent_cache_no_spares)))]
@@ -70,11 +80,13 @@ mod imp {
 
     use super::SPARE_BYTES;
 
-    /// Spares are kept on shelves by size, so that a take looks at one or two spares only.
-    const SHELVES: usize = 64;
+    /// Spares are kept on shelves by size, so that a take looks at a few spares only. A prime
+    /// number of shelves: page sizes step by the size of an item (a multiple of 8), and the
+    /// lengths of one mapping's pages share a shelf only 61 lengths apart (a page holds few).
+    const SHELVES: usize = 61;
 
-    /// How many spares of a shelf a take looks at for its layout before it gives up (sizes
-    /// that share a shelf are rare: page sizes step by whole items).
+    /// How many spares of a shelf a take looks at for its layout before it gives up (a shelf
+    /// holds other layouts only for pages of other mapping types).
     const LOOK: usize = 4;
 
     /// What a spare holds at its start, in its own memory (a spare is at least a page
@@ -85,16 +97,17 @@ mod imp {
         layout: Layout,
     }
 
+    pub(super) const MIN_BLOCK: Layout = Layout::new::<Link>();
+
     /// A thread's spares: a list per shelf, their bytes in all, and whether the thread has
     /// built a page (only then does it keep spares).
     struct Spares {
         shelves: [Option<NonNull<Link>>; SHELVES],
         bytes: usize,
-        builds: bool,
+        built: bool,
     }
 
-    /// The shelf of a layout: page sizes differ by whole items (at least 8 bytes), so
-    /// neighbouring lengths land on different shelves.
+    /// The shelf of a layout.
     fn shelf(layout: Layout) -> usize {
         (layout.size() / 8) % SHELVES
     }
@@ -128,7 +141,7 @@ mod imp {
             RefCell::new(Spares {
                 shelves: [None; SHELVES],
                 bytes: 0,
-                builds: false,
+                built: false,
             })
         };
     }
@@ -146,18 +159,16 @@ mod imp {
 
     pub(super) fn take(layout: Layout) -> Option<NonNull<u8>> {
         with(|s| {
-            s.builds = true;
-            let mut at: *mut Option<NonNull<Link>> = &mut s.shelves[shelf(layout)];
+            s.built = true;
+            let mut at = &mut s.shelves[shelf(layout)];
             for _ in 0..LOOK {
-                // SAFETY: `at` is the shelf's head or the `next` of a spare on it: spares are
-                // the thread's alone (see `release`), and nothing else runs on them now.
-                let link = unsafe { (*at)? };
-                // SAFETY: as above.
+                let link = (*at)?;
+                // SAFETY: a spare on a shelf holds the `Link` that `put` wrote at its start,
+                // and is the thread's alone until it leaves the shelf (here or in `release`).
                 let this = unsafe { &mut *link.as_ptr() };
                 if this.layout == layout {
-                    // SAFETY: as above; the spare leaves its shelf, and its memory is the
-                    // caller's from now on.
-                    unsafe { *at = this.next };
+                    // The spare leaves its shelf: its memory is the caller's from now on.
+                    *at = this.next;
                     s.bytes -= layout.size();
                     return Some(link.cast::<u8>());
                 }
@@ -168,20 +179,19 @@ mod imp {
         .flatten()
     }
 
-    pub(super) fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
-        debug_assert!(
-            layout.size() >= size_of::<Link>() && layout.align() >= align_of::<Link>(),
-            "a spare holds its link"
-        );
+    /// # Safety
+    ///
+    /// As [`super::put`].
+    pub(super) unsafe fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
         with(|s| {
-            if !s.builds || s.bytes + layout.size() > SPARE_BYTES {
+            if !s.built || s.bytes + layout.size() > SPARE_BYTES {
                 return Err(block);
             }
             let head = &mut s.shelves[shelf(layout)];
             let link = block.cast::<Link>();
-            // SAFETY: `block` is an allocation of `layout` that nobody refers to any more
-            // (the caller's word), large and aligned enough for a `Link` (a page is), so its
-            // start may be written; it stays the thread's until `take` or `release`.
+            // SAFETY: per the caller, `block` is an allocation of `layout` that nobody refers
+            // to any more, at least `MIN_BLOCK` (a `Link`) in size and alignment, so its start
+            // may be written; it stays the thread's until `take` or `release`.
             unsafe {
                 link.as_ptr().write(Link {
                     next: *head,
@@ -213,7 +223,12 @@ mod imp {
         None
     }
 
-    pub(super) fn put(block: NonNull<u8>, _: Layout) -> Result<(), NonNull<u8>> {
+    pub(super) const MIN_BLOCK: Layout = Layout::new::<u8>();
+
+    /// # Safety
+    ///
+    /// None needed: nothing is kept.
+    pub(super) unsafe fn put(block: NonNull<u8>, _: Layout) -> Result<(), NonNull<u8>> {
         Err(block)
     }
 
@@ -234,15 +249,23 @@ mod tests {
         NonNull::new(unsafe { alloc::alloc(layout) }).expect("memory")
     }
 
+    /// `put` of a block of `layout` the test allocated and refers to by its pointer only.
+    fn keep(x: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
+        assert!(layout.size() >= MIN_BLOCK.size() && layout.align() >= MIN_BLOCK.align());
+        // SAFETY: every caller passes a block it allocated with `layout` (checked large
+        // enough above) and does not use until it takes it back.
+        unsafe { put(x, layout) }
+    }
+
     // Each test runs on a thread of its own, so it sees its own spares only.
     #[test]
     fn a_thread_that_builds_no_page_keeps_no_spares() {
         let l = Layout::from_size_align(64 + 80 * 20, 8).unwrap();
         let x = block(l);
-        assert_eq!(put(x, l), Err(x), "a reader's frees go to the allocator");
+        assert_eq!(keep(x, l), Err(x), "a reader's frees go to the allocator");
         assert_eq!(spare_page_bytes(), 0);
         assert_eq!(take(l), None); // the thread builds a page: from now on it keeps spares
-        assert_eq!(put(x, l), Ok(()));
+        assert_eq!(keep(x, l), Ok(()));
         assert_eq!(take(l), Some(x));
         // SAFETY: allocated above with `l`, taken back, freed once.
         unsafe { alloc::dealloc(x.as_ptr(), l) };
@@ -255,7 +278,7 @@ mod tests {
         let c = Layout::from_size_align(64 + 80 * 20, 16).unwrap();
         assert_eq!(take(a), None);
         let x = block(a);
-        assert_eq!(put(x, a), Ok(()));
+        assert_eq!(keep(x, a), Ok(()));
         assert_eq!(spare_page_bytes(), a.size());
         assert_eq!(take(b), None, "another size");
         assert_eq!(take(c), None, "another alignment");
@@ -272,7 +295,7 @@ mod tests {
         assert_eq!(take(l), None);
         let mut refused = 0;
         for _ in 0..2 * SPARE_BYTES / l.size() {
-            if let Err(x) = put(block(l), l) {
+            if let Err(x) = keep(block(l), l) {
                 refused += 1;
                 // SAFETY: allocated with `l` just now, refused, freed once.
                 unsafe { alloc::dealloc(x.as_ptr(), l) };
