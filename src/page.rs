@@ -397,10 +397,9 @@ impl<M: Mapping> Builder<M> {
             n <= self.len - self.written,
             "a page's items exceed its length"
         );
-        // SAFETY: `written + n <= len`: slots of this allocation's two arrays that nothing
-        // else can see, each written once; `items` lie in another allocation (a published
-        // page), so they do not overlap. Starts and bodies are `Copy` (`Mapping: Copy`): a
-        // bitwise copy is the value.
+        // `items` lie in another allocation (a published page): the copies do not overlap.
+        // SAFETY: `written + n <= len`: slots nobody else can see, each written once; starts
+        // and bodies are `Copy` (`Mapping: Copy`), so a bitwise copy is the value.
         unsafe {
             ptr::copy_nonoverlapping(items.starts.as_ptr(), self.starts.add(self.written), n);
             ptr::copy_nonoverlapping(items.bodies.as_ptr(), self.bodies.add(self.written), n);
@@ -476,10 +475,9 @@ impl<M> Page<M> {
         };
         // SAFETY: a page is never at null.
         let block = unsafe { NonNull::new_unchecked(page.cast_mut().cast::<u8>()) };
-        // SAFETY: the page's allocation, of `layout`, from the global allocator (`Builder`
-        // allocates it or takes a spare that came from it); nobody can reach it any more (the
-        // caller's word, and its header was just dropped); at least a header in size and
-        // alignment, which holds a spare's link (checked above, at compile time).
+        // The page's allocation is of `layout`, from the global allocator (directly or through
+        // a spare), and at least a header in size and alignment (checked above).
+        // SAFETY: so it holds a spare's link; nobody can reach it any more (the caller's word).
         if let Err(block) = unsafe { spare::put(block, layout) } {
             // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`),
             // from the allocator or from a spare that came from it, and not kept as a spare.
