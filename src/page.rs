@@ -452,9 +452,9 @@ impl<M> Page<M> {
         (layout.pad_to_align(), at_starts, at_bodies)
     }
 
-    /// Frees a page built by [`NewPage`] (any of its constructors): its allocation becomes a spare of the calling
-    /// thread's ([`spare`]), or goes back to the allocator. Its items are `Copy` (every page
-    /// is built for a `Mapping`): there is nothing in them to drop.
+    /// Frees a page built as a [`NewPage`] (by any of its constructors): its allocation
+    /// becomes a spare of the calling thread's ([`spare`]), or goes back to the allocator. Its
+    /// items are `Copy` (every page is built for a `Mapping`): there is nothing in them to drop.
     ///
     /// # Safety
     ///
@@ -479,8 +479,8 @@ impl<M> Page<M> {
         // a spare), and at least a header in size and alignment (checked above).
         // SAFETY: so it holds a spare's link; nobody can reach it any more (the caller's word).
         if let Err(block) = unsafe { spare::put(block, layout) } {
-            // SAFETY: allocated by `NewPage::build` with this very layout (the same `len`),
-            // from the allocator or from a spare that came from it, and not kept as a spare.
+            // SAFETY: allocated for a `NewPage` with this very layout (the same `len`), by the
+            // allocator or as a spare that came from it, and not kept as a spare now.
             unsafe { alloc::dealloc(block.as_ptr(), layout) };
         }
     }
