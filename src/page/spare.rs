@@ -15,9 +15,10 @@
 //! the thread, not to a cache: [`spare_page_bytes`] says how much the calling thread keeps and
 //! [`release_spare_pages`] hands it back to the allocator; a thread's spares go back when it
 //! exits (the main thread's only if Rust runs its thread-local destructors: at the end of the
-//! process its memory goes back anyway). Under loom every page goes to the allocator (loom's threads share one thread's
-//! locals), and so it does in the AddressSanitizer build (`--cfg extent_cache_no_spares`), so
-//! that a page used after its free is one the sanitizer sees.
+//! process its memory goes back anyway). Under loom every page goes to the allocator (loom's
+//! threads share one thread's locals), and so it does in the AddressSanitizer build and Miri's
+//! integration tests (`--cfg extent_cache_no_spares`), so that a page used after its free is
+//! one the checker sees.
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
