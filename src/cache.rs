@@ -1,10 +1,12 @@
 //! [`ExtentCache`]: the lock-free extent map, on the page store.
 //!
-//! This file holds the public operations. How a window of pages is read is in
-//! [`window`]; iteration in [`iter`]; the store and its commit protocol in `store.rs`; the
+//! This file holds the public operations. The read path is in [`read`]; how a window of pages
+//! is read in [`window`]; how a change is planned and published in [`write`](mod@write); iteration in
+//! [`iter`]; the store and its commit protocol in `store.rs`; the
 //! meaning of every operation in `plan.rs`.
 
 mod iter;
+mod read;
 mod window;
 mod write;
 
@@ -15,15 +17,16 @@ pub use iter::{Gaps, Iter};
 #[doc(hidden)]
 pub use write::retries_of_last_operation;
 
+use crate::books::MemoryUsage;
 use crate::error::Error;
 use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::page::{self, Shape};
-use crate::plan::{self, Dropped, Evict, Evicted, FillTicket, Probe, View};
+use crate::plan::{self, Dropped, Evict, Evicted, FillTicket};
 use crate::reference::ExtentMap;
 use crate::store::Store;
-use crate::sync::epoch::{Guard, pin};
+use crate::sync::epoch::pin;
 use crate::sync::retry_hint;
-use window::{Margin, OnePage, Window};
+use window::{Margin, Window};
 
 /// A lock-free, concurrent cache of extent maps with btrfs semantics.
 ///
@@ -117,90 +120,6 @@ impl<M: Mapping> ExtentCache<M> {
         ExtentCache {
             store: Store::new(Shape::new(cap)),
         }
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // The two engines: read-only queries and changes.
-
-    /// Runs a read-only query: first on the one page that owns `a` (one slot word: an instant
-    /// by itself), then, when the answer lies beyond that page, on a window of several pages
-    /// confirmed by a second read.
-    fn query<R>(&self, a: u64, b: u64, f: impl Fn(&dyn View<M>) -> Probe<R>) -> Option<R> {
-        let guard = &pin();
-        let dir = self.store.dir(guard)?;
-        if let Some(one) = OnePage::read(&self.store, dir, a, guard) {
-            if let Ok(r) = f(&one) {
-                return Some(r);
-            }
-        }
-        Some(self.query_window(a, b, f))
-    }
-
-    /// The several-page half of [`query`](Self::query). Re-pins on each retry, so that a
-    /// reader that keeps losing does not hold back reclamation.
-    fn query_window<R>(&self, a: u64, b: u64, f: impl Fn(&dyn View<M>) -> Probe<R>) -> R {
-        let mut m = Margin::default();
-        let mut tries = 0;
-        loop {
-            retried(&mut tries);
-            let guard = &pin();
-            let dir = self.store.dir(guard);
-            let w = match dir {
-                Some(dir) => match Window::for_read(&self.store, dir, a, b, m, guard) {
-                    Some(w) => w,
-                    None => {
-                        retry_hint();
-                        continue;
-                    }
-                },
-                None => Window::empty(),
-            };
-            match f(&w) {
-                Ok(r) if w.confirm(&self.store, dir, guard) => return r,
-                Ok(_) => retry_hint(),
-                Err(plan::Edge) => m.widen(&w),
-            }
-        }
-    }
-
-    /// The extent containing `offset`, from its page alone when that page holds an extent at
-    /// or before `offset`.
-    fn hit(&self, offset: u64, guard: &Guard) -> Option<Extent<M>> {
-        let dir = self.store.dir(guard)?;
-        let one = OnePage::read(&self.store, dir, offset, guard)?;
-        let item = one.at_or_before(offset).ok()??;
-        if !item.ext.contains(offset) {
-            return None;
-        }
-        one.leaf.page.touch();
-        Some(item.ext)
-    }
-
-    /// For the shrinker's second chance: from the page owning `from` on, the first page that
-    /// no reader marked since the last look, as the range `[max(from, its start), its end)`
-    /// to evict from; the marks of the pages passed on the way are taken. After `max_pages`
-    /// marked pages, `Err` with where to look next time (`None`: the end of the map).
-    pub(crate) fn cold_from(&self, from: u64, max_pages: usize) -> Result<(u64, u64), Option<u64>> {
-        let guard = &pin();
-        let Some(dir) = self.store.dir(guard) else {
-            return Err(None);
-        };
-        let mut at = Some(dir.find(from));
-        for _ in 0..max_pages {
-            let Some(p) = at else {
-                return Err(None);
-            };
-            let hot = match self.store.word(dir.slot(p), guard) {
-                crate::store::Word::Page(page) => page.take_referenced(),
-                // A change in flight: let the eviction deal with it.
-                crate::store::Word::Desc(_) => false,
-            };
-            if !hot {
-                return Ok((from.max(dir.key(p)), dir.bound(p).unwrap_or(u64::MAX)));
-            }
-            at = dir.next(p);
-        }
-        Err(at.map(|p| dir.key(p)))
     }
 
     // ----------------------------------------------------------------------------------------
@@ -329,30 +248,11 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.get(5000).unwrap().start(), 4096);
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
-        {
-            let guard = &pin();
-            let dir = self.store.dir(guard)?;
-            // Fast path: the page of the slot owning `offset`. One word read is one instant: if
-            // the page holds an extent at or before `offset`, that extent decides hit or miss.
-            if let Some(one) = OnePage::read(&self.store, dir, offset, guard) {
-                let page = one.leaf.page;
-                match page.upto(offset) {
-                    0 if one.leaf.key == 0 => return None,
-                    0 => {}
-                    n => {
-                        let ext = page.items().at(n - 1).ext;
-                        if !ext.contains(offset) {
-                            return None;
-                        }
-                        page.touch();
-                        return Some(ext);
-                    }
-                }
-            }
-        }
-        // The extent at or before `offset` lies in an earlier page (or the slot is busy): a
-        // window of several pages, read twice.
-        self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
+        self.get_in_page(offset).unwrap_or_else(|| {
+            // The extent at or before `offset` lies in an earlier page (or the slot is busy): a
+            // window of several pages, read twice.
+            self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
+        })
     }
 
     /// Strict lookup (§2 of `docs/semantics.md`); see [`ExtentMap::lookup`].
@@ -887,36 +787,6 @@ impl ExtentCache<BlockMapping> {
             plan::split(w, start, len, pre, new_disk_bytenr)
         })
         .map(drop)
-    }
-}
-
-/// What an [`ExtentCache`] holds in memory; see [`ExtentCache::memory`].
-///
-/// ```
-/// let m = extent_cache::ExtentCache::<extent_cache::BlockMapping>::new().memory();
-/// assert_eq!(m, extent_cache::MemoryUsage::default());
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemoryUsage {
-    /// Extents in the cache (as [`ExtentCache::len`]).
-    pub extents: usize,
-    /// Heap bytes of the cache's structures now: its directory, the directory's slots and
-    /// their pages.
-    pub live_bytes: usize,
-    /// Heap bytes the cache retired (replaced pages and directories, finished changes) that
-    /// wait for the epoch's grace period before they are freed.
-    pub retired_bytes: usize,
-}
-
-impl MemoryUsage {
-    /// `live_bytes + retired_bytes`: what the cache costs the heap now.
-    ///
-    /// ```
-    /// let m = extent_cache::MemoryUsage { extents: 1, live_bytes: 200, retired_bytes: 56 };
-    /// assert_eq!(m.total_bytes(), 256);
-    /// ```
-    pub fn total_bytes(&self) -> usize {
-        self.live_bytes + self.retired_bytes
     }
 }
 

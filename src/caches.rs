@@ -17,23 +17,21 @@
 use core::fmt;
 use core::ops::Deref;
 use std::alloc::Layout;
-use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use crossbeam_skiplist::SkipMap;
-use crossbeam_utils::CachePadded;
 
-use crate::cache::{ExtentCache, MemoryUsage};
+use crate::books::{Books, MemoryUsage, Shrink, take_over_budget};
+use crate::cache::ExtentCache;
 use crate::error::Error;
 use crate::extent::{BlockMapping, Mapping};
 use crate::page::{self, Shape};
 use crate::plan::Evict;
 use crate::store::Store;
-use crate::sync::AtomicIsize as CacheCounter;
-use crate::sync::epoch::{self, SharedLedger};
+use crate::sync::plain;
 use crate::sync::shared::epoch as reclaim;
-use crate::sync::shared::{Arc, AtomicIsize, AtomicU64, AtomicUsize, Ordering, Weak, fence};
+use crate::sync::shared::{Arc, AtomicU64, AtomicUsize, Ordering, Weak, fence};
 
 /// How many extents one visit of a file evicts at most: each file gives up this much per
 /// visit, then the shrinker goes on to the next one, so that a large file does not absorb a
@@ -56,18 +54,6 @@ const MANUAL: Limits = Limits {
     calls: usize::MAX,
     files: usize::MAX,
 };
-
-/// Most flushes of the epoch an automatic shrink makes before it evicts (see
-/// `Books::shrink_over_budget`).
-const AUTO_FLUSHES: usize = 16;
-
-/// The share of the budget that garbage may take before the automatic mode stops evicting to
-/// make room for more of it (see `Books::shrink_over_budget`).
-const AUTO_GARBAGE_DIVISOR: usize = 8;
-
-/// An automatic shrink frees what the books are over the budget plus this share of the
-/// budget, so that the next few writes do not all land over it again.
-const AUTO_MARGIN_DIVISOR: usize = 16;
 
 /// A registry of extent caches, one per file (inode), for a mount or a process: lock-free
 /// lookup by file number, the memory of all its caches in one set of books, and an optional
@@ -138,7 +124,7 @@ struct Registry<M: Mapping> {
     totals: Totals,
     /// Whether the shrinker gives pages that readers marked a second chance (on unless a
     /// measurement turns it off: [`ExtentCaches::set_recency`]).
-    recency: std::sync::atomic::AtomicBool,
+    recency: plain::AtomicBool,
 }
 
 /// The sums of every [`Shrunk`] of a registry (`Relaxed`: statistics).
@@ -202,225 +188,14 @@ pub struct Shrunk {
     pub files_skipped: usize,
 }
 
-// ---------------------------------------------------------------------------------------------
-// The books.
-
-/// The books of a registry, shared by the registry and every cache it created.
-pub(crate) struct Books {
-    /// What every write of every cache bumps: kept off the line of what is only read.
-    counts: CachePadded<Counts>,
-    /// The ledger every cache of the registry books its retired bytes in (until it leaves).
-    ledger: SharedLedger,
-    /// Live plus retired plus overhead bytes above which a growing write shrinks.
-    budget: Option<usize>,
-    /// What one file costs the registry beyond its cache's books (see
-    /// [`ExtentCaches::overhead_bytes`]).
-    per_file: usize,
-    /// The registry, for the automatic mode; dead once the registry is dropped. Its mapping
-    /// type erased, so that the books (and the store that points at them) need none.
-    registry: Weak<dyn Shrink>,
-}
-
-/// What the automatic mode needs of a registry.
-trait Shrink: Send + Sync {
-    /// One bounded shrink (`AUTO`) of `target` bytes.
-    fn shrink_auto(&self, target: usize);
-}
-
 impl<M: Mapping> Shrink for Registry<M> {
     fn shrink_auto(&self, target: usize) {
         self.shrink(target, AUTO);
     }
 }
 
-/// The sums of the counters of the caches in the books.
-struct Counts {
-    /// Extents.
-    extents: AtomicIsize,
-    /// Live bytes (directories, slots, pages).
-    live: AtomicIsize,
-    /// `per_file` bytes for each cache in the books.
-    overhead: AtomicIsize,
-}
-
 /// How many marked pages one look of the second chance passes before the visit moves on.
 const MARKED_PAGES_PER_LOOK: usize = 16;
-
-/// Added to a cache's own `len` and `live` counters when it leaves its registry's books: so
-/// large that no count comes near it, so that the counter's value says both the count and
-/// whether the cache still books into the registry.
-const LEFT: isize = 1 << 61;
-
-/// Whether a cache counter's value (as a read-modify-write returned it) is that of a cache
-/// that has left its books.
-fn has_left(word: isize) -> bool {
-    word >= LEFT / 2
-}
-
-/// The count a cache counter's value holds, whether or not its cache has left its books.
-pub(crate) fn own_count(word: isize) -> isize {
-    if has_left(word) { word - LEFT } else { word }
-}
-
-std::thread_local! {
-    /// Set by a write that took its registry's books over the budget; the write shrinks
-    /// before it returns ([`ExtentCache::after_change`]).
-    static OVER_BUDGET: Cell<bool> = const { Cell::new(false) };
-    /// Set while the thread shrinks: the evictions of a shrink do not shrink again.
-    static SHRINKING: Cell<bool> = const { Cell::new(false) };
-}
-
-impl Books {
-    /// The ledger the registry's caches book their retired bytes in.
-    pub(crate) fn ledger(&self) -> &SharedLedger {
-        &self.ledger
-    }
-
-    /// Books a change of `n` extents of a cache whose `len` counter held `before` just before
-    /// it (the value its own read-modify-write returned).
-    ///
-    /// Relaxed, here and for every count of the books: they are statistics and order nothing.
-    /// What keeps them exact is not an ordering but the cache counter's modification order:
-    /// the change's RMW on it comes before or after the one of [`leave`](Self::leave), and
-    /// `before` says which.
-    #[inline]
-    pub(crate) fn add_extents(&self, before: isize, n: isize) {
-        if n != 0 && !has_left(before) {
-            self.counts.extents.fetch_add(n, Ordering::Relaxed);
-        }
-    }
-
-    /// Books a change of `n` live bytes of a cache whose `live` counter held `before` (as
-    /// [`add_extents`](Self::add_extents)). A change that grew them and took the books' live,
-    /// retired and overhead bytes over the budget marks the thread to shrink: two relaxed
-    /// loads (the ledger's, and the overhead on the line this RMW just took) and a compare,
-    /// the live sum being what this RMW returned.
-    #[inline]
-    pub(crate) fn add_live(&self, before: isize, n: isize) {
-        if has_left(before) {
-            return;
-        }
-        let live = self.counts.live.fetch_add(n, Ordering::Relaxed) + n;
-        if let Some(budget) = self.budget {
-            if n > 0
-                && live
-                    .saturating_add(self.ledger.retired_bytes() as isize)
-                    .saturating_add(self.counts.overhead.load(Ordering::Relaxed))
-                    > budget as isize
-            {
-                // `try_with`: a write from a thread-local's destructor must not panic.
-                let _ = OVER_BUDGET.try_with(|o| o.set(true));
-            }
-        }
-    }
-
-    /// Books a new cache's overhead: it is in the books until it [leaves](Self::leave).
-    pub(crate) fn join(&self) {
-        // Relaxed: see `add_extents`.
-        self.counts
-            .overhead
-            .fetch_add(self.per_file as isize, Ordering::Relaxed);
-    }
-
-    /// The registry's own bytes for its files (see [`join`](Self::join)).
-    fn overhead(&self) -> usize {
-        self.counts.overhead.load(Ordering::Relaxed).max(0) as usize
-    }
-
-    /// Takes a cache out of the books: its own counters get [`LEFT`], each with one RMW, and
-    /// what they held before it comes off the books. Exact: a change whose RMW on the
-    /// counter came before this one saw the cache in the books, and booked (or is about to
-    /// book) its share, which the value taken off includes; one after it saw the cache gone
-    /// and books nothing, and the value taken off does not include it. Called once per
-    /// cache: by [`ExtentCaches::remove`], which alone gets the entry it removed, or by the
-    /// cache's drop when it never left.
-    pub(crate) fn leave(&self, len: &CacheCounter, live: &CacheCounter) {
-        // Relaxed: see `add_extents`.
-        let extents = len.fetch_add(LEFT, crate::sync::Ordering::Relaxed);
-        debug_assert!(!has_left(extents), "a cache leaves its books once");
-        self.counts.extents.fetch_sub(extents, Ordering::Relaxed);
-        let bytes = live.fetch_add(LEFT, crate::sync::Ordering::Relaxed);
-        self.counts.live.fetch_sub(bytes, Ordering::Relaxed);
-        self.counts
-            .overhead
-            .fetch_sub(self.per_file as isize, Ordering::Relaxed);
-    }
-
-    /// The drop of a cache in the books: it leaves them unless it already has.
-    pub(crate) fn drop_member(&self, len: &CacheCounter, live: &CacheCounter) {
-        // Relaxed: the cache is being dropped; nobody else touches its counters.
-        if !has_left(len.load(crate::sync::Ordering::Relaxed)) {
-            self.leave(len, live);
-        }
-    }
-
-    /// Extents, live and retired bytes of the caches in the books.
-    fn memory(&self) -> MemoryUsage {
-        MemoryUsage {
-            extents: self.counts.extents.load(Ordering::Relaxed).max(0) as usize,
-            live_bytes: self.counts.live.load(Ordering::Relaxed).max(0) as usize,
-            retired_bytes: self.ledger.retired_bytes(),
-        }
-    }
-}
-
-impl Books {
-    /// The automatic mode, on the thread whose write took the books over the budget: once per
-    /// thread at a time, it lets the epoch free what it can, then, if the books are still
-    /// over, runs one bounded shrink.
-    #[cold]
-    fn shrink_over_budget(&self) {
-        let Some(budget) = self.budget else {
-            return;
-        };
-        if SHRINKING.try_with(|s| s.replace(true)) != Ok(false) {
-            return;
-        }
-        /// Clears the flag however the shrink ends.
-        struct Done;
-        impl Drop for Done {
-            fn drop(&mut self) {
-                let _ = SHRINKING.try_with(|s| s.set(false));
-            }
-        }
-        let _done = Done;
-        // Garbage counts against the budget: let the epoch free what it can first. One flush
-        // frees a few hundred objects at most (the epoch collects a few bags per call), and
-        // evicting to make up for garbage would only make more: flush again while that frees
-        // something and the books are still over (bounded, like the shrink).
-        let held = || self.memory().total_bytes() + self.overhead();
-        let mut retired = usize::MAX;
-        for _ in 0..AUTO_FLUSHES {
-            epoch::flush();
-            let now = self.ledger.retired_bytes();
-            if now >= retired || held() <= budget {
-                break;
-            }
-            retired = now;
-        }
-        // An eviction turns live bytes into retired ones: the books hold as much as before
-        // until the grace period passes, and a writer that counted all of them would evict
-        // the same amount again, and the next one again, down to nothing evictable (seen: the
-        // `files` workload's books at 1.2 times the budget, twice the evictions). Garbage is
-        // counted up to an eighth of the budget only: the automatic mode keeps live bytes,
-        // overhead and that much garbage within the budget, and the books go over it only by
-        // garbage beyond an eighth of it, which no eviction could give back before the epoch
-        // does (a thread stalled while pinned, a burst of changes).
-        let garbage = self
-            .ledger
-            .retired_bytes()
-            .min(budget / AUTO_GARBAGE_DIVISOR);
-        let live = self.memory().live_bytes + self.overhead();
-        let over = (live + garbage).saturating_sub(budget);
-        if over == 0 {
-            return;
-        }
-        // A dropped registry has nothing left to shrink.
-        if let Some(registry) = self.registry.upgrade() {
-            registry.shrink_auto(over + budget / AUTO_MARGIN_DIVISOR);
-        }
-    }
-}
 
 impl<M: Mapping> ExtentCache<M> {
     /// An empty cache in `books`: like [`new`](Self::new), plus the one pointer.
@@ -435,7 +210,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// change on this thread took the registry over its budget, shrinks it (bounded). The
     /// caller holds no guard, so that the epoch can free what the writes retired.
     pub(crate) fn after_change(&self) {
-        if OVER_BUDGET.try_with(|o| o.replace(false)) == Ok(true) {
+        if take_over_budget() {
             if let Some(books) = self.store.books() {
                 books.shrink_over_budget();
             }
@@ -503,20 +278,14 @@ impl<M: Mapping> ExtentCaches<M> {
         let registry = Arc::new_cyclic(|weak: &Weak<Registry<M>>| Registry {
             index: Index::new(),
             files: SkipMap::new(),
-            books: Arc::new(Books {
-                counts: CachePadded::new(Counts {
-                    extents: AtomicIsize::new(0),
-                    live: AtomicIsize::new(0),
-                    overhead: AtomicIsize::new(0),
-                }),
-                ledger: SharedLedger::new(),
+            books: Arc::new(Books::new(
                 budget,
-                per_file: Self::file_bytes(),
-                registry: weak.clone() as Weak<dyn Shrink>,
-            }),
+                Self::file_bytes(),
+                weak.clone() as Weak<dyn Shrink>,
+            )),
             cursor: AtomicU64::new(0),
             totals: Totals::default(),
-            recency: std::sync::atomic::AtomicBool::new(true),
+            recency: plain::AtomicBool::new(true),
         });
         ExtentCaches { registry }
     }
@@ -528,7 +297,7 @@ impl<M: Mapping> ExtentCaches<M> {
     /// assert_eq!(caches.budget(), Some(4096));
     /// ```
     pub fn budget(&self) -> Option<usize> {
-        self.registry.books.budget
+        self.registry.books.budget()
     }
 
     /// The cache of `file`, created empty if the registry has none. Lock-free when the file
@@ -748,9 +517,7 @@ impl<M: Mapping> ExtentCaches<M> {
     #[doc(hidden)]
     pub fn set_recency(&self, on: bool) {
         // Relaxed: a setting read by later shrinks; it orders nothing.
-        self.registry
-            .recency
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.registry.recency.store(on, plain::Ordering::Relaxed);
     }
 
     /// What every shrink did so far, summed: the calls of [`shrink`](Self::shrink) and those
@@ -926,7 +693,7 @@ impl<M: Mapping> Registry<M> {
             let want = CHUNK.min(limits.extents - report.extents);
             // Second chances in the first round only, so that readers that keep marking
             // pages cannot keep a shrink going. Relaxed: a setting; see `recency`.
-            let recency = first_round && self.recency.load(std::sync::atomic::Ordering::Relaxed);
+            let recency = first_round && self.recency.load(plain::Ordering::Relaxed);
             let v = f.visit(want, &mut calls, limits.calls, recency);
             // Relaxed: a hint for the next shrink; it orders nothing.
             self.cursor.store(file.wrapping_add(1), Ordering::Relaxed);

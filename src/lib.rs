@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod books;
 mod cache;
 mod caches;
 pub mod error;
@@ -13,9 +14,10 @@ pub mod reference;
 mod store;
 mod sync;
 
+pub use books::MemoryUsage;
 #[doc(hidden)]
 pub use cache::retries_of_last_operation;
-pub use cache::{ExtentCache, Gaps, Iter, MemoryUsage};
+pub use cache::{ExtentCache, Gaps, Iter};
 pub use caches::{CacheRef, CacheRefs, ExtentCaches, Shrunk};
 pub use error::Error;
 pub use extent::{BlockMapping, Compression, Extent, Flags, Location, Mapping, RegularExtent};

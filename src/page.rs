@@ -12,7 +12,7 @@ use std::slice;
 use crate::Few;
 use crate::extent::{Extent, Flags, Mapping};
 use crate::plan::{Change, Item};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering, plain};
 
 pub(crate) mod spare;
 
@@ -44,8 +44,8 @@ pub(crate) struct Page<M> {
     before: u64,
     /// Whether a reader found an extent here since the shrinker last looked (the
     /// second-chance mark, `docs/design.md` §4.9). A hint, not part of the protocol: `std`'s
-    /// atomic even under loom, `Relaxed` everywhere.
-    referenced: std::sync::atomic::AtomicBool,
+    /// atomic even under loom ([`plain`]), `Relaxed` everywhere.
+    referenced: plain::AtomicBool,
 }
 
 /// An item as a page stores it: all of it but its start, which the page's array of starts
@@ -426,7 +426,7 @@ impl<M: Mapping> Builder<M> {
             last: marks.last,
             last_at: AtomicU64::new(marks.last_at),
             before: marks.before,
-            referenced: std::sync::atomic::AtomicBool::new(marks.referenced),
+            referenced: plain::AtomicBool::new(marks.referenced),
         };
         let base = self.partial.base;
         core::mem::forget(self);
@@ -515,7 +515,7 @@ impl<M> Page<M> {
     #[inline]
     pub(crate) fn touch(&self) {
         // Relaxed: a hint that orders nothing.
-        use std::sync::atomic::Ordering::Relaxed;
+        use plain::Ordering::Relaxed;
         if !cfg!(extent_cache_unmarked) && !self.referenced.load(Relaxed) {
             self.referenced.store(true, Relaxed);
         }
@@ -524,7 +524,7 @@ impl<M> Page<M> {
     /// Takes the second-chance mark: whether it was set (it is clear afterwards).
     pub(crate) fn take_referenced(&self) -> bool {
         // Relaxed: a hint that orders nothing.
-        use std::sync::atomic::Ordering::Relaxed;
+        use plain::Ordering::Relaxed;
         self.referenced.load(Relaxed) && self.referenced.swap(false, Relaxed)
     }
 
@@ -535,7 +535,7 @@ impl<M> Page<M> {
             // SeqCst: one total order with the ticket's read of the clock (see `settle`).
             last_at: self.last_at.load(Ordering::SeqCst),
             before: self.before,
-            referenced: self.referenced.load(std::sync::atomic::Ordering::Relaxed),
+            referenced: self.referenced.load(plain::Ordering::Relaxed),
         }
     }
 

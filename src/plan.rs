@@ -632,10 +632,11 @@ impl FillTicket {
 
 /// A fresh identity for a map that issues fill tickets: a ticket from another map is refused.
 pub(crate) fn new_owner() -> u64 {
+    use crate::sync::plain::{AtomicU64, Ordering};
     // Relaxed: uniqueness is all that matters. `std`'s atomic even under loom: it is not part
     // of any modelled protocol.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Finds the item equal to `ext`.

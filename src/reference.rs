@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, VecDeque, btree_map};
 use std::ops::{Bound, Range, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use crate::error::Error;
@@ -26,6 +25,7 @@ use crate::extent::{BlockMapping, Extent, Mapping};
 use crate::plan::{
     self, Change, Dropped, Evict, Evicted, FillTicket, Holes, Item, Plan, PlanError, Probe, View,
 };
+use crate::sync::plain::{AtomicU64, Ordering};
 
 /// The sequential extent map: the semantics on a `BTreeMap`, `&mut self`.
 ///

@@ -44,7 +44,7 @@ use core::marker::PhantomData;
 use crossbeam_utils::CachePadded;
 
 use crate::Few;
-use crate::caches::{Books, own_count};
+use crate::books::{Books, own_count};
 use crate::extent::Mapping;
 use crate::page::{NewPage, Page, Part, Rebuilt, Shape};
 use crate::plan::Item;
@@ -242,7 +242,7 @@ pub(crate) struct Desc<M> {
     /// Set when the last reference goes (model checking only: loom's epoch frees nothing, so
     /// a claim landing on a descriptor after that is caught here, not as a use after free).
     #[cfg(loom)]
-    gone: std::sync::atomic::AtomicBool,
+    gone: crate::sync::plain::AtomicBool,
 }
 
 impl<M> Desc<M> {
@@ -280,7 +280,7 @@ impl<M> Desc<M> {
     #[cfg(loom)]
     fn assert_referenced(&self) {
         assert!(
-            !self.gone.load(std::sync::atomic::Ordering::SeqCst),
+            !self.gone.load(crate::sync::plain::Ordering::SeqCst),
             "a claim landed on a change whose last reference was already gone"
         );
     }
@@ -922,7 +922,7 @@ impl<M: Mapping> Store<M> {
             delta: Delta { bytes, ..p.delta },
             answer,
             #[cfg(loom)]
-            gone: std::sync::atomic::AtomicBool::new(false),
+            gone: crate::sync::plain::AtomicBool::new(false),
         }))
     }
 
@@ -1524,7 +1524,7 @@ impl<M: Mapping> Store<M> {
             return;
         }
         #[cfg(loom)]
-        d.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        d.gone.store(true, crate::sync::plain::Ordering::SeqCst);
         let status = d.status();
         // Freed through the pointer `d` keeps (the allocation's own), which may free it.
         let ptr = d.as_ptr().cast_mut();

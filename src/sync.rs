@@ -13,6 +13,15 @@ pub(crate) use std::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsiz
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
+/// Atomics that no decision of the protocol reads: hints (a page's second-chance mark, a
+/// registry's recency switch), the source of fill-ticket owners, the locked baseline's
+/// counters and the model checker's own instrumentation. `std`'s even under loom: modelling
+/// them would only multiply the interleavings loom explores, and no outcome it checks depends
+/// on them.
+pub(crate) mod plain {
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+}
+
 /// What a registry of caches (`ExtentCaches`) shares with its caches: its books and the
 /// reference counts that keep them. `std`'s even under loom, like the graveyard's ledger: they
 /// are bookkeeping, not protocol. The loom models of the registry drive its hash index alone,
@@ -22,7 +31,7 @@ pub(crate) mod shared {
     pub(crate) use std::sync::{Arc, Weak};
 
     /// The tagged atomic pointers and the epoch of the registry's hash index. A normal build
-    /// uses crossbeam-epoch itself: these are its own types, and [`Domain`] is nothing (its
+    /// uses crossbeam-epoch itself: these are its own types, and `Domain` is nothing (its
     /// `pin` is crossbeam-epoch's `pin`). Under loom they are `sync::tagged`'s: the
     /// same calls on loom's atomics, so that the index's protocol runs under the model checker.
     pub(crate) mod epoch {

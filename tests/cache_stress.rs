@@ -757,8 +757,8 @@ fn no_lost_update_8_threads() {
 
 /// Churns `ops` operations over `slots` extents (one per two blocks, so neighbours never touch
 /// and never merge) from `threads` threads, each on its own share of the slots. The number of
-/// extents stays at `slots`; afterwards, once the epoch has moved on, the index holds no more
-/// than twice that many nodes (live ones, the two sentinels, dead ones awaiting unlinking).
+/// extents stays at `slots`; afterwards the directory holds no more pages than extents (plus
+/// one), whatever the epoch has freed yet, so the check does not depend on an idle machine.
 fn churn(threads: u64, slots: u64, ops: u64, cap: usize) {
     let cache = ExtentCache::with_page_capacity(cap);
     let slot = |i: u64, disk: u64| {
