@@ -281,6 +281,35 @@ fn loom_remove_races_get_or_insert() {
     });
 }
 
+//   page:    | B [8K .. 12K) C [16K .. 20K) |    full
+//   T1:      insert(A [0 .. 4K))                 splits it: A B | C, two successors
+//   T2:      get(17K)                            C is there before, during and after
+#[test]
+fn loom_reader_during_a_page_split() {
+    model(|| {
+        let a = ext(0, K, 1);
+        let b = ext(2 * K, K, 2);
+        let c = ext(4 * K, K, 3);
+        let cache = Arc::new(tiny());
+        cache.insert(b).unwrap();
+        cache.insert(c).unwrap();
+        let c1 = cache.clone();
+        let t1 = thread::spawn(move || c1.insert(a).unwrap());
+        let c2 = cache.clone();
+        let t2 = thread::spawn(move || c2.get(4 * K + K / 4));
+        t1.join().unwrap();
+        assert_eq!(
+            t2.join().unwrap(),
+            Some(c),
+            "a reader missed an extent that was always there: {}",
+            cache.dump()
+        );
+        assert_no_overlap(&cache);
+        let all: Vec<Extent> = entries(&cache).into_iter().map(|(e, _)| e).collect();
+        assert_eq!(all, vec![a, b, c]);
+    });
+}
+
 //   before:  [0 ........ 16K) X  [20K .. 24K) Y   [28K .. 32K) Z      (pages of two: X Y | Z)
 //   T1:      replace_range([8K ............... 30K) S) claims one page, then its thread stops
 //   T2:      replace_range(    [12K .. 16K) W), then get(22K)   must finish, never a miss

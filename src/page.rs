@@ -554,7 +554,13 @@ impl<M> Page<M> {
         // modification order (a plain load is allowed an older one by the model checker, and
         // a reading older than a ticket would lose the removal).
         if self.last_at.load(Ordering::SeqCst) == PENDING {
-            let now = clock.fetch_add(0, Ordering::SeqCst);
+            // A deliberately broken read for the model checker to catch (never built
+            // normally): a plain load of the clock.
+            let now = if cfg!(extent_cache_broken = "plain_clock") {
+                clock.load(Ordering::SeqCst)
+            } else {
+                clock.fetch_add(0, Ordering::SeqCst)
+            };
             let _ = self
                 .last_at
                 .compare_exchange(PENDING, now, Ordering::SeqCst, Ordering::SeqCst);

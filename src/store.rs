@@ -1146,6 +1146,10 @@ impl<M: Mapping> Store<M> {
     /// succeeded.
     fn swap_in(&self, d: DescRef<'_, M>, guard: &Guard) {
         debug_assert_eq!(d.status(), Status::Committed);
+        #[cfg(extent_cache_broken = "split_halves")]
+        if d.successors.len() > 1 {
+            return self.swap_in_halves(d, guard);
+        }
         let first = d.entries[0].slot;
         // SAFETY: slots outlive their descriptors.
         let key = unsafe { (*first).key };
@@ -1205,6 +1209,80 @@ impl<M: Mapping> Store<M> {
             unsafe {
                 let new = Box::from_raw(new);
                 new.free_chunks(spliced.made);
+            }
+        }
+    }
+
+    /// A deliberately broken [`swap_in`](Self::swap_in) for the model checker to catch (never
+    /// built normally): the successors of a split enter the directory in two swaps, the first
+    /// successor alone in place of the old slots (for a moment it owns their whole range, and
+    /// the extents the others hold are out of every walk), then the others beside it.
+    #[cfg(extent_cache_broken = "split_halves")]
+    fn swap_in_halves(&self, d: DescRef<'_, M>, guard: &Guard) {
+        let slot = core::mem::size_of::<Slot<M>>() as isize;
+        // SAFETY: slots outlive their descriptors.
+        let key = unsafe { (*d.entries[0].slot).key };
+        let successors: Vec<(u64, *const Slot<M>)> = d
+            .successors
+            .iter()
+            // SAFETY: successors are owned by `d` until the swap.
+            .map(|&s| (unsafe { (*s).key }, s))
+            .collect();
+        // First the old run, by the first successor alone; then that one, by all of them.
+        let steps = [
+            (d.entries[0].slot, d.entries.len(), &successors[..1]),
+            (successors[0].1, 1, &successors[..]),
+        ];
+        for (i, (first, n, with)) in steps.into_iter().enumerate() {
+            loop {
+                let cur = self.dir.load(ORD);
+                // SAFETY: loaded under `guard`; see `dir`.
+                let Some(dir) = (unsafe { cur.as_ref() }) else {
+                    return;
+                };
+                let at = dir.find(key);
+                if !core::ptr::eq(dir.slot_ptr(at), first) {
+                    return; // done by another thread
+                }
+                // SAFETY: as in `swap_in`.
+                let spliced =
+                    unsafe { dir.splice(at, n, with.iter().copied(), self.counters.shape.chunk) };
+                let new = Box::into_raw(Box::new(spliced.dir));
+                if self.dir.compare_exchange(cur, new, ORD, ORD).is_err() {
+                    // SAFETY: never shared.
+                    unsafe { Box::from_raw(new).free_chunks(spliced.made) };
+                    continue;
+                }
+                // SAFETY: `new` is published and alive (we are pinned).
+                let made = unsafe { &*new }.chunks_bytes(spliced.made);
+                let gone: usize = spliced.gone.iter().map(|c| c.bytes()).sum();
+                // SAFETY: both tops are alive (we are pinned).
+                let tops = unsafe { (*new).top_bytes() as isize - dir.top_bytes() as isize };
+                self.add_live(
+                    tops + made as isize - gone as isize
+                        + (with.len() as isize - n as isize) * slot,
+                );
+                if i == 0 {
+                    // SAFETY: as in `swap_in`: the first swap took the old run out.
+                    unsafe { self.retire_swapped(cur, spliced.gone, d, guard) };
+                } else {
+                    let bytes = dir.top_bytes() + gone;
+                    // SAFETY: the second swap took the old top and its own chunks out of
+                    // reach; they are freed once the grace period is over.
+                    let free = move || unsafe {
+                        drop(Box::from_raw(cur));
+                        for c in spliced.gone {
+                            c.free();
+                        }
+                    };
+                    // SAFETY: as just above; the contents are `Send`.
+                    unsafe {
+                        self.counters
+                            .graveyard
+                            .retire(guard, bytes, Deferred::new(free))
+                    };
+                }
+                break;
             }
         }
     }
