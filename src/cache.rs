@@ -248,11 +248,7 @@ impl<M: Mapping> ExtentCache<M> {
     /// assert_eq!(cache.get(5000).unwrap().start(), 4096);
     /// ```
     pub fn get(&self, offset: u64) -> Option<Extent<M>> {
-        self.get_in_page(offset).unwrap_or_else(|| {
-            // The extent at or before `offset` lies in an earlier page (or the slot is busy): a
-            // window of several pages, read twice.
-            self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
-        })
+        self.get_at(offset)
     }
 
     /// Strict lookup (§2 of `docs/semantics.md`); see [`ExtentMap::lookup`].

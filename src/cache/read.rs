@@ -104,29 +104,33 @@ impl<M: Mapping> ExtentCache<M> {
         Err(at.map(|p| dir.key(p)))
     }
 
-    /// `get` from the one page whose slot owns `offset`: `Some(answer)` when that page decides
-    /// it (one word read is one instant: an extent at or before `offset` in the page decides
-    /// hit or miss), `None` when the answer lies in an earlier page or the slot is busy.
+    /// [`get`](ExtentCache::get): from the one page whose slot owns `offset` when that page
+    /// decides it (one word read is one instant: an extent at or before `offset` in the page
+    /// decides hit or miss), else from a window of several pages read twice.
     #[inline]
-    pub(super) fn get_in_page(&self, offset: u64) -> Option<Option<Extent<M>>> {
-        let guard = &pin();
-        let Some(dir) = self.store.dir(guard) else {
-            return Some(None);
-        };
-        let one = OnePage::read(&self.store, dir, offset, guard)?;
-        let page = one.leaf.page;
-        match page.upto(offset) {
-            0 if one.leaf.key == 0 => Some(None),
-            0 => None,
-            n => {
-                let ext = page.items().at(n - 1).ext;
-                if !ext.contains(offset) {
-                    return Some(None);
+    pub(super) fn get_at(&self, offset: u64) -> Option<Extent<M>> {
+        {
+            let guard = &pin();
+            let dir = self.store.dir(guard)?;
+            if let Some(one) = OnePage::read(&self.store, dir, offset, guard) {
+                let page = one.leaf.page;
+                match page.upto(offset) {
+                    0 if one.leaf.key == 0 => return None,
+                    0 => {}
+                    n => {
+                        let ext = page.items().at(n - 1).ext;
+                        if !ext.contains(offset) {
+                            return None;
+                        }
+                        page.touch();
+                        return Some(ext);
+                    }
                 }
-                page.touch();
-                Some(Some(ext))
             }
         }
+        // The extent at or before `offset` lies in an earlier page (or the slot is busy): a
+        // window of several pages, read twice (under a guard of its own).
+        self.query_window(offset, offset, |w| Ok(w.containing(offset)?.map(|i| i.ext)))
     }
 }
 
