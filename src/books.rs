@@ -106,7 +106,7 @@ pub(crate) fn own_count(word: isize) -> isize {
 
 std::thread_local! {
     /// Set by a write that took its registry's books over the budget; the write shrinks
-    /// before it returns ([`ExtentCache::after_change`]).
+    /// before it returns (`ExtentCache::after_change`, through [`take_over_budget`]).
     static OVER_BUDGET: Cell<bool> = const { Cell::new(false) };
     /// Set while the thread shrinks: the evictions of a shrink do not shrink again.
     static SHRINKING: Cell<bool> = const { Cell::new(false) };
@@ -289,7 +289,7 @@ impl Books {
 
 /// Whether a write on this thread took its registry's books over the budget since the last
 /// call (the flag is clear afterwards): the write then shrinks before it returns
-/// ([`ExtentCache::after_change`](crate::ExtentCache)).
+/// (`ExtentCache::after_change`).
 pub(crate) fn take_over_budget() -> bool {
     OVER_BUDGET.try_with(|o| o.replace(false)) == Ok(true)
 }

@@ -10,9 +10,9 @@
 //! The books are one shared allocation that every cache of the registry points at, holding
 //! the sums of its caches' counters (extents, live bytes), the ledger all of them book their
 //! retired bytes in, the budget, and a weak pointer back to the registry for the automatic
-//! mode. A cache of a registry is an ordinary [`ExtentCache`] whose store carries that one
-//! pointer (`Store`'s counters line has room for it); a cache of its own carries none and
-//! pays nothing.
+//! mode (`books.rs`). A cache of a registry is an ordinary [`ExtentCache`] whose store carries
+//! that one pointer (`Store`'s counters line has room for it); a cache of its own carries none
+//! and pays nothing.
 
 use core::fmt;
 use core::ops::Deref;

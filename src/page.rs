@@ -43,7 +43,7 @@ pub(crate) struct Page<M> {
     /// When the latest of the older such changes in this page's range committed (0: none).
     before: u64,
     /// Whether a reader found an extent here since the shrinker last looked (the
-    /// second-chance mark, `docs/design.md` §4.9). A hint, not part of the protocol: `std`'s
+    /// second-chance mark, `docs/design.md` §11). A hint, not part of the protocol: `std`'s
     /// atomic even under loom ([`plain`]), `Relaxed` everywhere.
     referenced: plain::AtomicBool,
 }

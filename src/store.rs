@@ -460,7 +460,7 @@ struct Counters<M> {
     /// Where retired objects go, with the books of their bytes (one pointer: it fits this
     /// line, so that the cache stays two lines).
     graveyard: Graveyard,
-    /// The books of the registry this cache belongs to (`caches.rs`), which every change to
+    /// The books of the registry this cache belongs to (`books.rs`), which every change to
     /// `len` and `live` also goes to; `None` for a cache of its own. After the graveyard: it
     /// keeps the graveyard's shared ledger alive.
     books: Option<Arc<Books>>,
@@ -1216,7 +1216,8 @@ impl<M: Mapping> Store<M> {
     /// A deliberately broken [`swap_in`](Self::swap_in) for the model checker to catch (never
     /// built normally): the successors of a split enter the directory in two swaps, the first
     /// successor alone in place of the old slots (for a moment it owns their whole range, and
-    /// the extents the others hold are out of every walk), then the others beside it.
+    /// the extents the others hold are out of every walk), then the others beside it. A helper
+    /// that finds the first step done returns while the second may still be to come.
     #[cfg(extent_cache_broken = "split_halves")]
     fn swap_in_halves(&self, d: DescRef<'_, M>, guard: &Guard) {
         let slot = core::mem::size_of::<Slot<M>>() as isize;
@@ -1242,7 +1243,9 @@ impl<M: Mapping> Store<M> {
                 };
                 let at = dir.find(key);
                 if !core::ptr::eq(dir.slot_ptr(at), first) {
-                    return; // done by another thread
+                    // Step 1: another thread did it. Step 2 (only the winner of step 1 gets
+                    // there): a later change replaced the first successor.
+                    return;
                 }
                 // SAFETY: as in `swap_in`.
                 let spliced =

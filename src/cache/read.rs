@@ -1,7 +1,8 @@
 //! The read path: a query is answered from the one page that owns its offset when it can (one
 //! slot word, an instant by itself, and no allocation), and otherwise from a window of several
 //! pages confirmed by a second read (`window.rs`). Readers write no part of the map: the only
-//! store a read makes is a page's second-chance mark ([`Page::touch`](crate::page::Page::touch)).
+//! store a read makes is a page's second-chance mark ([`Page::touch`](crate::page::Page::touch)),
+//! which the shrinker's look for cold pages here ([`cold_from`](ExtentCache::cold_from)) clears.
 
 use crate::extent::{Extent, Mapping};
 use crate::plan::{self, Item, Probe, View};
