@@ -24,7 +24,8 @@ use std::alloc::Layout;
 use std::ptr::NonNull;
 
 /// The most bytes of spare pages one thread keeps: about a hundred pages of 20–30 extents.
-/// A burst of the epoch's frees is kept whole up to this; the rest goes to the allocator.
+/// At the bound, the oldest sizes give way: a page freed now is kept, and spares kept before
+/// it go to the allocator to make room.
 pub const SPARE_BYTES: usize = 256 * 1024;
 
 /// Heap bytes of the freed pages the calling thread keeps for its next writes (at most
@@ -100,12 +101,14 @@ mod imp {
 
     pub(super) const MIN_BLOCK: Layout = Layout::new::<Link>();
 
-    /// A thread's spares: a list per shelf, their bytes in all, and whether the thread has
-    /// built a page (only then does it keep spares).
+    /// A thread's spares: a list per shelf, their bytes in all, whether the thread has built
+    /// a page (only then does it keep spares), and the shelf that gives up a spare next when
+    /// a new one needs room.
     struct Spares {
         shelves: [Option<NonNull<Link>>; SHELVES],
         bytes: usize,
         built: bool,
+        cursor: usize,
     }
 
     /// The shelf of a layout.
@@ -114,20 +117,39 @@ mod imp {
     }
 
     impl Spares {
-        fn release(&mut self) {
-            for head in &mut self.shelves {
-                while let Some(link) = *head {
-                    // SAFETY: a spare on a shelf is a block `put` wrote a `Link` into, that
-                    // nobody else refers to; it leaves the shelf here, once, and is freed
-                    // with the layout it was allocated with (recorded by `put`).
-                    unsafe {
-                        let Link { next, layout } = link.as_ptr().read();
-                        *head = next;
-                        alloc::dealloc(link.as_ptr().cast::<u8>(), layout);
-                    }
+        /// Frees the first spare of shelf `i`; whether there was one.
+        fn free_first(&mut self, i: usize) -> bool {
+            let Some(link) = self.shelves[i] else {
+                return false;
+            };
+            // SAFETY: a spare on a shelf is a block `put` wrote a `Link` into, that nobody
+            // else refers to; it leaves the shelf here, once, and is freed with the layout it
+            // was allocated with (recorded by `put`).
+            unsafe {
+                let Link { next, layout } = link.as_ptr().read();
+                self.shelves[i] = next;
+                self.bytes -= layout.size();
+                alloc::dealloc(link.as_ptr().cast::<u8>(), layout);
+            }
+            true
+        }
+
+        /// Frees one spare, from the next shelf in turn that has one (there is one: the
+        /// caller's `bytes` is not 0).
+        fn free_one(&mut self) {
+            for _ in 0..SHELVES {
+                let i = self.cursor;
+                self.cursor = (self.cursor + 1) % SHELVES;
+                if self.free_first(i) {
+                    return;
                 }
             }
-            self.bytes = 0;
+        }
+
+        fn release(&mut self) {
+            for i in 0..SHELVES {
+                while self.free_first(i) {}
+            }
         }
     }
 
@@ -143,6 +165,7 @@ mod imp {
                 shelves: [None; SHELVES],
                 bytes: 0,
                 built: false,
+                cursor: 0,
             })
         };
     }
@@ -185,8 +208,15 @@ mod imp {
     /// As [`super::put`].
     pub(super) unsafe fn put(block: NonNull<u8>, layout: Layout) -> Result<(), NonNull<u8>> {
         with(|s| {
-            if !s.built || s.bytes + layout.size() > SPARE_BYTES {
+            if !s.built || layout.size() > SPARE_BYTES {
                 return Err(block);
+            }
+            // At the bound, older spares make room, a shelf at a time in turn, rather than the
+            // new one going back to the allocator: a thread's pages change size as its maps
+            // grow and shrink, and spares of sizes it no longer builds would otherwise hold the
+            // bound for good, and every spare after them would be refused.
+            while s.bytes + layout.size() > SPARE_BYTES && s.bytes > 0 {
+                s.free_one();
             }
             let head = &mut s.shelves[shelf(layout)];
             let link = block.cast::<Link>();
@@ -294,19 +324,37 @@ mod tests {
     fn a_thread_keeps_at_most_its_bound_and_releases_it() {
         let l = Layout::from_size_align(64 + 80 * 25, 8).unwrap();
         assert_eq!(take(l), None);
-        let mut refused = 0;
         for _ in 0..2 * SPARE_BYTES / l.size() {
-            if let Err(x) = keep(block(l), l) {
-                refused += 1;
-                // SAFETY: allocated with `l` just now, refused, freed once.
-                unsafe { alloc::dealloc(x.as_ptr(), l) };
-            }
+            assert!(
+                keep(block(l), l).is_ok(),
+                "at the bound, older spares make room"
+            );
+            assert!(spare_page_bytes() <= SPARE_BYTES);
         }
         assert_eq!(spare_page_bytes(), SPARE_BYTES / l.size() * l.size());
-        assert!(refused > 0);
         release_spare_pages();
         assert_eq!(spare_page_bytes(), 0);
         assert_eq!(take(l), None);
+    }
+
+    // A thread whose spares are all of a size it no longer builds still keeps what it frees
+    // now, within the bound: the old sizes give way.
+    #[test]
+    fn spares_of_an_old_size_give_way_to_new_ones() {
+        let old = Layout::from_size_align(64 + 80 * 3, 8).unwrap();
+        let new = Layout::from_size_align(64 + 80 * 30, 8).unwrap();
+        assert_eq!(take(old), None);
+        while spare_page_bytes() + old.size() <= SPARE_BYTES {
+            assert!(keep(block(old), old).is_ok());
+        }
+        let x = block(new);
+        assert_eq!(keep(x, new), Ok(()));
+        assert!(spare_page_bytes() <= SPARE_BYTES);
+        assert_eq!(take(new), Some(x), "the new size is kept");
+        // SAFETY: allocated above with `new`, taken back, freed once.
+        unsafe { alloc::dealloc(x.as_ptr(), new) };
+        release_spare_pages();
+        assert_eq!(spare_page_bytes(), 0);
     }
 
     // Pages freed on one thread are built again on that thread: what a cache's writes free
